@@ -1,0 +1,1 @@
+//! The deployment manifest (placeholder until the manifest module lands).

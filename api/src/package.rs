@@ -1,0 +1,40 @@
+//! A checked package: the reference values evidence must match (contract §4.6).
+use serde::{Deserialize, Serialize};
+
+use crate::claims::{TcbStatus, TeeKind};
+
+/// Reference values for one package of a manifest, after validation.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Package {
+    /// Which TEE the package runs in (`TEE`, default `sgx`).
+    pub tee: TeeKind,
+    /// Exact measurement pin (`UniqueID`: MRENCLAVE, or the simulated executable hash).
+    pub unique_id: Option<Vec<u8>>,
+    /// Signer pin (`SignerID`: MRSIGNER).
+    pub signer_id: Option<Vec<u8>>,
+    /// Product ID, compared for equality (`ProductID`).
+    pub product_id: Option<u64>,
+    /// Minimum security version (`SecurityVersion`).
+    pub security_version: Option<u64>,
+    /// Debug flag, compared for equality (`Debug`).
+    pub debug: bool,
+    /// Accepted TCB statuses; empty means `UpToDate` and `SWHardeningNeeded`.
+    pub accepted_tcb_statuses: Vec<TcbStatus>,
+    /// Advisory IDs accepted (empty = any), compared case-insensitively.
+    pub accepted_advisories: Vec<String>,
+    /// Platform identities (FMSPC / CHIP_ID / simulated platform digest) allowed; empty = any.
+    pub allowed_platforms: Vec<String>,
+    /// TEE-specific reference values by claim field name (e.g. `MRTD`), hex, compared exactly.
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+impl Package {
+    /// The TCB statuses this package accepts, with the default applied.
+    pub fn effective_tcb_statuses(&self) -> Vec<TcbStatus> {
+        if self.accepted_tcb_statuses.is_empty() {
+            vec![TcbStatus::UpToDate, TcbStatus::SWHardeningNeeded]
+        } else {
+            self.accepted_tcb_statuses.clone()
+        }
+    }
+}

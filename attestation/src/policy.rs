@@ -1,0 +1,318 @@
+//! Claims against a package's reference values (contract §4.6). A refusal names every
+//! mismatching field with the expected and the actual value.
+use quarry_api::{Claims, Package, TcbStatus};
+
+/// One field that did not match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldMismatch {
+    /// Manifest field name (`UniqueID`, `SecurityVersion`...).
+    pub field: &'static str,
+    /// What the package requires.
+    pub expected: String,
+    /// What the evidence shows.
+    pub actual: String,
+}
+
+impl std::fmt::Display for FieldMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: expected {}, got {}",
+            self.field, self.expected, self.actual
+        )
+    }
+}
+
+/// Every field that did not match (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("evidence does not match the package: {}", .0.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct PolicyMismatch(pub Vec<FieldMismatch>);
+
+/// Checks claims against a package; returns every mismatch at once.
+pub fn check_package(package: &Package, claims: &Claims) -> Result<(), PolicyMismatch> {
+    let mut out = Vec::new();
+    let mut push = |field: &'static str, expected: String, actual: String| {
+        out.push(FieldMismatch {
+            field,
+            expected,
+            actual,
+        })
+    };
+
+    if package.tee != claims.tee {
+        push("TEE", package.tee.to_string(), claims.tee.to_string());
+    }
+    // Simulated evidence only satisfies packages that say so, whatever the claims' TEE field.
+    if claims.simulation && package.tee != quarry_api::TeeKind::Simulated {
+        push(
+            "TEE",
+            package.tee.to_string(),
+            "simulated evidence".to_string(),
+        );
+    }
+    let id = &claims.identity;
+    if let Some(want) = &package.unique_id {
+        if id.unique_id.as_deref() != Some(want.as_slice()) {
+            push("UniqueID", hex::encode(want), show_hex(&id.unique_id));
+        }
+    }
+    if let Some(want) = &package.signer_id {
+        if id.signer_id.as_deref() != Some(want.as_slice()) {
+            push("SignerID", hex::encode(want), show_hex(&id.signer_id));
+        }
+    }
+    if let Some(want) = package.product_id {
+        if id.product_id != Some(want) {
+            push("ProductID", want.to_string(), show_num(id.product_id));
+        }
+    }
+    if let Some(min) = package.security_version {
+        if id.security_version.is_none_or(|v| v < min) {
+            push(
+                "SecurityVersion",
+                format!(">= {min}"),
+                show_num(id.security_version),
+            );
+        }
+    }
+    for (name, want) in &package.fields {
+        let actual = id.fields.get(name);
+        if !actual.is_some_and(|a| a.eq_ignore_ascii_case(want)) {
+            push(
+                static_field_name(name),
+                want.clone(),
+                actual.cloned().unwrap_or_else(|| "(absent)".into()),
+            );
+        }
+    }
+    if package.debug != claims.debug {
+        push("Debug", package.debug.to_string(), claims.debug.to_string());
+    }
+    let accepted = package.effective_tcb_statuses();
+    if !accepted.contains(&claims.tcb_status) {
+        push(
+            "AcceptedTCBStatuses",
+            accepted
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            format!(
+                "{} (advisories: {})",
+                claims.tcb_status.as_str(),
+                if claims.advisory_ids.is_empty() {
+                    "none".to_string()
+                } else {
+                    claims.advisory_ids.join(",")
+                }
+            ),
+        );
+    } else if matches!(
+        claims.tcb_status,
+        TcbStatus::SWHardeningNeeded | TcbStatus::ConfigurationAndSWHardeningNeeded
+    ) && !package.accepted_advisories.is_empty()
+    {
+        let unaccepted: Vec<&String> = claims
+            .advisory_ids
+            .iter()
+            .filter(|a| {
+                !package
+                    .accepted_advisories
+                    .iter()
+                    .any(|ok| ok.eq_ignore_ascii_case(a))
+            })
+            .collect();
+        if !unaccepted.is_empty() {
+            push(
+                "AcceptedAdvisories",
+                package.accepted_advisories.join(","),
+                unaccepted
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+    }
+    if !package.allowed_platforms.is_empty() {
+        let ok = claims.platform_id.as_ref().is_some_and(|p| {
+            package
+                .allowed_platforms
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(p))
+        });
+        if !ok {
+            push(
+                "AllowedPlatforms",
+                package.allowed_platforms.join(","),
+                claims
+                    .platform_id
+                    .clone()
+                    .unwrap_or_else(|| "(none)".into()),
+            );
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyMismatch(out))
+    }
+}
+
+fn show_hex(v: &Option<Vec<u8>>) -> String {
+    v.as_ref()
+        .map(hex::encode)
+        .unwrap_or_else(|| "(absent)".into())
+}
+
+fn show_num(v: Option<u64>) -> String {
+    v.map(|n| n.to_string())
+        .unwrap_or_else(|| "(absent)".into())
+}
+
+fn static_field_name(name: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "MRTD",
+        "RTMR0",
+        "RTMR1",
+        "RTMR2",
+        "RTMR3",
+        "MRSEAM",
+        "Measurement",
+        "HostData",
+        "IDKeyDigest",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|k| *k == name)
+        .unwrap_or("TEE-specific field")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quarry_api::claims::Identity;
+    use quarry_api::TeeKind;
+
+    fn claims() -> Claims {
+        Claims {
+            tee: TeeKind::Simulated,
+            identity: Identity {
+                unique_id: Some(vec![1; 32]),
+                signer_id: Some(vec![0; 32]),
+                product_id: Some(7),
+                security_version: Some(3),
+                fields: Default::default(),
+            },
+            debug: false,
+            report_data: [0; 64],
+            tcb_status: TcbStatus::UpToDate,
+            advisory_ids: vec![],
+            platform_id: Some("abcd".into()),
+            simulation: true,
+        }
+    }
+
+    fn package() -> Package {
+        Package {
+            tee: TeeKind::Simulated,
+            unique_id: Some(vec![1; 32]),
+            ..Package::default()
+        }
+    }
+
+    #[test]
+    fn matching_claims_pass() {
+        check_package(&package(), &claims()).unwrap();
+        let by_signer = Package {
+            tee: TeeKind::Simulated,
+            signer_id: Some(vec![0; 32]),
+            product_id: Some(7),
+            security_version: Some(2),
+            ..Package::default()
+        };
+        check_package(&by_signer, &claims()).unwrap();
+    }
+
+    #[test]
+    fn every_mismatch_is_named_with_expected_and_actual() {
+        let pkg = Package {
+            tee: TeeKind::Simulated,
+            unique_id: Some(vec![2; 32]),
+            signer_id: Some(vec![9; 32]),
+            product_id: Some(8),
+            security_version: Some(4),
+            debug: false,
+            ..Package::default()
+        };
+        let mut c = claims();
+        c.debug = true;
+        let err = check_package(&pkg, &c).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|m| m.field).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "UniqueID",
+                "SignerID",
+                "ProductID",
+                "SecurityVersion",
+                "Debug"
+            ]
+        );
+        assert_eq!(err.0[3].expected, ">= 4");
+        assert_eq!(err.0[3].actual, "3");
+        assert_eq!(err.0[0].actual, hex::encode([1u8; 32]));
+        assert!(err.to_string().contains("Debug: expected false, got true"));
+    }
+
+    #[test]
+    fn simulated_evidence_never_satisfies_a_hardware_package() {
+        let pkg = Package {
+            tee: TeeKind::Sgx,
+            unique_id: Some(vec![1; 32]),
+            ..Package::default()
+        };
+        let err = check_package(&pkg, &claims()).unwrap_err();
+        assert!(err.0.iter().all(|m| m.field == "TEE"));
+        // Even with claims that pretend to be SGX.
+        let mut c = claims();
+        c.tee = TeeKind::Sgx;
+        let err = check_package(&pkg, &c).unwrap_err();
+        assert_eq!(err.0[0].actual, "simulated evidence");
+    }
+
+    #[test]
+    fn tcb_status_outside_the_accepted_set_is_refused_with_advisories() {
+        let mut c = claims();
+        c.tcb_status = TcbStatus::OutOfDate;
+        c.advisory_ids = vec!["INTEL-SA-00615".into()];
+        let err = check_package(&package(), &c).unwrap_err();
+        assert_eq!(err.0[0].field, "AcceptedTCBStatuses");
+        assert!(err.0[0].actual.contains("OutOfDate"));
+        assert!(err.0[0].actual.contains("INTEL-SA-00615"));
+    }
+
+    #[test]
+    fn advisories_must_be_accepted_when_listed() {
+        let mut c = claims();
+        c.tcb_status = TcbStatus::SWHardeningNeeded;
+        c.advisory_ids = vec!["INTEL-SA-00615".into(), "INTEL-SA-00657".into()];
+        let mut pkg = package();
+        pkg.accepted_advisories = vec!["intel-sa-00615".into()];
+        let err = check_package(&pkg, &c).unwrap_err();
+        assert_eq!(err.0[0].field, "AcceptedAdvisories");
+        assert_eq!(err.0[0].actual, "INTEL-SA-00657");
+        pkg.accepted_advisories.push("INTEL-SA-00657".into());
+        check_package(&pkg, &c).unwrap();
+    }
+
+    #[test]
+    fn platforms_outside_the_allow_list_are_refused() {
+        let mut pkg = package();
+        pkg.allowed_platforms = vec!["ffff".into()];
+        let err = check_package(&pkg, &claims()).unwrap_err();
+        assert_eq!(err.0[0].field, "AllowedPlatforms");
+        pkg.allowed_platforms.push("ABCD".into());
+        check_package(&pkg, &claims()).unwrap();
+    }
+}
