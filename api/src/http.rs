@@ -107,6 +107,7 @@ pub struct ManifestSetResponse {
 #[serde(rename_all = "camelCase")]
 pub struct ManifestGetResponse {
     /// ECDSA signature (ASN.1 DER, base64) by the root key over SHA-256(manifest).
+    #[serde(rename = "manifestSignatureRootECDSA")]
     pub manifest_signature_root_ecdsa: String,
     /// Hex SHA-256 of the exact manifest bytes.
     pub manifest_fingerprint: String,

@@ -1,1 +1,137 @@
-//! placeholder
+//! Quarry coordinator: attests marbles against the deployment manifest, issues their mesh
+//! identities, secrets and parameters, and keeps its state sealed (contract §6, §8).
+#![forbid(unsafe_code)]
+
+pub mod activation;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod manifest_ops;
+pub mod pki;
+pub mod routes;
+pub mod secrets;
+pub mod store;
+pub mod tee;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::{Config, TeeChoice};
+use crate::core::Core;
+use crate::tee::Tee;
+
+/// A coordinator with its listeners bound, ready to serve.
+pub struct App {
+    core: Arc<Core>,
+    client: TcpListener,
+    mesh: TcpListener,
+    client_tls: Arc<rustls::ServerConfig>,
+    mesh_tls: Arc<rustls::ServerConfig>,
+}
+
+impl App {
+    /// Opens the state and binds both listeners.
+    pub async fn build(config: &Config) -> anyhow::Result<App> {
+        create_private_dir(&config.data_dir)?;
+        let tee = tee_from_config(config)?;
+        if tee.simulation {
+            tracing::warn!(
+                "SIMULATION MODE: this coordinator runs on a simulated TEE. Its evidence proves nothing; never use it in production"
+            );
+        }
+        let core = Arc::new(Core::open(&config.data_dir, tee).await?);
+        let resolver = tls::ServerCertResolver::new(core.clone(), config.certificate_names())?;
+        let client_tls = tls::server_config(resolver.clone(), false)?;
+        let mesh_tls = tls::server_config(resolver, true)?;
+        let client = TcpListener::bind(config.client_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the client API to {}: {e}", config.client_addr))?;
+        let mesh = TcpListener::bind(config.mesh_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the mesh API to {}: {e}", config.mesh_addr))?;
+        Ok(App {
+            core,
+            client,
+            mesh,
+            client_tls,
+            mesh_tls,
+        })
+    }
+
+    /// Address of the client API listener.
+    pub fn client_addr(&self) -> std::io::Result<SocketAddr> {
+        self.client.local_addr()
+    }
+
+    /// Address of the mesh API listener.
+    pub fn mesh_addr(&self) -> std::io::Result<SocketAddr> {
+        self.mesh.local_addr()
+    }
+
+    /// The shared coordinator state.
+    pub fn core(&self) -> Arc<Core> {
+        self.core.clone()
+    }
+
+    /// Serves both APIs until the future is dropped.
+    pub async fn run(self) {
+        let client = tls::serve(
+            self.client,
+            self.client_tls,
+            routes::client_router(self.core.clone()),
+            "client",
+        );
+        let mesh = tls::serve(
+            self.mesh,
+            self.mesh_tls,
+            routes::mesh_router(self.core.clone()),
+            "mesh",
+        );
+        tokio::join!(client, mesh);
+    }
+}
+
+fn tee_from_config(config: &Config) -> anyhow::Result<Tee> {
+    let choice = match (config.tee, config.simulation) {
+        (Some(t), _) => t,
+        (None, true) => TeeChoice::Simulated,
+        (None, false) => anyhow::bail!(
+            "no TEE configured: pass --tee (simulated, gramine-sgx, tdx, snp) or --simulation for development"
+        ),
+    };
+    match choice {
+        TeeChoice::Simulated => {
+            let dir = match &config.sim_platform {
+                Some(d) => d.clone(),
+                None if config.simulation => {
+                    let d = config.data_dir.join("sim-platform");
+                    if !d.join(quarry_attestation::simulated::CA_FILE).exists() {
+                        quarry_attestation::simulated::SimPlatform::create(&d)?;
+                        tracing::warn!(platform = %d.display(), "created a simulated TEE platform for development");
+                    }
+                    d
+                }
+                None => anyhow::bail!("--tee simulated needs --sim-platform DIR (see `quarry sim init`)"),
+            };
+            Tee::simulated(&dir)
+        }
+        other => anyhow::bail!(
+            "TEE {other:?} is not available in this build of the coordinator; refusing to start (there is no fallback to simulation)"
+        ),
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| anyhow::anyhow!("creating the data directory {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}

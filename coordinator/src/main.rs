@@ -1,1 +1,51 @@
-fn main() {}
+//! `quarry-coordinator`: loads configuration, builds the app, serves until a signal.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use quarry_coordinator::config::{Config, LogFormat};
+use quarry_coordinator::App;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    let app = match App::build(&config).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!("cannot start: {e:#}");
+            eprintln!("error: cannot start the coordinator: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match (app.client_addr(), app.mesh_addr()) {
+        (Ok(c), Ok(m)) => tracing::info!(client_api = %c, mesh_api = %m, state = app.core().state().code(), "coordinator listening"),
+        _ => tracing::info!("coordinator listening"),
+    }
+    tokio::select! {
+        _ = app.run() => {}
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUARRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

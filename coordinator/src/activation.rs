@@ -1,0 +1,321 @@
+//! Marble activation (contract §4.5, §6): verify evidence against the marble's package
+//! without any global lock, check the binding to the TLS key, spend one unit of the
+//! activation budget with compare-and-swap, issue the leaf and render the parameters.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use quarry_api::http::{ActivateRequest, ActivateResponse, KeyEncoding, Parameters, Segment, Value};
+use quarry_api::manifest::{Manifest, Marble};
+use quarry_api::template::{Reference, Target, TemplateContext};
+use quarry_api::Claims;
+use sha2::{Digest, Sha256};
+
+use crate::core::{keys, Core, Deployment, Phase};
+use crate::error::ApiError;
+use crate::pki::{pem_cert, LeafRequest};
+use crate::secrets::{self, ActivationContext, SecretValue};
+use crate::store::{Store, StoreError, Txn};
+
+/// How often a compare-and-swap on the activation counter is retried under contention.
+const MAX_CAS_RETRIES: usize = 64;
+
+/// `POST /api/v2/activate`. `peer_cert` is the TLS client certificate of the connection.
+pub async fn activate(
+    core: &Core,
+    req: ActivateRequest,
+    peer_cert: &[u8],
+) -> Result<ActivateResponse, ApiError> {
+    let view = core.view();
+    let deployment = match view.phase.as_ref() {
+        Phase::Running(d) => d.clone(),
+        other => {
+            return Err(ApiError::WrongState(format!(
+                "the coordinator is not accepting marbles (state {}): {}",
+                other.state().code(),
+                if matches!(other, Phase::AcceptingManifest) {
+                    "no manifest has been set yet"
+                } else {
+                    "it is in recovery"
+                }
+            )))
+        }
+    };
+    let store = view
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
+    let manifest = &deployment.manifest;
+    let marble_type = req.marble_type.as_str();
+    let marble = manifest.marbles.get(marble_type).ok_or_else(|| {
+        refuse(marble_type, &req.uuid, format!("unknown marble type {marble_type:?}"))
+    })?;
+    let package = manifest.packages.get(&marble.package).ok_or_else(|| {
+        ApiError::Internal(format!("marble {marble_type} references a missing package"))
+    })?;
+    let uuid = uuid::Uuid::parse_str(&req.uuid)
+        .map_err(|e| ApiError::BadRequest(format!("uuid {:?} is not a UUID: {e}", req.uuid)))?;
+    let spki = spki_of(peer_cert)?;
+    let spki_hash: [u8; 32] = Sha256::digest(&spki).into();
+    let nonce = match &req.nonce {
+        None => None,
+        Some(text) => {
+            let bytes: [u8; 32] = hex::decode(text)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| ApiError::BadRequest("nonce must be 64 hex digits".into()))?;
+            core.take_nonce(&bytes, &spki_hash)
+                .map_err(|e| refuse(marble_type, &req.uuid, e.to_string()))?;
+            Some(bytes)
+        }
+    };
+    for name in &req.dns_names {
+        if !marble.dns_names.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+            return Err(refuse(
+                marble_type,
+                &req.uuid,
+                format!(
+                    "requested DNS name {name:?} is not allowed by Marbles/{marble_type}/DNSNames"
+                ),
+            ));
+        }
+    }
+
+    // Evidence verification is CPU work with no lock held.
+    let verifier = core.tee.verifier.clone();
+    let evidence = req.evidence.clone();
+    let claims: Claims = tokio::task::spawn_blocking(move || verifier.verify(&evidence, SystemTime::now()))
+        .await
+        .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
+        .map_err(|e| refuse(marble_type, &req.uuid, format!("evidence refused: {e}")))?;
+    quarry_attestation::binding::check_activation_binding(&claims, &spki, nonce.as_ref())
+        .map_err(|e| refuse(marble_type, &req.uuid, e.to_string()))?;
+    quarry_attestation::check_package(package, &claims).map_err(|e| {
+        refuse(
+            marble_type,
+            &req.uuid,
+            format!("package {}: {e}", marble.package),
+        )
+    })?;
+
+    if marble.max_activations > 0 {
+        spend_activation(store.as_ref(), marble_type, marble.max_activations)
+            .await
+            .map_err(|e| match e {
+                ApiError::Forbidden(m) => refuse(marble_type, &req.uuid, m),
+                other => other,
+            })?;
+    }
+
+    let trust_domain = manifest.config.trust_domain.clone();
+    let spiffe_id = quarry_api::spiffe::marble_id(&trust_domain, marble_type, &uuid);
+    let claims_digest = claims.digest();
+    let leaf = deployment.mesh.issue_marble_leaf(&LeafRequest {
+        spki_der: &spki,
+        uuid: &uuid,
+        spiffe_id: &spiffe_id,
+        dns_names: &req.dns_names,
+        valid_for: marble.cert_valid_for,
+        marble_type,
+        claims_digest: &claims_digest,
+        simulation: claims.simulation,
+    })?;
+    let root_der = view.identity.root.cert_der().to_vec();
+    let private = private_secrets(
+        manifest,
+        marble,
+        marble_type,
+        &uuid,
+        &view.identity.root_secret,
+        &deployment,
+    )?;
+    let parameters = render_parameters(
+        marble,
+        marble_type,
+        &deployment,
+        &private,
+        &root_der,
+        &leaf,
+        &spki,
+    )?;
+    tracing::info!(
+        marble_type,
+        uuid = %uuid,
+        simulation = claims.simulation,
+        claims_sha256 = %hex::encode(claims_digest),
+        "marble activated"
+    );
+    Ok(ActivateResponse {
+        certificate_chain: format!(
+            "{}{}",
+            pem_cert(&leaf),
+            deployment.mesh.cert_pem()
+        ),
+        root_ca: pem_cert(&root_der),
+        spiffe_id,
+        parameters,
+        simulation: claims.simulation,
+    })
+}
+
+/// Logs a refusal with its reason and turns it into a 403.
+fn refuse(marble_type: &str, uuid: &str, reason: String) -> ApiError {
+    tracing::warn!(marble_type, uuid, %reason, "activation refused");
+    ApiError::Forbidden(reason)
+}
+
+/// SubjectPublicKeyInfo DER of a certificate.
+pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| {
+        ApiError::BadRequest(format!("the TLS client certificate does not parse: {e}"))
+    })?;
+    Ok(cert.public_key().raw.to_vec())
+}
+
+/// Spends one activation of `marble_type`'s budget, atomically across concurrent requests
+/// (and replicas sharing the store).
+async fn spend_activation(store: &dyn Store, marble_type: &str, max: u64) -> Result<u64, ApiError> {
+    let key = format!("{}{marble_type}", keys::ACTIVATIONS_PREFIX);
+    for _ in 0..MAX_CAS_RETRIES {
+        let current = store.get(&key).await?;
+        let (count, revision) = match &current {
+            None => (0, None),
+            Some(v) => {
+                let bytes: [u8; 8] = v.value.as_slice().try_into().map_err(|_| {
+                    ApiError::Internal(format!("activation counter {key} is corrupt"))
+                })?;
+                (u64::from_be_bytes(bytes), Some(v.revision))
+            }
+        };
+        if count >= max {
+            return Err(ApiError::Forbidden(format!(
+                "MaxActivations of marble type {marble_type} exhausted ({count} of {max} used)"
+            )));
+        }
+        let txn = Txn::new()
+            .require(&key, revision)
+            .put(&key, (count + 1).to_be_bytes().to_vec());
+        match store.commit(txn).await {
+            Ok(_) => return Ok(count + 1),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Unavailable(format!(
+        "activation counter of {marble_type} is under heavy contention; retry"
+    )))
+}
+
+/// Names of secrets a marble's templates reference.
+fn referenced_secrets(marble: &Marble) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for value in marble
+        .parameters
+        .files
+        .values()
+        .chain(marble.parameters.env.values())
+    {
+        if let Some(t) = &value.template {
+            for a in t.actions() {
+                if let Reference::Secret { name, .. } = &a.reference {
+                    out.insert(name.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// This marble's private secrets (only those its templates use).
+fn private_secrets(
+    manifest: &Manifest,
+    marble: &Marble,
+    marble_type: &str,
+    uuid: &uuid::Uuid,
+    root_secret: &quarry_api::Secret,
+    deployment: &Arc<Deployment>,
+) -> Result<BTreeMap<String, SecretValue>, ApiError> {
+    let mut out = BTreeMap::new();
+    for name in referenced_secrets(marble) {
+        let Some(spec) = manifest.secrets.get(&name) else {
+            continue;
+        };
+        if spec.shared || spec.user_defined {
+            continue;
+        }
+        let value = if secrets::cert_key_kind(spec.kind).is_some() {
+            tokio::task::block_in_place(|| secrets::generate(spec, &deployment.mesh))?
+        } else {
+            secrets::derive_private_symmetric(
+                root_secret,
+                uuid,
+                &name,
+                marble_type,
+                marble.disable_secret_binding,
+                spec.size,
+            )
+            .map_err(ApiError::Internal)?
+        };
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+fn render_parameters(
+    marble: &Marble,
+    marble_type: &str,
+    deployment: &Deployment,
+    private: &BTreeMap<String, SecretValue>,
+    root_der: &[u8],
+    leaf: &[u8],
+    spki: &[u8],
+) -> Result<Parameters, ApiError> {
+    let mut all = deployment.secrets.clone();
+    all.extend(private.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let previous = BTreeMap::new();
+    let ctx = ActivationContext {
+        secrets: &all,
+        previous: &previous,
+        root_ca: root_der,
+        mesh_ca: deployment.mesh.cert_der(),
+        marble_cert: leaf,
+        marble_public: spki,
+    };
+    let render = |section: &str, name: &str, v: &quarry_api::manifest::FileValue, target| {
+        match &v.template {
+            Some(t) => t.render(&ctx as &dyn TemplateContext, target).map_err(|e| {
+                ApiError::WrongState(format!(
+                    "cannot render Marbles/{marble_type}/Parameters/{section}/{name}: {e}"
+                ))
+            }),
+            None => Ok(Value::data(v.data.clone())),
+        }
+    };
+    let mut params = Parameters::default();
+    for (path, v) in &marble.parameters.files {
+        params.files.insert(path.clone(), render("Files", path, v, Target::File)?);
+    }
+    for (name, v) in &marble.parameters.env {
+        params.env.insert(name.clone(), render("Env", name, v, Target::Env)?);
+    }
+    let root_pem = pem_cert(root_der);
+    let chain = format!("{}{}", pem_cert(leaf), deployment.mesh.cert_pem());
+    params.env.insert(
+        "MARBLE_PREDEFINED_ROOT_CA".into(),
+        Value::data(root_pem.clone().into_bytes()),
+    );
+    params.env.insert(
+        "MARBLE_PREDEFINED_MARBLE_CERTIFICATE_CHAIN".into(),
+        Value::data(chain.into_bytes()),
+    );
+    params.env.insert(
+        "MARBLE_PREDEFINED_COORDINATOR_ROOT_CA".into(),
+        Value::data(root_pem.into_bytes()),
+    );
+    params.env.insert(
+        "MARBLE_PREDEFINED_PRIVATE_KEY".into(),
+        Value(vec![Segment::MarblePrivateKey(KeyEncoding::Pem)]),
+    );
+    params.argv = marble.parameters.argv.clone();
+    Ok(params)
+}

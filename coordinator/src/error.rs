@@ -1,0 +1,80 @@
+//! The one mapping from failures to HTTP status codes and JSend bodies. Only client errors
+//! echo their message; internal failures are logged and answered generically.
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed input (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Not authenticated (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Refused by policy: attestation, budget, unknown type (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Nothing there (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The coordinator is not in a state that allows this (409).
+    #[error("{0}")]
+    WrongState(String),
+    /// Body over the size limit (413).
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(usize),
+    /// Temporarily unable (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an environment failure (500); details only in the log.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::WrongState(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::pki::PkiError> for ApiError {
+    fn from(e: crate::pki::PkiError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                json!({"status": "error", "message": "internal error; see the coordinator log"})
+            }
+            other if status.is_server_error() => {
+                json!({"status": "error", "message": other.to_string()})
+            }
+            other => json!({"status": "fail", "data": null, "message": other.to_string()}),
+        };
+        (status, Json(body)).into_response()
+    }
+}
