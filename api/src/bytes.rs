@@ -50,3 +50,11 @@ pub mod base64_opt {
             .transpose()
     }
 }
+
+/// PEM with LF line endings (as Go and OpenSSL write it).
+pub fn encode_pem(tag: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(tag, der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}

@@ -198,8 +198,7 @@ impl Value {
                 Segment::Data(b) => out.extend_from_slice(b),
                 Segment::MarblePrivateKey(enc) => match enc {
                     KeyEncoding::Pem => out.extend_from_slice(
-                        pem::encode(&pem::Pem::new("PRIVATE KEY", private_key_pkcs8.to_vec()))
-                            .as_bytes(),
+                        crate::bytes::encode_pem("PRIVATE KEY", private_key_pkcs8).as_bytes(),
                     ),
                     KeyEncoding::Raw => out.extend_from_slice(private_key_pkcs8),
                     KeyEncoding::Hex => {

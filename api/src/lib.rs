@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod package;
 pub mod secret;
 pub mod spiffe;
+pub mod template;
 
 pub use claims::{Claims, TcbStatus, TeeKind};
 pub use evidence::{Evidence, EvidenceType, REPORT_DATA_LEN};

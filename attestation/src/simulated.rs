@@ -156,7 +156,7 @@ impl SimPlatform {
 
     /// The CA certificate, PEM.
     pub fn ca_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("CERTIFICATE", self.ca_der.clone()))
+        quarry_api::bytes::encode_pem("CERTIFICATE", &self.ca_der)
     }
 
     /// A 32-byte key bound to this platform's private key and a measurement: the simulated

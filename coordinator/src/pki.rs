@@ -331,7 +331,7 @@ pub struct CertSecret {
 /// Checks a secret's key parameters without generating anything (for manifest checks).
 pub fn check_key_params(kind: CertKeyKind, size: u32) -> Result<(), String> {
     match kind {
-        CertKeyKind::Ecdsa if matches!(size, 0 | 256 | 384) => Ok(()),
+        CertKeyKind::Ecdsa if matches!(size, 256 | 384) => Ok(()),
         CertKeyKind::Ecdsa => Err(format!(
             "ECDSA size {size} is not supported (use 256 or 384; P-224 and P-521 are not offered by this build's crypto provider)"
         )),
@@ -450,7 +450,7 @@ fn ext_key_usage(go: u32) -> Option<ExtendedKeyUsagePurpose> {
 
 /// PEM of one certificate.
 pub fn pem_cert(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+    quarry_api::bytes::encode_pem("CERTIFICATE", der)
 }
 
 fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {

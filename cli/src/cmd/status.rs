@@ -1,0 +1,41 @@
+//! `quarry status`: the coordinator's state.
+use quarry_api::http::StatusResponse;
+
+use crate::client::{Client, ConnectArgs};
+use crate::output::{self, Failure};
+
+/// Arguments of `quarry status`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  quarry status --coordinator coordinator.example:4433 --root-ca root.pem\n  QUARRY_COORDINATOR=localhost:4433 quarry status --insecure --json\n\nStates: 1 recovery, 2 accepting a manifest, 3 accepting marbles."
+)]
+pub struct Args {
+    /// Coordinator address and trust.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `quarry status`.
+pub fn run(args: &Args) -> Result<(), Failure> {
+    let client = Client::from_args(&args.connect)?;
+    let status: StatusResponse = client
+        .get("api/v2/status")
+        .map_err(|e| e.failure("reading the coordinator status"))?;
+    if status.simulation {
+        warn_simulation(client.address());
+    }
+    if args.json {
+        return output::json(&status);
+    }
+    output::line(format!("{}: {}", status.code, status.message))
+}
+
+/// The loud warning for a coordinator that runs on a simulated TEE.
+pub fn warn_simulation(address: &str) {
+    output::warn(format!(
+        "the coordinator at {address} runs in SIMULATION mode: no TEE protects it; use it for development only"
+    ));
+}
