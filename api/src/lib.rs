@@ -7,6 +7,7 @@ pub mod claims;
 pub mod evidence;
 pub mod http;
 pub mod manifest;
+pub mod merkle;
 pub mod package;
 pub mod secret;
 pub mod spiffe;

@@ -157,7 +157,9 @@ pub fn tls_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     let der = pem::parse(root_pem.trim())?;
-    roots.add(rustls_pki_types::CertificateDer::from(der.contents().to_vec()))?;
+    roots.add(rustls_pki_types::CertificateDer::from(
+        der.contents().to_vec(),
+    ))?;
     let b = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots);

@@ -18,7 +18,7 @@ fn write_service(dir: &Path, name: &str, tag: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\n# {tag}\nenv > \"$OUT_DIR/{tag}.env\"\necho \"$@\" > \"$OUT_DIR/{tag}.argv\"\nexit 0\n"
+            "#!/bin/sh\n# {tag}\nenv > \"$OUT_DIR/{tag}.env\"\necho \"$@\" > \"$OUT_DIR/{tag}.argv\"\nprintf '%s' \"$MARBLE_PREDEFINED_MARBLE_CERTIFICATE_CHAIN\" > \"$OUT_DIR/{tag}.chain\"\nprintf '%s' \"$MARBLE_PREDEFINED_ROOT_CA\" > \"$OUT_DIR/{tag}.root\"\nprintf '%s' \"$MARBLE_PREDEFINED_PRIVATE_KEY\" > \"$OUT_DIR/{tag}.key\"\nexit 0\n"
         ),
     )
     .unwrap();
@@ -43,7 +43,13 @@ struct Sidecar<'a> {
 }
 
 impl Sidecar<'_> {
-    fn run(&self, marble_type: &str, uuid_file: &Path, extra: &[&str], cmd: &Path) -> std::process::Output {
+    fn run(
+        &self,
+        marble_type: &str,
+        uuid_file: &Path,
+        extra: &[&str],
+        cmd: &Path,
+    ) -> std::process::Output {
         let mut c = Command::new(bin("marble-sidecar"));
         c.arg("run")
             .args(["--coordinator", &self.mesh])
@@ -74,7 +80,9 @@ fn env_of(path: &Path) -> std::collections::BTreeMap<String, String> {
     let mut current: Option<String> = None;
     for line in text.lines() {
         match line.split_once('=') {
-            Some((k, v)) if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+            Some((k, v))
+                if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
                 map.insert(k.to_string(), v.to_string());
                 current = Some(k.to_string());
             }
@@ -128,7 +136,9 @@ async fn core_loop_end_to_end() {
     // Simulated platform through the CLI; a second run refuses to overwrite it.
     let o = quarry(&["sim", "init", platform.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!quarry(&["sim", "init", platform.to_str().unwrap()]).status.success());
+    assert!(!quarry(&["sim", "init", platform.to_str().unwrap()])
+        .status
+        .success());
 
     let alpha = write_service(t, "alpha-svc", "alpha");
     let beta = write_service(t, "beta-svc", "beta");
@@ -141,7 +151,12 @@ async fn core_loop_end_to_end() {
     let mut coord = Coordinator::start(&data, &platform, &log).unwrap();
     let root_pem_path = t.join("root.pem");
     let o = quarry(&[
-        "certificate", "root", "--coordinator", &coord.client.to_string(), "--insecure", "-o",
+        "certificate",
+        "root",
+        "--coordinator",
+        &coord.client.to_string(),
+        "--insecure",
+        "-o",
         root_pem_path.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -157,7 +172,11 @@ async fn core_loop_end_to_end() {
     };
     let o = sidecar.run("alpha", &t.join("a1.uuid"), &[], &alpha);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("no manifest has been set"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no manifest has been set"),
+        "{}",
+        stderr(&o)
+    );
 
     // Malformed JSON and oversized bodies.
     let (code, body) = jsend(
@@ -172,7 +191,13 @@ async fn core_loop_end_to_end() {
     .unwrap();
     assert_eq!(code, 400, "{body}");
     assert_eq!(body["status"], "fail");
-    assert!(body["message"].as_str().unwrap().contains("line 1 column 2"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1 column 2"),
+        "{body}"
+    );
     let big = vec![b'a'; quarry_api::http::MAX_BODY_BYTES + 1];
     let resp = client
         .post(format!("{}/api/v2/manifest", coord.client_url()))
@@ -221,22 +246,42 @@ async fn core_loop_end_to_end() {
         }
     });
     let manifest_path = t.join("manifest.json");
-    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
     let o = quarry(&[
-        "manifest", "set", manifest_path.to_str().unwrap(), "--coordinator", &coord.client.to_string(),
-        "--root-ca", root_pem_path.to_str().unwrap(),
+        "manifest",
+        "set",
+        manifest_path.to_str().unwrap(),
+        "--coordinator",
+        &coord.client.to_string(),
+        "--root-ca",
+        root_pem_path.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Posting again is refused (state 3).
     let o = quarry(&[
-        "manifest", "set", manifest_path.to_str().unwrap(), "--coordinator", &coord.client.to_string(),
-        "--root-ca", root_pem_path.to_str().unwrap(),
+        "manifest",
+        "set",
+        manifest_path.to_str().unwrap(),
+        "--coordinator",
+        &coord.client.to_string(),
+        "--root-ca",
+        root_pem_path.to_str().unwrap(),
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already set"), "{}", stderr(&o));
-    let (code, body) = jsend(client.get(format!("{}/api/v2/manifest", coord.client_url())).send().await.unwrap())
-        .await
-        .unwrap();
+    let (code, body) = jsend(
+        client
+            .get(format!("{}/api/v2/manifest", coord.client_url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 200);
     assert_eq!(
         body["data"]["manifestFingerprint"],
@@ -252,22 +297,43 @@ async fn core_loop_end_to_end() {
     let a = env_of(&out_dir.join("alpha.env"));
     let b = env_of(&out_dir.join("beta.env"));
     assert_eq!(a["SHARED"].len(), 64);
-    assert_eq!(a["SHARED"], b["SHARED"], "shared secret equal across marbles");
+    assert_eq!(
+        a["SHARED"], b["SHARED"],
+        "shared secret equal across marbles"
+    );
     assert_ne!(a["PRIVATE"], b["PRIVATE"], "private secrets differ");
     assert_eq!(a["PLAIN"], "hello");
     // Argv from the manifest replaces the command line (argv[0] included).
-    assert_eq!(std::fs::read_to_string(out_dir.join("alpha.argv")).unwrap().trim(), "from-manifest");
-    assert_eq!(std::fs::read_to_string(out_dir.join("beta.argv")).unwrap().trim(), "from-args");
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("alpha.argv"))
+            .unwrap()
+            .trim(),
+        "from-manifest"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("beta.argv"))
+            .unwrap()
+            .trim(),
+        "from-args"
+    );
     // Rendered file, mode 0600.
     let text = std::fs::read_to_string(&out_file).unwrap();
-    assert!(text.starts_with("cert=-----BEGIN CERTIFICATE-----"), "{text}");
+    assert!(
+        text.starts_with("cert=-----BEGIN CERTIFICATE-----"),
+        "{text}"
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     // Certificates chain to the root, for openssl too.
-    assert_eq!(a["MARBLE_PREDEFINED_ROOT_CA"].trim(), root_pem.trim());
-    assert!(openssl_verify(&root_pem_path, &a["MARBLE_PREDEFINED_MARBLE_CERTIFICATE_CHAIN"], t));
-    assert!(openssl_verify(&root_pem_path, &b["MARBLE_PREDEFINED_MARBLE_CERTIFICATE_CHAIN"], t));
-    assert!(a["MARBLE_PREDEFINED_PRIVATE_KEY"].contains("BEGIN PRIVATE KEY"));
+    let read = |name: &str| std::fs::read_to_string(out_dir.join(name)).unwrap();
+    assert_eq!(read("alpha.root").trim(), root_pem.trim());
+    assert!(openssl_verify(&root_pem_path, &read("alpha.chain"), t));
+    assert!(openssl_verify(&root_pem_path, &read("beta.chain"), t));
+    assert!(read("alpha.key").contains("BEGIN PRIVATE KEY"));
+    let alpha_chain = read("alpha.chain");
     let shared_cert_pem = text.trim_start_matches("cert=");
     let shared_cert_path = t.join("shared-cert.pem");
     std::fs::write(&shared_cert_path, shared_cert_pem).unwrap();
@@ -280,31 +346,75 @@ async fn core_loop_end_to_end() {
     let o = sidecar.run("alpha", &t.join("x.uuid"), &[], &beta);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("UniqueID") && e.contains(&alpha_id) && e.contains(&beta_id), "{e}");
+    assert!(
+        e.contains("UniqueID") && e.contains(&alpha_id) && e.contains(&beta_id),
+        "{e}"
+    );
 
     let o = sidecar.run("alpha", &t.join("x.uuid"), &["--sim-debug"], &alpha);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("Debug: expected false, got true"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Debug: expected false, got true"),
+        "{}",
+        stderr(&o)
+    );
 
-    let o = sidecar.run("gamma", &t.join("g.uuid"), &["--sim-product-id", "7", "--sim-svn", "1"], &gamma);
+    let o = sidecar.run(
+        "gamma",
+        &t.join("g.uuid"),
+        &["--sim-product-id", "7", "--sim-svn", "1"],
+        &gamma,
+    );
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("SecurityVersion: expected >= 2, got 1"), "{}", stderr(&o));
-    let o = sidecar.run("gamma", &t.join("g.uuid"), &["--sim-product-id", "8", "--sim-svn", "2"], &gamma);
+    assert!(
+        stderr(&o).contains("SecurityVersion: expected >= 2, got 1"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sidecar.run(
+        "gamma",
+        &t.join("g.uuid"),
+        &["--sim-product-id", "8", "--sim-svn", "2"],
+        &gamma,
+    );
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("ProductID: expected 7, got 8"), "{}", stderr(&o));
-    let o = sidecar.run("gamma", &t.join("g.uuid"), &["--sim-product-id", "7", "--sim-svn", "3"], &gamma);
+    assert!(
+        stderr(&o).contains("ProductID: expected 7, got 8"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sidecar.run(
+        "gamma",
+        &t.join("g.uuid"),
+        &["--sim-product-id", "7", "--sim-svn", "3"],
+        &gamma,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 
     let other_platform = t.join("other-sim");
     SimPlatform::create(&other_platform).unwrap();
-    let o = Sidecar { platform: &other_platform, mesh: sidecar.mesh.clone(), ..sidecar }.run("alpha", &t.join("x.uuid"), &[], &alpha);
+    let o = Sidecar {
+        platform: &other_platform,
+        mesh: sidecar.mesh.clone(),
+        ..sidecar
+    }
+    .run("alpha", &t.join("x.uuid"), &[], &alpha);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("untrusted platform"), "{}", stderr(&o));
 
     // The sidecar refuses a coordinator it cannot authenticate.
-    let o = Sidecar { root: &shared_cert_path, mesh: sidecar.mesh.clone(), ..sidecar }.run("alpha", &t.join("x.uuid"), &[], &alpha);
-    assert!(!o.status.success());
-    assert!(!out_dir.join("never").exists());
+    let o = Sidecar {
+        root: &shared_cert_path,
+        mesh: sidecar.mesh.clone(),
+        ..sidecar
+    }
+    .run("alpha", &t.join("x.uuid"), &[], &alpha);
+    assert!(
+        !o.status.success(),
+        "sidecar accepted a coordinator outside the pinned root: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("certificate"), "{}", stderr(&o));
 
     // Replay: evidence binding key A presented on a connection with key B.
     replay_is_refused(&coord, &root_pem, &platform, &alpha).await;
@@ -317,9 +427,16 @@ async fn core_loop_end_to_end() {
     // Restart keeps root CA, shared secrets, activation counts; private secrets are stable.
     coord.stop();
     let coord = Coordinator::start(&data, &platform, &log).unwrap();
-    let sidecar = Sidecar { mesh: coord.mesh.to_string(), ..sidecar };
+    let sidecar = Sidecar {
+        mesh: coord.mesh.to_string(),
+        ..sidecar
+    };
     let o = quarry(&[
-        "status", "--coordinator", &coord.client.to_string(), "--root-ca", root_pem_path.to_str().unwrap(),
+        "status",
+        "--coordinator",
+        &coord.client.to_string(),
+        "--root-ca",
+        root_pem_path.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains('3'));
@@ -328,16 +445,28 @@ async fn core_loop_end_to_end() {
     assert!(o.status.success(), "{}", stderr(&o));
     let a2 = env_of(&out_dir.join("alpha.env"));
     assert_eq!(a2["SHARED"], a["SHARED"]);
-    assert_eq!(a2["PRIVATE"], a["PRIVATE"], "same UUID → same private key after restart");
-    assert!(openssl_verify(&root_pem_path, &a2["MARBLE_PREDEFINED_MARBLE_CERTIFICATE_CHAIN"], t));
+    assert_eq!(
+        a2["PRIVATE"], a["PRIVATE"],
+        "same UUID → same private key after restart"
+    );
+    let chain2 = std::fs::read_to_string(out_dir.join("alpha.chain")).unwrap();
+    assert!(openssl_verify(&root_pem_path, &chain2, t));
+    assert_ne!(chain2, alpha_chain, "a new activation gets a new leaf");
     let o = sidecar.run("beta", &t.join("b3.uuid"), &[], &beta);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("MaxActivations"), "budget survives restarts: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("MaxActivations"),
+        "budget survives restarts: {}",
+        stderr(&o)
+    );
 
     // Secrets never appear in the coordinator's log.
     let logtext = std::fs::read_to_string(&log).unwrap();
     for v in [&a["SHARED"], &a["PRIVATE"], &b["PRIVATE"]] {
-        assert!(!logtext.contains(v.as_str()), "a secret value is in the log");
+        assert!(
+            !logtext.contains(v.as_str()),
+            "a secret value is in the log"
+        );
     }
     drop(coord);
 
@@ -363,7 +492,11 @@ async fn core_loop_end_to_end() {
     assert_eq!(code, 200);
     assert_eq!(body["data"]["code"], 1, "{body}");
     assert!(std::fs::read_to_string(&log).unwrap().contains("RECOVERY"));
-    assert_eq!(std::fs::read(&state).unwrap(), bytes, "recovery leaves the state untouched");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        bytes,
+        "recovery leaves the state untouched"
+    );
 }
 
 async fn replay_is_refused(coord: &Coordinator, root_pem: &str, platform: &Path, alpha: &Path) {
@@ -380,7 +513,9 @@ async fn replay_is_refused(coord: &Coordinator, root_pem: &str, platform: &Path,
     .unwrap();
     let key_a = MarbleKey::generate().unwrap();
     let key_b = MarbleKey::generate().unwrap();
-    let client_b = https(tls_config(root_pem, Some((key_b.cert.clone(), key_b.key.clone()))).unwrap()).unwrap();
+    let client_b =
+        https(tls_config(root_pem, Some((key_b.cert.clone(), key_b.key.clone()))).unwrap())
+            .unwrap();
     use quarry_attestation::EvidenceProvider;
     // Evidence for key A, no nonce, sent over B's connection.
     let rd = quarry_api::evidence::activation_report_data(&key_a.spki, None);
@@ -389,9 +524,16 @@ async fn replay_is_refused(coord: &Coordinator, root_pem: &str, platform: &Path,
         "uuid": uuid::Uuid::new_v4().to_string(),
         "evidence": provider.evidence(&rd).unwrap(),
     });
-    let (code, v) = jsend(client_b.post(format!("{}/api/v2/activate", coord.mesh_url())).json(&body).send().await.unwrap())
-        .await
-        .unwrap();
+    let (code, v) = jsend(
+        client_b
+            .post(format!("{}/api/v2/activate", coord.mesh_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 403, "{v}");
     assert!(v["message"].as_str().unwrap().contains("binding"), "{v}");
     // The same evidence for B's own key (no nonce) is accepted: the refusal above was the binding.
@@ -401,17 +543,32 @@ async fn replay_is_refused(coord: &Coordinator, root_pem: &str, platform: &Path,
         "uuid": uuid::Uuid::new_v4().to_string(),
         "evidence": provider.evidence(&rd).unwrap(),
     });
-    let (code, v) = jsend(client_b.post(format!("{}/api/v2/activate", coord.mesh_url())).json(&body).send().await.unwrap())
-        .await
-        .unwrap();
+    let (code, v) = jsend(
+        client_b
+            .post(format!("{}/api/v2/activate", coord.mesh_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 200, "{v}");
     // A nonce issued to B cannot be used by A, and is single use.
-    let (_, n) = jsend(client_b.get(format!("{}/api/v2/activate/nonce", coord.mesh_url())).send().await.unwrap())
-        .await
-        .unwrap();
+    let (_, n) = jsend(
+        client_b
+            .get(format!("{}/api/v2/activate/nonce", coord.mesh_url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let nonce_hex = n["data"]["nonce"].as_str().unwrap().to_string();
     let nonce: [u8; 32] = hex::decode(&nonce_hex).unwrap().try_into().unwrap();
-    let client_a = https(tls_config(root_pem, Some((key_a.cert.clone(), key_a.key.clone()))).unwrap()).unwrap();
+    let client_a =
+        https(tls_config(root_pem, Some((key_a.cert.clone(), key_a.key.clone()))).unwrap())
+            .unwrap();
     let rd = quarry_api::evidence::activation_report_data(&key_a.spki, Some(&nonce));
     let body = serde_json::json!({
         "marbleType": "alpha",
@@ -419,11 +576,21 @@ async fn replay_is_refused(coord: &Coordinator, root_pem: &str, platform: &Path,
         "evidence": provider.evidence(&rd).unwrap(),
         "nonce": nonce_hex,
     });
-    let (code, v) = jsend(client_a.post(format!("{}/api/v2/activate", coord.mesh_url())).json(&body).send().await.unwrap())
-        .await
-        .unwrap();
+    let (code, v) = jsend(
+        client_a
+            .post(format!("{}/api/v2/activate", coord.mesh_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 403, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("another TLS key"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("another TLS key"),
+        "{v}"
+    );
 }
 
 fn insecure_config() -> rustls::ClientConfig {
@@ -467,10 +634,12 @@ fn insecure_config() -> rustls::ClientConfig {
                 .supported_schemes()
         }
     }
-    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
-        .with_no_client_auth()
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
+    .with_no_client_auth()
 }

@@ -110,12 +110,10 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         }
         Which::Chain(_) => chain,
     };
-    let pem_text = pem::encode_many(
-        &selected
-            .iter()
-            .map(|der| pem::Pem::new("CERTIFICATE", der.clone()))
-            .collect::<Vec<_>>(),
-    );
+    let pem_text: String = selected
+        .iter()
+        .map(|der| quarry_api::bytes::encode_pem("CERTIFICATE", der))
+        .collect();
     let sha256 = hex::encode(Sha256::digest(
         selected.last().map(Vec::as_slice).unwrap_or_default(),
     ));
