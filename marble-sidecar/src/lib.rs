@@ -1,1 +1,189 @@
-//! placeholder
+//! Quarry marble sidecar: attests the service it wraps, activates it with the coordinator's
+//! mesh API, materialises its certificate, files and environment, and runs it (contract §9).
+//!
+//! The flow: resolve the [`Config`], load the coordinator trust anchor, measure the executable
+//! and set up the evidence provider, load or create the UUID, generate the marble key in
+//! memory, activate ([`client::activate`]), then either run the service
+//! ([`supervise::run_child`]) or write everything into a directory
+//! ([`materialise::write_activation_dir`]).
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod materialise;
+pub mod supervise;
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt as _;
+use std::path::PathBuf;
+
+use quarry_attestation::simulated::{SimIdentity, SimPlatform, SimProvider};
+use quarry_attestation::{EvidenceProvider, ProviderError};
+
+pub use config::{Cli, Config, ConfigError};
+
+use crate::client::{ClientError, MeshClient, RetryPolicy, TrustAnchor};
+use crate::config::{Mode, Tee};
+use crate::identity::{IdentityError, MarbleKey};
+use crate::materialise::MaterialiseError;
+use crate::supervise::{ChildSpec, SuperviseError};
+
+/// Exit code of a refused activation or any failure before the service started.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of an invalid command line or configuration.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Why the sidecar stopped before (or instead of) running the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The executable to measure cannot be found or read.
+    #[error("cannot measure {program:?}: {source}")]
+    Measure {
+        /// The program as configured.
+        program: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The evidence provider cannot be set up.
+    #[error("evidence provider: {0}")]
+    Provider(#[from] ProviderError),
+    /// The UUID or key could not be established.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Activation failed or was refused.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Files or environment could not be produced.
+    #[error(transparent)]
+    Materialise(#[from] MaterialiseError),
+    /// The service could not be run.
+    #[error(transparent)]
+    Supervise(#[from] SuperviseError),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        }
+    }
+}
+
+/// Runs the configured mode; returns the exit code (the service's, for `run`).
+pub async fn execute(config: Config) -> Result<i32, Error> {
+    execute_with(config, &RetryPolicy::default()).await
+}
+
+/// [`execute`] with an explicit retry policy for reaching the coordinator.
+pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Error> {
+    let trust = TrustAnchor::load(&config.trust)?;
+    let measured = match &config.mode {
+        Mode::Run { command } => command.first().cloned(),
+        Mode::Activate { measure, .. } => measure.clone(),
+    };
+    let (program, provider) = evidence_provider(&config.tee, measured.as_deref())?;
+    let uuid = identity::load_or_create_uuid(&config.uuid_file)?;
+    let key = MarbleKey::generate(&uuid)?;
+    let mesh = MeshClient::new(
+        config.coordinator.clone(),
+        client::tls_config(&trust, &key)?,
+    )?;
+    tracing::info!(
+        coordinator = %config.coordinator,
+        marble_type = %config.marble_type,
+        %uuid,
+        "activating"
+    );
+    let response = client::activate(
+        &mesh,
+        &key,
+        provider.as_ref(),
+        &config.marble_type,
+        &uuid,
+        &config.dns_names,
+        retry,
+    )
+    .await?;
+    tracing::info!(spiffe_id = %response.spiffe_id, "activated");
+    if response.simulation {
+        tracing::warn!(
+            "WARNING: this marble was activated with SIMULATED evidence; it has no TEE protection"
+        );
+    }
+    match config.mode {
+        Mode::Run { command } => {
+            materialise::write_files(&response.parameters.files, None, &key)?;
+            let env = materialise::environment(&response.parameters.env, &key)?;
+            // `run` always measures its command, so the resolved program is known.
+            let program = program.ok_or_else(|| ConfigError::Invalid {
+                origin: "CMD".into(),
+                reason: "no command to run after `--`".into(),
+            })?;
+            let argv = if response.parameters.argv.is_empty() {
+                &command
+            } else {
+                &response.parameters.argv
+            };
+            let mut argv = argv.iter().map(OsString::from);
+            let spec = ChildSpec {
+                program,
+                arg0: argv.next().unwrap_or_default(),
+                args: argv.collect(),
+                env: env
+                    .iter()
+                    .map(|(k, v)| (OsString::from(k), OsString::from_vec(v.to_vec())))
+                    .collect(),
+            };
+            // The child gets its own copies; wipe the sidecar's zeroizing ones now rather
+            // than at exit.
+            drop(env);
+            drop(response);
+            Ok(supervise::run_child(spec).await?)
+        }
+        Mode::Activate { out, .. } => {
+            materialise::write_activation_dir(&out, &response, &key)?;
+            tracing::info!(dir = %out.display(), "activation written");
+            Ok(0)
+        }
+    }
+}
+
+/// Sets up the evidence provider; returns the resolved measured executable with it.
+fn evidence_provider(
+    tee: &Tee,
+    measured: Option<&str>,
+) -> Result<(Option<PathBuf>, Box<dyn EvidenceProvider>), Error> {
+    match tee {
+        Tee::Simulated(sim) => {
+            let measured = measured.ok_or(ConfigError::MissingSimMeasure)?;
+            let (path, unique_id) = quarry_attestation::measure::simulated_unique_id(measured)
+                .map_err(|source| Error::Measure {
+                    program: measured.to_string(),
+                    source,
+                })?;
+            let platform = SimPlatform::load(&sim.platform_dir)?;
+            let provider = SimProvider::new(
+                platform,
+                SimIdentity {
+                    unique_id,
+                    signer_id: sim.signer_id,
+                    product_id: sim.product_id,
+                    security_version: sim.security_version,
+                    debug: sim.debug,
+                },
+            )?;
+            tracing::warn!(
+                unique_id = %hex::encode(unique_id),
+                measured = %path.display(),
+                "WARNING: evidence is SIMULATED (development only, no TEE protection)"
+            );
+            Ok((Some(path), Box::new(provider)))
+        }
+    }
+}

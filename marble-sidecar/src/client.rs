@@ -1,0 +1,501 @@
+//! Talking to the coordinator's mesh API: the TLS 1.3 client configuration (the marble key as
+//! client certificate, the coordinator authenticated by a pinned root CA), the HTTP client and
+//! the activation exchange (nonce, evidence, `POST /api/v2/activate`) with retries.
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quarry_api::evidence::activation_report_data;
+use quarry_api::http::{ActivateRequest, ActivateResponse, JSend, NonceResponse, MAX_BODY_BYTES};
+use quarry_attestation::{EvidenceProvider, ProviderError};
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use crate::config::CoordinatorTrust;
+use crate::identity::MarbleKey;
+
+pub mod dangerous;
+
+/// Path of the nonce endpoint.
+pub const NONCE_PATH: &str = "/api/v2/activate/nonce";
+/// Path of the activation endpoint.
+pub const ACTIVATE_PATH: &str = "/api/v2/activate";
+/// Upper bound of one request, connection included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound of establishing a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest coordinator message echoed to the operator.
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// Why talking to the coordinator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The pinned root CA file is unusable.
+    #[error("coordinator root CA {path}: {reason}")]
+    RootCa {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TLS or HTTP client could not be built.
+    #[error("building the mesh API client: {0}")]
+    Setup(String),
+    /// No connection could be made (retried before giving up).
+    #[error("cannot reach the coordinator at {url}: {reason}")]
+    Unreachable {
+        /// The URL called.
+        url: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The coordinator's certificate does not verify against the pinned root (invariant 10).
+    #[error("the coordinator at {url} could not be authenticated: {reason} (is --coordinator-root-ca the deployment's root CA, and is the address one of the coordinator's DNS names?)")]
+    CoordinatorNotAuthenticated {
+        /// The URL called.
+        url: String,
+        /// The TLS error.
+        reason: String,
+    },
+    /// The TLS handshake failed for another reason.
+    #[error("TLS handshake with the coordinator at {url} failed: {reason}")]
+    Handshake {
+        /// The URL called.
+        url: String,
+        /// The TLS error.
+        reason: String,
+    },
+    /// The request failed after the connection was made (for example a timeout).
+    #[error("request to the coordinator at {url} failed: {reason}")]
+    Transport {
+        /// The URL called.
+        url: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The coordinator answered with a JSend fail/error or an error status.
+    #[error("activation refused by coordinator: {message}")]
+    Refused {
+        /// The coordinator's message (control characters removed, shortened).
+        message: String,
+    },
+    /// The coordinator's answer is not what the protocol says.
+    #[error("unexpected answer from the coordinator to {what}: {reason}")]
+    Protocol {
+        /// The request.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TEE could not produce evidence.
+    #[error("producing evidence: {0}")]
+    Evidence(#[from] ProviderError),
+    /// The issued certificate is not for this marble's key; nothing from the answer is used.
+    #[error("the coordinator issued a certificate for a different public key than this marble's; refusing the activation response")]
+    LeafKeyMismatch,
+}
+
+impl ClientError {
+    /// True for failures worth retrying: the request never reached a coordinator.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
+}
+
+/// How the coordinator is authenticated, with the pinned roots loaded.
+#[derive(Debug, Clone)]
+pub enum TrustAnchor {
+    /// The server certificate must chain to one of these roots and match the host name.
+    PinnedRoot(Arc<rustls::RootCertStore>),
+    /// Any server certificate is accepted (the handshake signature is still checked).
+    DangerousAcceptAnyCoordinator,
+}
+
+impl TrustAnchor {
+    /// Loads the trust configuration; reads and checks the root CA file.
+    pub fn load(trust: &CoordinatorTrust) -> Result<TrustAnchor, ClientError> {
+        match trust {
+            CoordinatorTrust::PinnedRoot(path) => load_roots(path).map(TrustAnchor::PinnedRoot),
+            CoordinatorTrust::DangerousAcceptAnyCoordinator => {
+                tracing::warn!(
+                    "WARNING: --insecure-skip-coordinator-verify: the coordinator is NOT authenticated; \
+                     anyone on the network path can impersonate it and hand this marble forged secrets. \
+                     Development only."
+                );
+                Ok(TrustAnchor::DangerousAcceptAnyCoordinator)
+            }
+        }
+    }
+}
+
+fn load_roots(path: &Path) -> Result<Arc<rustls::RootCertStore>, ClientError> {
+    let err = |reason: String| ClientError::RootCa {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut bytes.as_slice()) {
+        let cert = cert.map_err(|e| err(format!("not PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| err(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(err("contains no PEM CERTIFICATE".into()));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The TLS 1.3 client configuration: ring, the marble's self-signed certificate as client
+/// certificate, and the coordinator verified as `trust` says.
+pub fn tls_config(
+    trust: &TrustAnchor,
+    key: &MarbleKey,
+) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
+    let builder = match trust {
+        TrustAnchor::PinnedRoot(roots) => builder.with_root_certificates(roots.clone()),
+        TrustAnchor::DangerousAcceptAnyCoordinator => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(dangerous::AcceptAnyCoordinator::new(
+                provider,
+            ))),
+    };
+    let mut config = builder
+        .with_client_auth_cert(vec![key.cert_der()], key.private_key_der())
+        .map_err(|e| ClientError::Setup(format!("client certificate: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Retry schedule for connection failures (a sidecar may start before its coordinator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total (at least 1).
+    pub attempts: u32,
+    /// Wait after the first failure; doubles after each further one.
+    pub initial_delay: Duration,
+    /// Longest wait between two attempts.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 10,
+            initial_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(4),
+        }
+    }
+}
+
+/// An HTTPS client of one coordinator's mesh API.
+#[derive(Debug, Clone)]
+pub struct MeshClient {
+    http: reqwest::Client,
+    base: reqwest::Url,
+}
+
+impl MeshClient {
+    /// A client of the mesh API at `base` (`https://host:port`) using `tls`.
+    pub fn new(base: reqwest::Url, tls: rustls::ClientConfig) -> Result<MeshClient, ClientError> {
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .https_only(true)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("quarry-marble-sidecar/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Setup(error_chain(&e)))?;
+        Ok(MeshClient { http, base })
+    }
+
+    /// `GET /api/v2/activate/nonce`: a fresh nonce bound to this client's TLS key.
+    pub async fn nonce(&self) -> Result<[u8; 32], ClientError> {
+        let url = self.url(NONCE_PATH)?;
+        let data: NonceResponse = self
+            .call(self.http.get(url.clone()), &url, "the nonce request")
+            .await?;
+        hex::decode(data.nonce.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| ClientError::Protocol {
+                what: "the nonce request",
+                reason: "the nonce is not 32 bytes of hex".into(),
+            })
+    }
+
+    /// `POST /api/v2/activate`.
+    pub async fn activate(
+        &self,
+        request: &ActivateRequest,
+    ) -> Result<ActivateResponse, ClientError> {
+        let url = self.url(ACTIVATE_PATH)?;
+        self.call(
+            self.http.post(url.clone()).json(request),
+            &url,
+            "the activation request",
+        )
+        .await
+    }
+
+    fn url(&self, path: &str) -> Result<reqwest::Url, ClientError> {
+        self.base
+            .join(path)
+            .map_err(|e| ClientError::Setup(e.to_string()))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &reqwest::Url,
+        what: &'static str,
+    ) -> Result<T, ClientError> {
+        let response = request.send().await.map_err(|e| transport_error(url, &e))?;
+        let status = response.status();
+        let body = read_body(response, what).await.map_err(|e| match e {
+            BodyError::Transport(e) => transport_error(url, &e),
+            BodyError::TooLarge => ClientError::Protocol {
+                what,
+                reason: format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+            },
+        })?;
+        interpret(status, &body, what)
+    }
+}
+
+/// Runs the activation exchange, retrying while the coordinator cannot be reached, and checks
+/// that the issued certificate is for `key`.
+pub async fn activate(
+    mesh: &MeshClient,
+    key: &MarbleKey,
+    provider: &dyn EvidenceProvider,
+    marble_type: &str,
+    uuid: &uuid::Uuid,
+    dns_names: &[String],
+    retry: &RetryPolicy,
+) -> Result<ActivateResponse, ClientError> {
+    let mut delay = retry.initial_delay;
+    let mut attempt = 1;
+    loop {
+        match activate_once(mesh, key, provider, marble_type, uuid, dns_names).await {
+            Err(e) if e.is_retryable() && attempt < retry.attempts.max(1) => {
+                tracing::warn!(
+                    attempt,
+                    of = retry.attempts,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "{e}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(retry.max_delay);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn activate_once(
+    mesh: &MeshClient,
+    key: &MarbleKey,
+    provider: &dyn EvidenceProvider,
+    marble_type: &str,
+    uuid: &uuid::Uuid,
+    dns_names: &[String],
+) -> Result<ActivateResponse, ClientError> {
+    let nonce = mesh.nonce().await?;
+    let report_data = activation_report_data(key.spki_der(), Some(&nonce));
+    let evidence = provider.evidence(&report_data)?;
+    let request = ActivateRequest {
+        marble_type: marble_type.to_string(),
+        uuid: uuid.hyphenated().to_string(),
+        evidence,
+        dns_names: dns_names.to_vec(),
+        nonce: Some(hex::encode(nonce)),
+    };
+    let response = mesh.activate(&request).await?;
+    check_leaf_key(&response, key)?;
+    Ok(response)
+}
+
+/// Checks that the chain's first certificate is for `key` and that the root CA parses.
+pub fn check_leaf_key(response: &ActivateResponse, key: &MarbleKey) -> Result<(), ClientError> {
+    use x509_parser::prelude::FromDer as _;
+    let protocol = |reason: String| ClientError::Protocol {
+        what: "the activation request",
+        reason,
+    };
+    let leaf = first_certificate(&response.certificate_chain)
+        .map_err(|e| protocol(format!("certificateChain: {e}")))?;
+    first_certificate(&response.root_ca).map_err(|e| protocol(format!("rootCA: {e}")))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| protocol(format!("certificateChain: leaf: {e}")))?;
+    let (_, own) = x509_parser::x509::SubjectPublicKeyInfo::from_der(key.spki_der())
+        .map_err(|e| protocol(format!("own public key: {e}")))?;
+    let issued = leaf.public_key();
+    if issued.algorithm.algorithm != own.algorithm.algorithm
+        || issued.subject_public_key.data != own.subject_public_key.data
+    {
+        return Err(ClientError::LeafKeyMismatch);
+    }
+    Ok(())
+}
+
+fn first_certificate(pem_text: &str) -> Result<Vec<u8>, String> {
+    let blocks = pem::parse_many(pem_text).map_err(|e| format!("not PEM: {e}"))?;
+    match blocks.into_iter().next() {
+        Some(b) if b.tag() == "CERTIFICATE" => Ok(b.into_contents()),
+        Some(b) => Err(format!("expected a CERTIFICATE, found {}", b.tag())),
+        None => Err("no PEM certificate".into()),
+    }
+}
+
+enum BodyError {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+async fn read_body(
+    mut response: reqwest::Response,
+    what: &'static str,
+) -> Result<Zeroizing<Vec<u8>>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Zeroizing::new(Vec::new());
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            tracing::debug!(what, "response body too large");
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Maps status + JSend body to the payload, a refusal, or a protocol error.
+fn interpret<T: DeserializeOwned>(
+    status: reqwest::StatusCode,
+    body: &[u8],
+    what: &'static str,
+) -> Result<T, ClientError> {
+    let envelope = match serde_json::from_slice::<JSend<serde_json::Value>>(body) {
+        Ok(envelope) => envelope,
+        Err(e) if status.is_success() => {
+            return Err(ClientError::Protocol {
+                what,
+                reason: format!("the body is not a JSend envelope: {e}"),
+            })
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let first = text.lines().next().unwrap_or("").trim();
+            let message = if first.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {first}")
+            };
+            return Err(ClientError::Refused {
+                message: sanitize(&message),
+            });
+        }
+    };
+    match envelope.into_result() {
+        Ok(data) if status.is_success() => {
+            serde_json::from_value(data).map_err(|e| ClientError::Protocol {
+                what,
+                reason: format!("unexpected data: {e}"),
+            })
+        }
+        Ok(_) => Err(ClientError::Protocol {
+            what,
+            reason: format!("HTTP {status} with a success envelope"),
+        }),
+        Err(message) => Err(ClientError::Refused {
+            message: sanitize(&message),
+        }),
+    }
+}
+
+/// One line, printable, bounded: coordinator text is shown to operators and logs.
+fn sanitize(message: &str) -> String {
+    let mut out: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_MESSAGE_CHARS)
+        .collect();
+    if message.chars().count() > MAX_MESSAGE_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+/// Classifies a reqwest error: TLS failures are never retried, connection failures are.
+fn transport_error(url: &reqwest::Url, error: &reqwest::Error) -> ClientError {
+    let url = url.to_string();
+    if let Some(tls) = find_rustls_error(error) {
+        let reason = tls.to_string();
+        return match tls {
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                ClientError::CoordinatorNotAuthenticated { url, reason }
+            }
+            _ => ClientError::Handshake { url, reason },
+        };
+    }
+    // reqwest's own message repeats the URL; its sources say what went wrong.
+    let reason = std::error::Error::source(error)
+        .map(error_chain)
+        .unwrap_or_else(|| error.to_string());
+    if error.is_connect() {
+        ClientError::Unreachable { url, reason }
+    } else {
+        ClientError::Transport { url, reason }
+    }
+}
+
+/// The rustls error somewhere in `error`'s source chain (also inside `io::Error`s).
+fn find_rustls_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(tls) = find_rustls_error(inner) {
+                    return Some(tls);
+                }
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// `error` and its sources joined with `: `, skipping repeats.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests;

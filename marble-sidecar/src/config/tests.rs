@@ -1,0 +1,388 @@
+use std::collections::HashMap;
+
+use clap::{CommandFactory, Parser};
+
+use super::*;
+
+fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut argv = vec!["marble-sidecar"];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).expect("command line must parse");
+    Config::resolve(cli, |k| env.get(k).cloned())
+}
+
+const SIM: [&str; 4] = ["--tee", "simulated", "--sim-platform", "/plat"];
+
+fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run"];
+    v.extend_from_slice(&SIM);
+    v.extend_from_slice(extra);
+    v.extend_from_slice(&["--", "/bin/true", "x"]);
+    v
+}
+
+#[test]
+fn flags_resolve_with_defaults() {
+    let c = resolve(
+        &run_args(&["--marble-type", "web", "--insecure-skip-coordinator-verify"]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.coordinator.as_str(), "https://localhost:2001/");
+    assert_eq!(c.marble_type, "web");
+    assert_eq!(c.uuid_file, PathBuf::from("uuid"));
+    assert!(c.dns_names.is_empty());
+    assert_eq!(c.trust, CoordinatorTrust::DangerousAcceptAnyCoordinator);
+    assert_eq!(
+        c.tee,
+        Tee::Simulated(SimulatedTee {
+            platform_dir: "/plat".into(),
+            signer_id: [0; 32],
+            product_id: 0,
+            security_version: 0,
+            debug: false,
+        })
+    );
+    assert_eq!(
+        c.mode,
+        Mode::Run {
+            command: vec!["/bin/true".into(), "x".into()]
+        }
+    );
+}
+
+#[test]
+fn marblerun_aliases_are_honoured_when_quarry_variables_are_unset() {
+    let c = resolve(
+        &run_args(&["--coordinator-root-ca", "/ca.pem"]),
+        &[
+            ("EDG_MARBLE_COORDINATOR_ADDR", "coord.svc:2001"),
+            ("EDG_MARBLE_TYPE", "db"),
+            ("EDG_MARBLE_UUID_FILE", "/data/uuid"),
+            ("EDG_MARBLE_DNS_NAMES", "db.svc, db ,,localhost"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.coordinator.as_str(), "https://coord.svc:2001/");
+    assert_eq!(c.marble_type, "db");
+    assert_eq!(c.uuid_file, PathBuf::from("/data/uuid"));
+    assert_eq!(c.dns_names, vec!["db.svc", "db", "localhost"]);
+    assert_eq!(c.trust, CoordinatorTrust::PinnedRoot("/ca.pem".into()));
+}
+
+#[test]
+fn flag_beats_quarry_variable_which_beats_edg_alias() {
+    let env = [
+        ("QUARRY_MARBLE_TYPE", "from-quarry"),
+        ("EDG_MARBLE_TYPE", "from-edg"),
+        ("QUARRY_COORDINATOR_ADDR", "quarry.example:7000"),
+        ("EDG_MARBLE_COORDINATOR_ADDR", "edg.example:7001"),
+        ("QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY", "true"),
+    ];
+    let c = resolve(&run_args(&[]), &env).unwrap();
+    assert_eq!(c.marble_type, "from-quarry");
+    assert_eq!(c.coordinator.as_str(), "https://quarry.example:7000/");
+    let c = resolve(
+        &run_args(&[
+            "--marble-type",
+            "from-flag",
+            "--coordinator",
+            "flag.example:7002",
+        ]),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.marble_type, "from-flag");
+    assert_eq!(c.coordinator.as_str(), "https://flag.example:7002/");
+    // An empty QUARRY_ variable counts as unset, so the alias applies.
+    let c = resolve(
+        &run_args(&["--insecure-skip-coordinator-verify"]),
+        &[("QUARRY_MARBLE_TYPE", ""), ("EDG_MARBLE_TYPE", "from-edg")],
+    )
+    .unwrap();
+    assert_eq!(c.marble_type, "from-edg");
+}
+
+#[test]
+fn missing_trust_option_is_refused() {
+    let err = resolve(&run_args(&["--marble-type", "web"]), &[]).unwrap_err();
+    assert_eq!(err, ConfigError::MissingTrust);
+    // "false" in the environment does not count as asking for insecurity.
+    let err = resolve(
+        &run_args(&["--marble-type", "web"]),
+        &[("QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY", "false")],
+    )
+    .unwrap_err();
+    assert_eq!(err, ConfigError::MissingTrust);
+}
+
+#[test]
+fn both_trust_options_are_refused() {
+    let err = resolve(
+        &run_args(&["--marble-type", "web", "--insecure-skip-coordinator-verify"]),
+        &[("QUARRY_COORDINATOR_ROOT_CA", "/ca.pem")],
+    )
+    .unwrap_err();
+    assert_eq!(err, ConfigError::ConflictingTrust);
+}
+
+#[test]
+fn unparsable_boolean_variable_is_refused() {
+    let err = resolve(
+        &run_args(&["--marble-type", "web"]),
+        &[("QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY", "maybe")],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { origin, .. } if origin == "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn unknown_tee_is_refused_not_simulated() {
+    let args = [
+        "run",
+        "--marble-type",
+        "web",
+        "--insecure-skip-coordinator-verify",
+        "--tee",
+        "sgx",
+        "--sim-platform",
+        "/plat",
+        "--",
+        "/bin/true",
+    ];
+    let err = resolve(&args, &[]).unwrap_err();
+    assert_eq!(err, ConfigError::UnavailableTee("sgx".into()));
+    assert_eq!(
+        err.to_string(),
+        "TEE provider sgx is not available in this build (available: simulated)"
+    );
+    let err = resolve(
+        &[
+            "run",
+            "--marble-type",
+            "w",
+            "--insecure-skip-coordinator-verify",
+            "--",
+            "x",
+        ],
+        &[("QUARRY_TEE", "snp")],
+    )
+    .unwrap_err();
+    assert_eq!(err, ConfigError::UnavailableTee("snp".into()));
+}
+
+#[test]
+fn missing_tee_is_refused() {
+    let err = resolve(
+        &[
+            "run",
+            "--marble-type",
+            "w",
+            "--insecure-skip-coordinator-verify",
+            "--",
+            "x",
+        ],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err, ConfigError::MissingTee);
+}
+
+#[test]
+fn missing_marble_type_is_refused() {
+    let err = resolve(&run_args(&["--insecure-skip-coordinator-verify"]), &[]).unwrap_err();
+    assert_eq!(err, ConfigError::MissingMarbleType);
+}
+
+#[test]
+fn simulated_identity_flags_and_variables_parse() {
+    let signer = "ab".repeat(32);
+    let c = resolve(
+        &run_args(&[
+            "--marble-type",
+            "w",
+            "--insecure-skip-coordinator-verify",
+            "--sim-signer",
+            &signer,
+            "--sim-svn",
+            "4",
+        ]),
+        &[("QUARRY_SIM_PRODUCT_ID", "9"), ("QUARRY_SIM_DEBUG", "1")],
+    )
+    .unwrap();
+    let Tee::Simulated(sim) = c.tee;
+    assert_eq!(sim.signer_id, [0xab; 32]);
+    assert_eq!(sim.product_id, 9);
+    assert_eq!(sim.security_version, 4);
+    assert!(sim.debug);
+
+    let err = resolve(
+        &run_args(&[
+            "--marble-type",
+            "w",
+            "--insecure-skip-coordinator-verify",
+            "--sim-signer",
+            "abcd",
+        ]),
+        &[],
+    )
+    .unwrap_err();
+    assert!(matches!(&err, ConfigError::Invalid { origin, .. } if origin == "--sim-signer"));
+    let err = resolve(
+        &run_args(&["--marble-type", "w", "--insecure-skip-coordinator-verify"]),
+        &[("QUARRY_SIM_SVN", "-1")],
+    )
+    .unwrap_err();
+    assert!(matches!(&err, ConfigError::Invalid { origin, .. } if origin == "QUARRY_SIM_SVN"));
+}
+
+#[test]
+fn simulated_tee_needs_a_platform() {
+    let err = resolve(
+        &[
+            "run",
+            "--marble-type",
+            "w",
+            "--insecure-skip-coordinator-verify",
+            "--tee",
+            "simulated",
+            "--",
+            "x",
+        ],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err, ConfigError::MissingSimPlatform);
+}
+
+#[test]
+fn activate_with_simulation_needs_something_to_measure() {
+    let base = [
+        "activate",
+        "--out",
+        "/out",
+        "--marble-type",
+        "w",
+        "--insecure-skip-coordinator-verify",
+        "--tee",
+        "simulated",
+        "--sim-platform",
+        "/plat",
+    ];
+    assert_eq!(
+        resolve(&base, &[]).unwrap_err(),
+        ConfigError::MissingSimMeasure
+    );
+    let c = resolve(&base, &[("QUARRY_SIM_MEASURE", "/usr/bin/app")]).unwrap();
+    assert_eq!(
+        c.mode,
+        Mode::Activate {
+            out: "/out".into(),
+            measure: Some("/usr/bin/app".into())
+        }
+    );
+}
+
+#[test]
+fn run_without_a_command_is_a_usage_error() {
+    let r = Cli::try_parse_from(["marble-sidecar", "run", "--marble-type", "w"]);
+    assert!(r.is_err());
+    // Arguments before `--` are not taken as the command.
+    let r = Cli::try_parse_from(["marble-sidecar", "run", "app"]);
+    assert!(r.is_err());
+}
+
+#[test]
+fn coordinator_addresses_parse() {
+    let ok = [
+        ("localhost:2001", "https://localhost:2001/"),
+        ("coord", "https://coord:2001/"),
+        ("127.0.0.1:9", "https://127.0.0.1:9/"),
+        ("[::1]:2001", "https://[::1]:2001/"),
+        ("[::1]", "https://[::1]:2001/"),
+        ("https://coord.svc:443/", "https://coord.svc/"),
+    ];
+    for (input, want) in ok {
+        assert_eq!(coordinator_url(input).unwrap().as_str(), want, "{input}");
+    }
+    for bad in [
+        "http://coord:2001",
+        "::1:2001",
+        ":2001",
+        "coord:0",
+        "coord:http",
+        "coord:2001/path",
+        "user@coord:2001",
+        "[::1",
+        "",
+    ] {
+        assert!(coordinator_url(bad).is_err(), "{bad} must be refused");
+    }
+}
+
+#[test]
+fn help_documents_every_flag_with_its_environment_variable() {
+    let mut cmd = Cli::command();
+    for sub in ["run", "activate"] {
+        let help = cmd
+            .find_subcommand_mut(sub)
+            .expect("subcommand exists")
+            .render_long_help()
+            .to_string();
+        for needle in [
+            "--coordinator ",
+            "QUARRY_COORDINATOR_ADDR",
+            "EDG_MARBLE_COORDINATOR_ADDR",
+            "localhost:2001",
+            "--marble-type",
+            "QUARRY_MARBLE_TYPE",
+            "EDG_MARBLE_TYPE",
+            "--uuid-file",
+            "QUARRY_MARBLE_UUID_FILE",
+            "EDG_MARBLE_UUID_FILE",
+            "--dns-names",
+            "QUARRY_MARBLE_DNS_NAMES",
+            "EDG_MARBLE_DNS_NAMES",
+            "--tee",
+            "QUARRY_TEE",
+            "--sim-platform",
+            "QUARRY_SIM_PLATFORM",
+            "--sim-signer",
+            "QUARRY_SIM_SIGNER",
+            "--sim-product-id",
+            "QUARRY_SIM_PRODUCT_ID",
+            "--sim-svn",
+            "QUARRY_SIM_SVN",
+            "--sim-debug",
+            "QUARRY_SIM_DEBUG",
+            "--coordinator-root-ca",
+            "QUARRY_COORDINATOR_ROOT_CA",
+            "--insecure-skip-coordinator-verify",
+            "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY",
+        ] {
+            assert!(help.contains(needle), "`{sub} --help` lacks {needle}");
+        }
+    }
+    let help = cmd
+        .find_subcommand_mut("activate")
+        .expect("subcommand exists")
+        .render_long_help()
+        .to_string();
+    for needle in [
+        "--out",
+        "--sim-measure",
+        "QUARRY_SIM_MEASURE",
+        "marble-key.pem",
+        "export",
+    ] {
+        assert!(help.contains(needle), "`activate --help` lacks {needle}");
+    }
+    cmd.debug_assert();
+}

@@ -1,0 +1,408 @@
+//! A tiny in-process mesh API over real TLS 1.3 (rcgen certificates, client certificate
+//! required, any client certificate accepted as the coordinator does) that checks the
+//! evidence binding like the coordinator and answers as a test asks.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use quarry_api::http::{
+    ActivateRequest, ActivateResponse, JSend, NonceResponse, Parameters, Value,
+};
+use quarry_attestation::simulated::{SimIdentity, SimPlatform, SimProvider, SimVerifier};
+use quarry_attestation::Verifier as _;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+/// Path of the nonce endpoint.
+pub const NONCE_PATH: &str = "/api/v2/activate/nonce";
+/// Path of the activation endpoint.
+pub const ACTIVATE_PATH: &str = "/api/v2/activate";
+
+// === impl Ca ===
+
+/// A CA made with rcgen.
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    params: rcgen::CertificateParams,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key, params }
+    }
+
+    pub fn issue(
+        &self,
+        params: rcgen::CertificateParams,
+        public: &impl rcgen::PublicKeyData,
+    ) -> rcgen::Certificate {
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        params.signed_by(public, &issuer).unwrap()
+    }
+
+    /// Writes the CA certificate as PEM into `dir` and returns the path.
+    pub fn write_pem(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("ca-{}.pem", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, self.cert.pem()).unwrap();
+        path
+    }
+
+    /// A server certificate chain for `names` and its key.
+    pub fn server_identity(
+        &self,
+        names: &[&str],
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = self.issue(params, &key);
+        (
+            vec![cert.der().clone(), self.cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+}
+
+// === impl Fixture ===
+
+/// A temporary directory with a simulated platform.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub platform_dir: PathBuf,
+    pub platform: SimPlatform,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let platform_dir = dir.path().join("platform");
+        SimPlatform::create(&platform_dir).unwrap();
+        let platform = SimPlatform::load_ca(&platform_dir.join("platform-ca.pem")).unwrap();
+        Fixture {
+            dir,
+            platform_dir,
+            platform,
+        }
+    }
+
+    /// A simulated evidence provider on this platform.
+    pub fn provider(&self) -> SimProvider {
+        SimProvider::new(
+            SimPlatform::load(&self.platform_dir).unwrap(),
+            SimIdentity {
+                unique_id: [7; 32],
+                signer_id: [0; 32],
+                product_id: 0,
+                security_version: 0,
+                debug: false,
+            },
+        )
+        .unwrap()
+    }
+}
+
+// === impl FakeCoordinator ===
+
+/// How the fake coordinator answers activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Verify the evidence binding and issue a leaf for the connection's key.
+    Activate,
+    /// Issue a leaf for some other key.
+    WrongKey,
+    /// Answer with a JSend fail (HTTP 403) whose message has two lines.
+    Refuse,
+    /// Answer with a non-JSend error body (HTTP 415).
+    PlainError,
+}
+
+/// The refusal message of [`Behaviour::Refuse`].
+pub const REFUSAL: &str = "package web: SecurityVersion 1 < 2\nsecond line";
+
+/// What the fake coordinator serves.
+pub struct Options {
+    pub names: Vec<&'static str>,
+    pub behaviour: Behaviour,
+    pub parameters: Parameters,
+    pub listener: Option<TcpListener>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        let mut env = BTreeMap::new();
+        env.insert("GREETING".to_string(), Value::data(b"hi".to_vec()));
+        Options {
+            names: vec!["localhost", "127.0.0.1"],
+            behaviour: Behaviour::Activate,
+            parameters: Parameters {
+                files: BTreeMap::new(),
+                env,
+                argv: vec![],
+            },
+            listener: None,
+        }
+    }
+}
+
+/// A running fake coordinator.
+pub struct FakeCoordinator {
+    pub addr: SocketAddr,
+    /// SPKI of each client certificate seen, in connection order.
+    pub client_keys: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Activation requests received.
+    pub activations: Arc<Mutex<Vec<ActivateRequest>>>,
+    /// Failures of the coordinator-side checks (empty when all passed).
+    pub failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeCoordinator {
+    /// Serves the mesh API with a server certificate from `root`, trusting `platform`.
+    pub async fn start(root: &Ca, platform: &SimPlatform, opts: Options) -> FakeCoordinator {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (chain, key) = root.server_identity(&opts.names);
+        let config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = match opts.listener {
+            Some(l) => l,
+            None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let fake = FakeCoordinator {
+            addr: listener.local_addr().unwrap(),
+            client_keys: Arc::default(),
+            activations: Arc::default(),
+            failures: Arc::default(),
+        };
+        let server = Server {
+            behaviour: opts.behaviour,
+            parameters: opts.parameters,
+            verifier: SimVerifier::new(std::slice::from_ref(platform)).unwrap(),
+            mesh_ca: Ca::new("mesh CA"),
+            root_pem: root.cert.pem(),
+            nonces: Mutex::default(),
+            client_keys: fake.client_keys.clone(),
+            activations: fake.activations.clone(),
+            failures: fake.failures.clone(),
+        };
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let spki = {
+                    let (_, conn) = tls.get_ref();
+                    let cert = conn.peer_certificates().unwrap()[0].clone();
+                    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
+                    parsed.public_key().raw.to_vec()
+                };
+                server.client_keys.lock().unwrap().push(spki.clone());
+                let (method, path, body) = read_request(&mut tls).await;
+                let (status, json) = server.answer(&method, &path, &body, &spki);
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    json.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(json.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        fake
+    }
+}
+
+struct Server {
+    behaviour: Behaviour,
+    parameters: Parameters,
+    verifier: SimVerifier,
+    mesh_ca: Ca,
+    root_pem: String,
+    nonces: Mutex<HashMap<String, Vec<u8>>>,
+    client_keys: Arc<Mutex<Vec<Vec<u8>>>>,
+    activations: Arc<Mutex<Vec<ActivateRequest>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn answer(&self, method: &str, path: &str, body: &[u8], spki: &[u8]) -> (u16, String) {
+        match (method, path, self.behaviour) {
+            ("GET", NONCE_PATH, _) => {
+                let nonce = hex::encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
+                self.nonces
+                    .lock()
+                    .unwrap()
+                    .insert(nonce.clone(), spki.to_vec());
+                let body = JSend::success(NonceResponse { nonce });
+                (200, serde_json::to_string(&body).unwrap())
+            }
+            ("POST", ACTIVATE_PATH, Behaviour::Refuse) => {
+                let body = serde_json::json!({"status": "fail", "message": REFUSAL});
+                (403, body.to_string())
+            }
+            ("POST", ACTIVATE_PATH, Behaviour::PlainError) => (
+                415,
+                "Expected request with `Content-Type: application/json`".to_string(),
+            ),
+            ("POST", ACTIVATE_PATH, _) => match self.activate(body, spki) {
+                Ok(response) => (
+                    200,
+                    serde_json::to_string(&JSend::success(response)).unwrap(),
+                ),
+                Err(message) => {
+                    self.failures.lock().unwrap().push(message.clone());
+                    let body = serde_json::json!({"status": "fail", "message": message});
+                    (403, body.to_string())
+                }
+            },
+            _ => (
+                404,
+                r#"{"status":"fail","message":"not found"}"#.to_string(),
+            ),
+        }
+    }
+
+    /// The coordinator's checks: nonce issued to this connection's key, evidence binding.
+    fn activate(&self, body: &[u8], spki: &[u8]) -> Result<ActivateResponse, String> {
+        let request: ActivateRequest =
+            serde_json::from_slice(body).map_err(|e| format!("bad body: {e}"))?;
+        self.activations.lock().unwrap().push(request.clone());
+        let nonce_hex = request.nonce.clone().ok_or("no nonce")?;
+        if self.nonces.lock().unwrap().remove(&nonce_hex).as_deref() != Some(spki) {
+            return Err("nonce was not issued to this key".into());
+        }
+        let nonce: [u8; 32] = hex::decode(&nonce_hex)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or("bad nonce")?;
+        let claims = self
+            .verifier
+            .verify(&request.evidence, SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        if claims.report_data != quarry_api::evidence::activation_report_data(spki, Some(&nonce)) {
+            return Err("binding mismatch".into());
+        }
+        let leaf_key = if self.behaviour == Behaviour::WrongKey {
+            let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let der = rcgen::PublicKeyData::subject_public_key_info(&other);
+            rcgen::SubjectPublicKeyInfo::from_der(&der).unwrap()
+        } else {
+            rcgen::SubjectPublicKeyInfo::from_der(spki).map_err(|e| e.to_string())?
+        };
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, request.uuid.clone());
+        let leaf = self.mesh_ca.issue(params, &leaf_key);
+        Ok(ActivateResponse {
+            certificate_chain: format!("{}{}", leaf.pem(), self.mesh_ca.cert.pem()),
+            root_ca: self.root_pem.clone(),
+            spiffe_id: format!(
+                "spiffe://quarry.local/marble/{}/{}",
+                request.marble_type, request.uuid
+            ),
+            parameters: self.parameters.clone(),
+            simulation: true,
+        })
+    }
+}
+
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let mut first = head.lines().next().unwrap_or("").split(' ');
+    let method = first.next().unwrap_or("").to_string();
+    let path = first.next().unwrap_or("").to_string();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = s.read_exact(&mut body).await;
+    (method, path, body)
+}
+
+/// Requires a client certificate and accepts any (the coordinator relies on the evidence
+/// binding), but checks the handshake signature.
+#[derive(Debug)]
+struct AnyClientCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ClientCertVerifier for AnyClientCert {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
