@@ -142,6 +142,64 @@ pub struct Claims {
     pub platform_id: Option<String>,
     /// True when the evidence came from a simulated TEE. Never true for hardware evidence.
     pub simulation: bool,
+    /// SEV-SNP REPORTED_TCB (the TCB the VCEK/VLEK is issued for); absent for other TEEs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_tcb: Option<SnpTcb>,
+}
+
+/// An AMD SEV-SNP TCB version by component (security patch levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct SnpTcb {
+    /// Boot loader SPL.
+    pub bootloader: u8,
+    /// PSP OS (TEE) SPL.
+    pub tee: u8,
+    /// SNP firmware SPL.
+    pub snp: u8,
+    /// CPU microcode SPL.
+    pub microcode: u8,
+    /// FMC SPL (Turin and later only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fmc: Option<u8>,
+}
+
+impl SnpTcb {
+    /// The components of `self` that are below `minimum`, as `(name, minimum, actual)`.
+    pub fn below(&self, minimum: &SnpTcb) -> Vec<(&'static str, u8, u8)> {
+        let mut out = Vec::new();
+        let pairs = [
+            ("bootloader", minimum.bootloader, self.bootloader),
+            ("tee", minimum.tee, self.tee),
+            ("snp", minimum.snp, self.snp),
+            ("microcode", minimum.microcode, self.microcode),
+        ];
+        for (name, min, actual) in pairs {
+            if actual < min {
+                out.push((name, min, actual));
+            }
+        }
+        if let Some(min) = minimum.fmc {
+            let actual = self.fmc.unwrap_or(0);
+            if actual < min {
+                out.push(("fmc", min, actual));
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for SnpTcb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bootloader={} tee={} snp={} microcode={}",
+            self.bootloader, self.tee, self.snp, self.microcode
+        )?;
+        if let Some(fmc) = self.fmc {
+            write!(f, " fmc={fmc}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Claims {

@@ -102,6 +102,39 @@ pub struct ManifestSetResponse {
     pub warnings: Vec<String>,
 }
 
+/// `POST /api/v2/recover` (reference §3.1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverRequest {
+    /// The recovery secret or share (32 or 33 bytes), or it RSA-OAEP-SHA256 encrypted to the
+    /// ephemeral key of `GET /api/v2/recover/public-key`; base64.
+    #[serde(with = "crate::bytes::base64")]
+    pub recovery_secret: Vec<u8>,
+    /// RSA-PKCS1v15-SHA256 signature over the plaintext secret by the recovery key; base64.
+    #[serde(with = "crate::bytes::base64")]
+    pub recovery_secret_signature: Vec<u8>,
+}
+
+/// Response of `POST /api/v2/recover`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoverResponse {
+    /// Secrets still needed (0 = recovered).
+    pub remaining: u64,
+    /// Human-readable outcome.
+    pub message: String,
+}
+
+/// Response of `GET /api/v2/recover/public-key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverPublicKeyResponse {
+    /// Always `RSA`.
+    pub algorithm: String,
+    /// The ephemeral RSA public key, PKIX DER, base64.
+    #[serde(with = "crate::bytes::base64")]
+    pub ephemeral_public_key: Vec<u8>,
+}
+
 /// `GET /api/v2/manifest`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -241,4 +274,123 @@ pub struct ActivateResponse {
     pub parameters: Parameters,
     /// True when the marble was attested with simulated evidence.
     pub simulation: bool,
+    /// The sidecar proxies' configuration (`Marbles.<type>.Mesh`); `None` without one.
+    #[serde(default)]
+    pub mesh: Option<MeshConfig>,
+}
+
+/// The marble's sidecar proxies, as the coordinator hands them out at activation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfig {
+    /// SPIFFE trust domain every peer's ID must be in.
+    pub trust_domain: String,
+    /// Mesh ports (mTLS in, plaintext to the service).
+    #[serde(default)]
+    pub inbound: Vec<MeshInboundConfig>,
+    /// Egress ports (plaintext in on loopback, mTLS out).
+    #[serde(default)]
+    pub outbound: Vec<MeshOutboundConfig>,
+}
+
+/// One mesh port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshInboundConfig {
+    /// Port to listen on (all interfaces).
+    pub port: u16,
+    /// Plaintext destination of accepted connections.
+    pub forward: std::net::SocketAddr,
+    /// Who may connect.
+    pub allow: MeshAllow,
+}
+
+/// Who may connect to a mesh port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum MeshAllow {
+    /// Any marble of the deployment (client certificate required).
+    AnyMarble,
+    /// Marbles of these types only (client certificate required).
+    Marbles {
+        /// The allowed marble types.
+        types: Vec<String>,
+    },
+    /// External TLS clients without client certificates, served with a certificate secret.
+    External(ExternalCert),
+}
+
+/// The certificate secret an external-facing mesh port serves. `Debug` hides the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalCert {
+    /// Name of the secret in the manifest.
+    pub secret: String,
+    /// PEM: the secret's certificate, then the mesh CA.
+    pub certificate_chain: String,
+    /// The private key, PKCS#8 DER, base64. Secret.
+    #[serde(with = "crate::bytes::base64")]
+    pub private_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ExternalCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalCert")
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One egress port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshOutboundConfig {
+    /// Loopback address to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Marble type the server must prove by its SPIFFE ID.
+    pub marble: String,
+    /// `host:port` of the server's mesh port.
+    pub address: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_response_without_mesh_still_parses_and_mesh_round_trips() {
+        let old = r#"{"certificateChain":"c","rootCa":"r","spiffeId":"s","parameters":{},"simulation":false}"#;
+        let parsed: ActivateResponse = serde_json::from_str(old).expect("older responses parse");
+        assert_eq!(parsed.mesh, None);
+        let mesh = MeshConfig {
+            trust_domain: "quarry.local".into(),
+            inbound: vec![MeshInboundConfig {
+                port: 18080,
+                forward: "127.0.0.1:8080".parse().expect("addr"),
+                allow: MeshAllow::Marbles {
+                    types: vec!["app".into()],
+                },
+            }],
+            outbound: vec![MeshOutboundConfig {
+                listen: "127.0.0.1:7001".parse().expect("addr"),
+                marble: "server".into(),
+                address: "server:18080".into(),
+            }],
+        };
+        let text = serde_json::to_string(&mesh).expect("serialise");
+        assert!(
+            text.contains(r#""allow":{"kind":"marbles","types":["app"]}"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<MeshConfig>(&text).expect("parse"),
+            mesh
+        );
+        let ext = ExternalCert {
+            secret: "web".into(),
+            certificate_chain: String::new(),
+            private_key: b"hunter2".to_vec(),
+        };
+        assert!(!format!("{ext:?}").contains("hunter2"));
+    }
 }

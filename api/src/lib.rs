@@ -2,6 +2,7 @@
 //! HTTP body. This crate does no I/O; services and tools build on it.
 #![forbid(unsafe_code)]
 
+pub mod attestation;
 pub mod bytes;
 pub mod claims;
 pub mod evidence;
@@ -11,6 +12,7 @@ pub mod merkle;
 pub mod package;
 pub mod secret;
 pub mod spiffe;
+pub mod statement;
 pub mod template;
 
 pub use claims::{Claims, TcbStatus, TeeKind};

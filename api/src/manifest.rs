@@ -19,6 +19,7 @@ mod convert;
 mod error;
 mod fields;
 mod keys;
+mod mesh;
 mod model;
 mod package;
 #[cfg(test)]
@@ -29,6 +30,7 @@ mod validate;
 use std::sync::OnceLock;
 
 pub use error::{ManifestError, Warning};
+pub use mesh::{AllowFrom, Mesh, MeshInbound, MeshOutbound, EXTERNAL_CLIENTS};
 pub use model::*;
 pub use update::{is_package_update, parse_package_update, PackageUpdate};
 

@@ -1,7 +1,7 @@
 //! A checked package: the reference values evidence must match (contract §4.6).
 use serde::{Deserialize, Serialize};
 
-use crate::claims::{TcbStatus, TeeKind};
+use crate::claims::{SnpTcb, TcbStatus, TeeKind};
 
 /// Reference values for one package of a manifest, after validation.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -26,6 +26,9 @@ pub struct Package {
     pub allowed_platforms: Vec<String>,
     /// TEE-specific reference values by claim field name (e.g. `MRTD`), hex, compared exactly.
     pub fields: std::collections::BTreeMap<String, String>,
+    /// SEV-SNP minimum REPORTED_TCB, compared component by component (`MinimumTCB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_tcb: Option<SnpTcb>,
 }
 
 impl Package {

@@ -21,6 +21,24 @@ pub enum VerifyError {
     /// The report data does not bind what it must.
     #[error("binding mismatch: {0}")]
     Binding(String),
+    /// Collateral needed for verification is missing or unusable (names the item).
+    #[error("collateral: {0}")]
+    Collateral(String),
+    /// The evidence comes from a debug enclave or VM and debug is not allowed.
+    #[error("debug evidence refused: {0}")]
+    Debug(String),
+    /// The platform's TCB matches no level of the TCB info (or is below the minimum).
+    #[error("TCB not supported: {0}")]
+    TcbUnsupported(String),
+    /// The platform, a certificate or the TCB level is revoked.
+    #[error("revoked: {0}")]
+    Revoked(String),
+    /// An attribute or policy bit of the evidence is not acceptable (names the bit).
+    #[error("attribute refused: {0}")]
+    Attribute(String),
+    /// A certificate does not belong to the evidence (TCB, chip ID or product line differ).
+    #[error("certificate mismatch: {0}")]
+    CertificateMismatch(String),
 }
 
 /// Why evidence could not be produced.

@@ -3,10 +3,17 @@
 #![forbid(unsafe_code)]
 
 pub mod binding;
+pub mod collateral;
+pub mod dcap;
 pub mod error;
+pub mod fetch;
 pub mod measure;
 pub mod policy;
+pub mod provider;
+pub mod sigstruct;
 pub mod simulated;
+pub mod snp;
+mod timefmt;
 
 use std::time::SystemTime;
 
@@ -14,6 +21,7 @@ use quarry_api::{Claims, Evidence, REPORT_DATA_LEN};
 
 pub use error::{ProviderError, VerifyError};
 pub use policy::{check_package, FieldMismatch, PolicyMismatch};
+pub use quarry_api::claims::SnpTcb;
 
 /// Turns evidence into claims, or refuses it with a precise reason. Fails closed.
 pub trait Verifier: Send + Sync {
@@ -35,6 +43,9 @@ pub trait EvidenceProvider: Send + Sync {
 #[derive(Default)]
 pub struct VerifierSet {
     simulated: Option<simulated::SimVerifier>,
+    sgx: Option<dcap::DcapVerifier>,
+    tdx: Option<dcap::DcapVerifier>,
+    snp: Option<snp::SnpVerifier>,
 }
 
 impl VerifierSet {
@@ -48,6 +59,42 @@ impl VerifierSet {
         self.simulated = Some(verifier);
         self
     }
+
+    /// Accept SGX DCAP quotes with this verifier (see [`dcap::DcapVerifier::sgx`]).
+    pub fn with_sgx(mut self, verifier: dcap::DcapVerifier) -> VerifierSet {
+        self.sgx = Some(verifier);
+        self
+    }
+
+    /// Accept TDX DCAP quotes with this verifier (see [`dcap::DcapVerifier::tdx`]).
+    pub fn with_tdx(mut self, verifier: dcap::DcapVerifier) -> VerifierSet {
+        self.tdx = Some(verifier);
+        self
+    }
+
+    /// Accept SEV-SNP reports with this verifier.
+    pub fn with_snp(mut self, verifier: snp::SnpVerifier) -> VerifierSet {
+        self.snp = Some(verifier);
+        self
+    }
+
+    /// SGX, TDX and SNP verifiers sharing one collateral source; debug evidence is reported
+    /// in the claims (`debug: true`) and left to the package policy (`Debug`).
+    pub fn hardware(
+        source: Option<std::sync::Arc<dyn collateral::CollateralSource>>,
+    ) -> VerifierSet {
+        let (mut sgx, mut tdx, mut snp) = (
+            dcap::DcapVerifier::sgx().allow_debug(true),
+            dcap::DcapVerifier::tdx().allow_debug(true),
+            snp::SnpVerifier::new().allow_debug(true),
+        );
+        if let Some(s) = source {
+            sgx = sgx.with_collateral_source(s.clone());
+            tdx = tdx.with_collateral_source(s.clone());
+            snp = snp.with_collateral_source(s);
+        }
+        VerifierSet::new().with_sgx(sgx).with_tdx(tdx).with_snp(snp)
+    }
 }
 
 impl Verifier for VerifierSet {
@@ -60,10 +107,25 @@ impl Verifier for VerifierSet {
                     "simulated evidence is not accepted by this coordinator (no simulated platform configured)".into(),
                 )),
             },
-            other => Err(VerifyError::Unsupported(format!(
-                "no verifier for {} evidence is configured in this build",
-                other.as_str()
-            ))),
+            EvidenceType::SgxDcap => match &self.sgx {
+                Some(v) => v.verify(evidence, now),
+                None => Err(not_configured(evidence.kind)),
+            },
+            EvidenceType::TdxDcap => match &self.tdx {
+                Some(v) => v.verify(evidence, now),
+                None => Err(not_configured(evidence.kind)),
+            },
+            EvidenceType::Snp => match &self.snp {
+                Some(v) => v.verify(evidence, now),
+                None => Err(not_configured(evidence.kind)),
+            },
         }
     }
+}
+
+fn not_configured(kind: quarry_api::EvidenceType) -> VerifyError {
+    VerifyError::Unsupported(format!(
+        "no verifier for {} evidence is configured here",
+        kind.as_str()
+    ))
 }

@@ -134,6 +134,28 @@ pub fn check_package(package: &Package, claims: &Claims) -> Result<(), PolicyMis
             );
         }
     }
+    if let Some(min) = &package.minimum_tcb {
+        match &claims.reported_tcb {
+            Some(tcb) => {
+                let below = tcb.below(min);
+                if !below.is_empty() {
+                    push(
+                        "MinimumTCB",
+                        format!(">= {min}"),
+                        format!(
+                            "{tcb} ({})",
+                            below
+                                .iter()
+                                .map(|(n, want, got)| format!("{n} {got} < {want}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                }
+            }
+            None => push("MinimumTCB", format!(">= {min}"), "(absent)".into()),
+        }
+    }
     if !package.allowed_platforms.is_empty() {
         let ok = claims.platform_id.as_ref().is_some_and(|p| {
             package
@@ -143,7 +165,11 @@ pub fn check_package(package: &Package, claims: &Claims) -> Result<(), PolicyMis
         });
         if !ok {
             push(
-                "AllowedPlatforms",
+                if package.tee == quarry_api::TeeKind::Snp {
+                    "AllowedChipIDs"
+                } else {
+                    "AllowedPlatforms"
+                },
                 package.allowed_platforms.join(","),
                 claims
                     .platform_id
@@ -210,6 +236,7 @@ mod tests {
             advisory_ids: vec![],
             platform_id: Some("abcd".into()),
             simulation: true,
+            reported_tcb: None,
         }
     }
 
@@ -304,6 +331,57 @@ mod tests {
         assert_eq!(err.0[0].actual, "INTEL-SA-00657");
         pkg.accepted_advisories.push("INTEL-SA-00657".into());
         check_package(&pkg, &c).unwrap();
+    }
+
+    #[test]
+    fn snp_fields_minimum_tcb_and_chip_ids_are_each_named() {
+        let mut c = claims();
+        c.tee = TeeKind::Snp;
+        c.simulation = false;
+        c.identity = Identity::default();
+        c.identity
+            .fields
+            .insert("Measurement".into(), "aa".repeat(48));
+        c.identity.fields.insert("HostData".into(), "00".repeat(32));
+        c.reported_tcb = Some(quarry_api::claims::SnpTcb {
+            bootloader: 3,
+            tee: 0,
+            snp: 8,
+            microcode: 115,
+            fmc: None,
+        });
+        c.platform_id = Some("cc".repeat(64));
+        let mut pkg = Package {
+            tee: TeeKind::Snp,
+            minimum_tcb: Some(quarry_api::claims::SnpTcb {
+                bootloader: 3,
+                snp: 8,
+                microcode: 115,
+                ..Default::default()
+            }),
+            allowed_platforms: vec!["cc".repeat(64)],
+            ..Package::default()
+        };
+        pkg.fields.insert("Measurement".into(), "AA".repeat(48));
+        check_package(&pkg, &c).unwrap();
+        pkg.minimum_tcb = Some(quarry_api::claims::SnpTcb {
+            snp: 9,
+            microcode: 200,
+            ..Default::default()
+        });
+        pkg.fields.insert("HostData".into(), "11".repeat(32));
+        pkg.allowed_platforms = vec!["dd".repeat(64)];
+        let err = check_package(&pkg, &c).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|m| m.field).collect();
+        assert_eq!(fields, ["HostData", "MinimumTCB", "AllowedChipIDs"]);
+        assert_eq!(err.0[0].expected, "11".repeat(32));
+        assert_eq!(err.0[0].actual, "00".repeat(32));
+        assert_eq!(
+            err.0[1].expected,
+            ">= bootloader=0 tee=0 snp=9 microcode=200"
+        );
+        assert!(err.0[1].actual.contains("snp 8 < 9, microcode 115 < 200"));
+        assert_eq!(err.0[2].actual, "cc".repeat(64));
     }
 
     #[test]

@@ -162,13 +162,19 @@ impl SimPlatform {
     /// A 32-byte key bound to this platform's private key and a measurement: the simulated
     /// equivalent of an SGX sealing key (only the same code on the same platform gets it).
     pub fn derive_seal_key(&self, measurement: &[u8; 32]) -> Result<Secret, ProviderError> {
+        self.derive_seal_key_info(measurement)
+    }
+
+    /// A 32-byte key = HKDF-SHA256(platform key, `info`): `info` = measurement for
+    /// `UniqueKey` sealing, signer ‖ product id (u64 BE) for `ProductKey` sealing.
+    pub fn derive_seal_key_info(&self, info: &[u8]) -> Result<Secret, ProviderError> {
         let key = self
             .key_pkcs8
             .as_ref()
             .ok_or_else(|| ProviderError::Key("the platform key is not loaded".into()))?;
         let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quarry simulated seal key v1");
         let prk = salt.extract(key.expose());
-        let info = [measurement.as_slice()];
+        let info = [info];
         let okm = prk
             .expand(&info, ring::hkdf::HKDF_SHA256)
             .map_err(|_| ProviderError::Key("HKDF expand failed".into()))?;
@@ -427,6 +433,7 @@ impl Verifier for SimVerifier {
             advisory_ids: vec![],
             platform_id: Some(body.platform),
             simulation: true,
+            reported_tcb: None,
         })
     }
 }

@@ -1,7 +1,11 @@
 //! One module per subcommand: its clap arguments and a `run` function.
 pub mod certificate;
 pub mod completions;
+pub mod evidence;
 pub mod manifest;
 pub mod package_info;
+pub mod secret;
 pub mod sim;
 pub mod status;
+pub mod update;
+pub mod verify;

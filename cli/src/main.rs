@@ -17,6 +17,10 @@ Examples:
   quarry certificate root --insecure -o root.pem
   quarry status --root-ca root.pem
   quarry manifest set manifest.json --root-ca root.pem -r recovery.json
+  quarry evidence verify --type tdx --quote quote.bin --collateral collateral.json --json
+  quarry explain --manifest manifest.json --package db --type snp --quote report.bin --vcek vcek.der
+  quarry package-info enclave.sig
+  quarry verify --policy coordinator-policy.json --manifest manifest.json --root-out root.pem
 
 Network commands need coordinator trust: --root-ca FILE (QUARRY_ROOT_CA) pins the
 deployment's root CA; --insecure accepts any certificate (development only).
@@ -46,8 +50,18 @@ enum Command {
     Status(cmd::status::Args),
     /// Fetch the coordinator's CA certificates (root, mesh, chain).
     Certificate(cmd::certificate::Args),
-    /// Print a package's reference values for the manifest.
+    /// Print a package's reference values for the manifest (Gramine .sig or --sim executable).
     PackageInfo(cmd::package_info::Args),
+    /// Verify SGX/TDX quotes and SNP reports offline.
+    Evidence(cmd::evidence::Args),
+    /// Compare local evidence with a manifest package, field by field.
+    Explain(cmd::evidence::ExplainArgs),
+    /// Read or write secrets as a user (-c CERT -k KEY).
+    Secret(cmd::secret::Args),
+    /// Verify the whole deployment with one attestation (online, or an offline --bundle).
+    Verify(cmd::verify::Args),
+    /// Print the transparency log; --verify checks it against the attested root.
+    Log(cmd::verify::LogArgs),
     /// Manage a simulated TEE platform (development only).
     Sim(cmd::sim::Args),
     /// Print a shell completion script.
@@ -64,6 +78,11 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::Certificate(a) => cmd::certificate::run(a),
         Command::PackageInfo(a) => cmd::package_info::run(a),
+        Command::Evidence(a) => cmd::evidence::run(a),
+        Command::Explain(a) => cmd::evidence::explain(a),
+        Command::Secret(a) => cmd::secret::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Log(a) => cmd::verify::run_log(a),
         Command::Sim(a) => cmd::sim::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
     };

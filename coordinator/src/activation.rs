@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use quarry_api::http::{ActivateRequest, ActivateResponse, KeyEncoding, Parameters, Segment, Value};
+use quarry_api::http::{
+    ActivateRequest, ActivateResponse, KeyEncoding, Parameters, Segment, Value,
+};
 use quarry_api::manifest::{Manifest, Marble};
 use quarry_api::template::{Reference, Target, TemplateContext};
 use quarry_api::Claims;
@@ -48,7 +50,11 @@ pub async fn activate(
     let manifest = &deployment.manifest;
     let marble_type = req.marble_type.as_str();
     let marble = manifest.marbles.get(marble_type).ok_or_else(|| {
-        refuse(marble_type, &req.uuid, format!("unknown marble type {marble_type:?}"))
+        refuse(
+            marble_type,
+            &req.uuid,
+            format!("unknown marble type {marble_type:?}"),
+        )
     })?;
     let package = manifest.packages.get(&marble.package).ok_or_else(|| {
         ApiError::Internal(format!("marble {marble_type} references a missing package"))
@@ -70,7 +76,11 @@ pub async fn activate(
         }
     };
     for name in &req.dns_names {
-        if !marble.dns_names.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+        if !marble
+            .dns_names
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(name))
+        {
             return Err(refuse(
                 marble_type,
                 &req.uuid,
@@ -84,10 +94,11 @@ pub async fn activate(
     // Evidence verification is CPU work with no lock held.
     let verifier = core.tee.verifier.clone();
     let evidence = req.evidence.clone();
-    let claims: Claims = tokio::task::spawn_blocking(move || verifier.verify(&evidence, SystemTime::now()))
-        .await
-        .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
-        .map_err(|e| refuse(marble_type, &req.uuid, format!("evidence refused: {e}")))?;
+    let claims: Claims =
+        tokio::task::spawn_blocking(move || verifier.verify(&evidence, SystemTime::now()))
+            .await
+            .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
+            .map_err(|e| refuse(marble_type, &req.uuid, format!("evidence refused: {e}")))?;
     quarry_attestation::binding::check_activation_binding(&claims, &spki, nonce.as_ref())
         .map_err(|e| refuse(marble_type, &req.uuid, e.to_string()))?;
     quarry_attestation::check_package(package, &claims).map_err(|e| {
@@ -120,13 +131,28 @@ pub async fn activate(
         claims_digest: &claims_digest,
         simulation: claims.simulation,
     })?;
+    let serial = x509_parser::parse_x509_certificate(&leaf)
+        .map(|(_, c)| hex::encode(c.raw_serial()))
+        .map_err(|e| ApiError::Internal(format!("issued leaf does not parse: {e}")))?;
+    let event = serde_json::json!({
+        "type": "activation",
+        "time": crate::translog::now_unix(),
+        "marbleType": marble_type,
+        "uuid": uuid.to_string(),
+        "claimsSha256": hex::encode(claims_digest),
+        "certSerial": serial,
+        "simulation": claims.simulation,
+    });
+    view.log
+        .commit_with_events(store.as_ref(), Txn::new(), vec![event])
+        .await?;
     let root_der = view.identity.root.cert_der().to_vec();
     let private = private_secrets(
         manifest,
         marble,
         marble_type,
         &uuid,
-        &view.identity.root_secret,
+        &deployment.root_secret,
         &deployment,
     )?;
     let parameters = render_parameters(
@@ -146,15 +172,12 @@ pub async fn activate(
         "marble activated"
     );
     Ok(ActivateResponse {
-        certificate_chain: format!(
-            "{}{}",
-            pem_cert(&leaf),
-            deployment.mesh.cert_pem()
-        ),
+        certificate_chain: format!("{}{}", pem_cert(&leaf), deployment.mesh.cert_pem()),
         root_ca: pem_cert(&root_der),
         spiffe_id,
         parameters,
         simulation: claims.simulation,
+        mesh: crate::mesh::config(manifest, marble, &deployment)?,
     })
 }
 
@@ -272,31 +295,34 @@ fn render_parameters(
 ) -> Result<Parameters, ApiError> {
     let mut all = deployment.secrets.clone();
     all.extend(private.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let previous = BTreeMap::new();
     let ctx = ActivationContext {
         secrets: &all,
-        previous: &previous,
+        previous: &deployment.previous,
         root_ca: root_der,
         mesh_ca: deployment.mesh.cert_der(),
         marble_cert: leaf,
         marble_public: spki,
     };
-    let render = |section: &str, name: &str, v: &quarry_api::manifest::FileValue, target| {
-        match &v.template {
-            Some(t) => t.render(&ctx as &dyn TemplateContext, target).map_err(|e| {
-                ApiError::WrongState(format!(
-                    "cannot render Marbles/{marble_type}/Parameters/{section}/{name}: {e}"
-                ))
-            }),
-            None => Ok(Value::data(v.data.clone())),
-        }
+    let render = |section: &str, name: &str, v: &quarry_api::manifest::FileValue, target| match &v
+        .template
+    {
+        Some(t) => t.render(&ctx as &dyn TemplateContext, target).map_err(|e| {
+            ApiError::WrongState(format!(
+                "cannot render Marbles/{marble_type}/Parameters/{section}/{name}: {e}"
+            ))
+        }),
+        None => Ok(Value::data(v.data.clone())),
     };
     let mut params = Parameters::default();
     for (path, v) in &marble.parameters.files {
-        params.files.insert(path.clone(), render("Files", path, v, Target::File)?);
+        params
+            .files
+            .insert(path.clone(), render("Files", path, v, Target::File)?);
     }
     for (name, v) in &marble.parameters.env {
-        params.env.insert(name.clone(), render("Env", name, v, Target::Env)?);
+        params
+            .env
+            .insert(name.clone(), render("Env", name, v, Target::Env)?);
     }
     let root_pem = pem_cert(root_der);
     let chain = format!("{}{}", pem_cert(leaf), deployment.mesh.cert_pem());

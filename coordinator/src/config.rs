@@ -13,6 +13,8 @@ pub enum TeeChoice {
     Tdx,
     /// AMD SEV-SNP confidential VM (configfs-tsm).
     Snp,
+    /// Detect Gramine SGX, TDX or SNP; no TEE found is a startup error (never simulation).
+    Auto,
 }
 
 /// Log output format.
@@ -43,7 +45,12 @@ pub struct Config {
     #[arg(long, env = "QUARRY_MESH_ADDR", default_value = "0.0.0.0:2001")]
     pub mesh_addr: SocketAddr,
     /// DNS names and IPs of the coordinator's TLS certificate (127.0.0.1 and ::1 are always added).
-    #[arg(long, env = "QUARRY_DNS_NAMES", value_delimiter = ',', default_value = "localhost")]
+    #[arg(
+        long,
+        env = "QUARRY_DNS_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost"
+    )]
     pub dns_names: Vec<String>,
     /// The TEE to run in. Required unless --simulation is given; never falls back.
     #[arg(long, env = "QUARRY_TEE", value_enum)]
@@ -54,6 +61,19 @@ pub struct Config {
     /// Shortcut for development: --tee simulated with a platform created under <data-dir>/sim-platform.
     #[arg(long, env = "QUARRY_SIMULATION")]
     pub simulation: bool,
+    /// Root of the TEE device files (default /dev/attestation for gramine-sgx,
+    /// /sys/kernel/config/tsm/report for tdx and snp); tests point it at a prepared directory.
+    #[arg(long, env = "QUARRY_ATTESTATION_ROOT")]
+    pub attestation_root: Option<PathBuf>,
+    /// Collateral cache directory (default <data-dir>/collateral); offline unless a URL is given.
+    #[arg(long, env = "QUARRY_COLLATERAL_DIR")]
+    pub collateral_dir: Option<PathBuf>,
+    /// PCCS or Intel PCS base URL to fetch missing SGX/TDX collateral from.
+    #[arg(long, env = "QUARRY_PCCS_URL")]
+    pub pccs_url: Option<String>,
+    /// AMD KDS base URL to fetch missing VCEKs from.
+    #[arg(long, env = "QUARRY_KDS_URL")]
+    pub kds_url: Option<String>,
     /// Log format.
     #[arg(long, env = "QUARRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

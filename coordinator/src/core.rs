@@ -7,17 +7,19 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use quarry_api::http::State;
-use quarry_api::manifest::Manifest;
+use quarry_api::manifest::{Manifest, SealMode};
 use quarry_api::Secret;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::pki::CaKey;
 use crate::secrets::SecretValue;
-use crate::store::file::{sync_dir, FileStore};
+use crate::store::file::{sync_dir, FileStore, HeadTracker};
+use crate::store::head::{self, HeadFile, HEAD_FILE};
 use crate::store::seal::{self, SealedKeyFile};
 use crate::store::{Store, StoreError, Txn};
 use crate::tee::Tee;
+use crate::translog::TransLog;
 
 /// File holding the sealed data encryption key.
 pub const SEALED_KEY_FILE: &str = "sealed-key.json";
@@ -40,11 +42,18 @@ pub mod keys {
     pub const MANIFEST_SIGNATURE: &str = "manifest/signature";
     /// Prefix of stored secret values.
     pub const SECRET_PREFIX: &str = "secret/";
+    /// Prefix of secret values from before the last manifest update.
+    pub const PREVIOUS_SECRET_PREFIX: &str = "previous-secret/";
+    /// Prefix of SecurityVersion overrides from package updates.
+    pub const SVN_PREFIX: &str = "package-svn/";
+    /// The pending manifest update, if any.
+    pub const PENDING_UPDATE: &str = "update/pending";
     /// Prefix of activation counters per marble type.
     pub const ACTIVATIONS_PREFIX: &str = "activations/";
 }
 
 /// A running deployment: the manifest and everything generated for it.
+#[derive(Clone)]
 pub struct Deployment {
     /// Checked manifest.
     pub manifest: Manifest,
@@ -55,9 +64,13 @@ pub struct Deployment {
     /// Root-key ECDSA signature over `raw`.
     pub signature: Vec<u8>,
     /// Current mesh CA.
-    pub mesh: CaKey,
+    pub mesh: Arc<CaKey>,
     /// Shared and user-set secret values by name.
     pub secrets: BTreeMap<String, SecretValue>,
+    /// Values before the last manifest update (`.Previous.Secrets`).
+    pub previous: BTreeMap<String, SecretValue>,
+    /// Root secret for HKDF of private symmetric keys (rotated by `RotateRootSecret`).
+    pub root_secret: Arc<Secret>,
 }
 
 /// What the coordinator is doing.
@@ -102,6 +115,7 @@ pub struct Core {
     /// Serialises manifest changes (not activations).
     pub manifest_lock: tokio::sync::Mutex<()>,
     quote_cache: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+    recovery: Mutex<crate::recovery::Session>,
 }
 
 #[derive(Clone)]
@@ -109,6 +123,9 @@ struct Inner {
     phase: Arc<Phase>,
     store: Option<Arc<dyn Store>>,
     identity: Arc<Identity>,
+    log: Arc<TransLog>,
+    /// The data encryption key (absent in Recovery).
+    dek: Option<Arc<Secret>>,
 }
 
 /// A consistent view for one request.
@@ -119,6 +136,8 @@ pub struct View {
     pub store: Option<Arc<dyn Store>>,
     /// Root CA and root secret.
     pub identity: Arc<Identity>,
+    /// The transparency log.
+    pub log: Arc<TransLog>,
 }
 
 impl Core {
@@ -166,7 +185,63 @@ impl Core {
             nonces: Mutex::new(HashMap::new()),
             manifest_lock: tokio::sync::Mutex::new(()),
             quote_cache: Mutex::new(None),
+            recovery: Mutex::new(crate::recovery::Session::default()),
         })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The data encryption key (absent in Recovery).
+    pub fn dek(&self) -> Option<Arc<Secret>> {
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .dek
+            .clone()
+    }
+
+    /// The recovery secrets uploaded so far (Recovery only).
+    pub fn recovery_session(&self) -> std::sync::MutexGuard<'_, crate::recovery::Session> {
+        self.recovery
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Leaves Recovery with a DEK recovered from the recovery secrets: opens the state with
+    /// it (all the checks of a normal start, rollback evidence included), checks the
+    /// manifest's recovery keys against `data`, re-seals the DEK for this TEE and serves.
+    pub async fn install_recovered(
+        &self,
+        dek: Secret,
+        data: crate::recovery::RecoveryData,
+    ) -> Result<(), String> {
+        let inner = open_state(&self.data_dir, dek.clone()).await?;
+        let mode = match inner.phase.as_ref() {
+            Phase::Running(d) => {
+                data.matches_manifest(&d.manifest)?;
+                d.manifest.config.seal_mode
+            }
+            _ => SealMode::ProductKey,
+        };
+        let file = seal::seal_dek(&dek, &self.tee.seal_keys, self.tee.sealing, mode, Some(data))?;
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+        write_atomic(&self.data_dir.join(SEALED_KEY_FILE), &bytes).map_err(|e| e.to_string())?;
+        tracing::warn!(
+            state = inner.phase.state().code(),
+            seal_mode = mode.as_str(),
+            "RECOVERED: the state was opened with the recovery secrets and re-sealed for this TEE"
+        );
+        *self
+            .inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = inner;
+        if let Ok(mut c) = self.quote_cache.lock() {
+            *c = None;
+        }
+        Ok(())
     }
 
     /// A consistent snapshot of the state for one request.
@@ -180,6 +255,7 @@ impl Core {
             phase: inner.phase,
             store: inner.store,
             identity: inner.identity,
+            log: inner.log,
         }
     }
 
@@ -189,15 +265,18 @@ impl Core {
     }
 
     /// Switch to a new phase (and store/identity after a reset).
-    fn set(&self, phase: Phase, store: Option<Arc<dyn Store>>, identity: Option<Arc<Identity>>) {
+    fn set(&self, phase: Phase, reset: Option<Inner>) {
         let mut inner = self
             .inner
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         inner.phase = Arc::new(phase);
-        if store.is_some() {
-            inner.store = store;
-        }
+        let identity = reset.map(|r| {
+            inner.store = r.store;
+            inner.log = r.log;
+            inner.dek = r.dek;
+            r.identity
+        });
         if let Some(id) = identity {
             inner.identity = id;
             if let Ok(mut c) = self.quote_cache.lock() {
@@ -208,7 +287,7 @@ impl Core {
 
     /// Enter state 3 with `deployment`.
     pub fn set_running(&self, deployment: Deployment) {
-        self.set(Phase::Running(Arc::new(deployment)), None, None);
+        self.set(Phase::Running(Arc::new(deployment)), None);
     }
 
     /// Leaves Recovery for a brand-new deployment identity: the unusable files are moved to
@@ -220,7 +299,7 @@ impl Core {
             .unwrap_or(0);
         let aside = self.data_dir.join(format!("recovery-{stamp}"));
         std::fs::create_dir_all(&aside).map_err(|e| ApiError::Internal(e.to_string()))?;
-        for name in [SEALED_KEY_FILE, crate::store::file::LOG_FILE] {
+        for name in [SEALED_KEY_FILE, crate::store::file::LOG_FILE, HEAD_FILE] {
             let p = self.data_dir.join(name);
             if p.exists() {
                 std::fs::rename(&p, aside.join(name))
@@ -231,11 +310,7 @@ impl Core {
         let inner = fresh(&self.data_dir, &self.tee)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        self.set(
-            Phase::AcceptingManifest,
-            inner.store.clone(),
-            Some(inner.identity.clone()),
-        );
+        self.set(Phase::AcceptingManifest, Some(inner));
         Ok(())
     }
 
@@ -273,9 +348,29 @@ impl Core {
                 "the nonce was issued to another TLS key".into(),
             )),
             Some(_) => Err(ApiError::Forbidden("the nonce has expired".into())),
-            None => Err(ApiError::Forbidden(
-                "unknown or already used nonce".into(),
-            )),
+            None => Err(ApiError::Forbidden("unknown or already used nonce".into())),
+        }
+    }
+
+    /// The statement of the current state (contract §4.5), answering `nonce`.
+    pub fn statement(&self, view: &View, nonce: Option<&[u8]>) -> quarry_api::statement::Statement {
+        let (log_size, log_root) = view.log.head();
+        let (mesh, manifest) = match view.phase.as_ref() {
+            Phase::Running(d) => (
+                Some(hex::encode(Sha256::digest(d.mesh.cert_der()))),
+                Some(hex::encode(d.fingerprint)),
+            ),
+            _ => (None, None),
+        };
+        quarry_api::statement::Statement {
+            version: quarry_api::statement::STATEMENT_VERSION,
+            root_ca_sha256: hex::encode(Sha256::digest(view.identity.root.cert_der())),
+            mesh_ca_sha256: mesh,
+            manifest_sha256: manifest,
+            log_size,
+            log_root: hex::encode(log_root),
+            simulation: self.tee.simulation,
+            nonce: nonce.map(hex::encode),
         }
     }
 
@@ -317,8 +412,17 @@ async fn fresh(data_dir: &Path, tee: &Tee) -> anyhow::Result<Inner> {
     let dek = seal::new_dek().map_err(anyhow::Error::msg)?;
     // Order matters: an empty log without a key is recognised as an interrupted first start.
     let store = FileStore::create(data_dir, dek.clone())?;
-    let sealed = seal::seal_dek(&dek, &tee.seal_key, tee.sealing, &tee.sealer_id)
-        .map_err(anyhow::Error::msg)?;
+    let log = Arc::new(TransLog::new());
+    track_head(data_dir, &dek, &store, &log, None).map_err(anyhow::Error::msg)?;
+    // Before a manifest chooses, the DEK is sealed with the ProductKey (MarbleRun's default).
+    let sealed = seal::seal_dek(
+        &dek,
+        &tee.seal_keys,
+        tee.sealing,
+        SealMode::ProductKey,
+        None,
+    )
+    .map_err(anyhow::Error::msg)?;
     write_atomic(
         &data_dir.join(SEALED_KEY_FILE),
         &serde_json::to_vec_pretty(&sealed)?,
@@ -338,6 +442,8 @@ async fn fresh(data_dir: &Path, tee: &Tee) -> anyhow::Result<Inner> {
         phase: Arc::new(Phase::AcceptingManifest),
         store: Some(Arc::new(store)),
         identity: Arc::new(Identity { root, root_secret }),
+        log,
+        dek: Some(Arc::new(dek)),
     })
 }
 
@@ -352,18 +458,29 @@ async fn reload(data_dir: &Path, tee: &Tee) -> Result<Inner, String> {
             e.column()
         )
     })?;
-    let dek = seal::unseal_dek(&sealed, &tee.seal_key).map_err(|e| {
+    let mode = sealed
+        .mode()
+        .map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let dek = seal::unseal_dek(&sealed, &tee.seal_keys).map_err(|e| {
         format!(
-            "cannot unseal the data encryption key in {}: {e}; it was sealed by {} ({}), this coordinator is {} ({})",
+            "cannot unseal the data encryption key in {}: {e}; it was sealed by {} ({}, {}), this coordinator is {} ({}); recover with the RecoveryKeys (POST /api/v2/recover) or set a new manifest",
             key_path.display(),
             sealed.sealer_id,
             sealed.sealing,
-            tee.sealer_id,
+            mode.as_str(),
+            tee.seal_keys.sealer_id(mode),
             tee.sealing
         )
     })?;
+    let inner = open_state(data_dir, dek).await?;
+    normalize_sealing(data_dir, tee, &inner, &sealed);
+    Ok(inner)
+}
+
+/// Opens the state log with `dek`, replays it and checks it against the rollback evidence.
+async fn open_state(data_dir: &Path, dek: Secret) -> Result<Inner, String> {
     let started = Instant::now();
-    let (store, report) = FileStore::open(data_dir, dek).map_err(|e| e.to_string())?;
+    let (store, report) = FileStore::open(data_dir, dek.clone()).map_err(|e| e.to_string())?;
     if report.dropped_tail_bytes > 0 {
         tracing::warn!(
             bytes = report.dropped_tail_bytes,
@@ -383,12 +500,15 @@ async fn reload(data_dir: &Path, tee: &Tee) -> Result<Inner, String> {
     let root = CaKey::from_bytes(&get(keys::ROOT).await?.value).map_err(|e| e.to_string())?;
     let root_secret = Secret::new(get(keys::ROOT_SECRET).await?.value);
     let identity = Arc::new(Identity { root, root_secret });
+    let log = Arc::new(TransLog::load(&store).await?);
     let phase = match store.get(keys::MANIFEST).await.map_err(|e| e.to_string())? {
         None => Phase::AcceptingManifest,
         Some(raw) => Phase::Running(Arc::new(load_deployment(&store, raw.value).await?)),
     };
+    track_head(data_dir, &dek, &store, &log, Some(head::read(data_dir, &dek)?))?;
     tracing::info!(
         records = report.records,
+        revision = store.revision(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         state = phase.state().code(),
         "sealed state reloaded"
@@ -397,7 +517,82 @@ async fn reload(data_dir: &Path, tee: &Tee) -> Result<Inner, String> {
         phase: Arc::new(phase),
         store: Some(Arc::new(store)),
         identity,
+        log,
+        dek: Some(Arc::new(dek)),
     })
+}
+
+/// Checks the opened state against the last acknowledged head (`found`: None = fresh
+/// store, Some(None) = no head file), then keeps `state.head` current from now on.
+fn track_head(
+    data_dir: &Path,
+    dek: &Secret,
+    store: &FileStore,
+    log: &Arc<TransLog>,
+    found: Option<Option<head::Head>>,
+) -> Result<(), String> {
+    let (log_size, log_root) = log.head();
+    match found {
+        Some(Some(h)) => head::check(&h, store.revision(), log_size, |n| log.root_at(n))?,
+        Some(None) => tracing::warn!(
+            "no {HEAD_FILE} in the data directory: no rollback evidence to check this state against (recording it from now on)"
+        ),
+        None => {}
+    }
+    let file = HeadFile::open(
+        data_dir,
+        dek,
+        &head::Head {
+            revision: store.revision(),
+            log_size,
+            log_root,
+        },
+    )?;
+    let log = log.clone();
+    store.track_head(HeadTracker {
+        file,
+        log: Box::new(move || log.head()),
+    });
+    Ok(())
+}
+
+/// After a reload, re-seals the DEK when the file does not match what the state asks for:
+/// the manifest's SealMode (ProductKey before a manifest), this TEE, the current format.
+/// Recovery data without a manifest is from a manifest whose commit never happened: dropped.
+fn normalize_sealing(data_dir: &Path, tee: &Tee, inner: &Inner, file: &SealedKeyFile) {
+    let Some(dek) = inner.dek.as_ref() else {
+        return;
+    };
+    let (mode, manifest) = match inner.phase.as_ref() {
+        Phase::Running(d) => (d.manifest.config.seal_mode, Some(&d.manifest)),
+        _ => (SealMode::ProductKey, None),
+    };
+    let recovery = manifest.and(file.recovery.clone());
+    if let (Some(data), Some(m)) = (&recovery, manifest) {
+        if let Err(e) = data.matches_manifest(m) {
+            tracing::warn!(error = %e, "recovery data does not match the manifest; recovery with these secrets will be refused");
+        }
+    }
+    if manifest.is_some_and(|m| !m.recovery_keys.is_empty()) && recovery.is_none() {
+        tracing::warn!("the manifest has RecoveryKeys but sealed-key.json has no recovery data (a crash during manifest set?): this state cannot be recovered with recovery secrets");
+    }
+    if file.version == 2
+        && file.mode().ok() == Some(mode)
+        && file.sealing == tee.sealing
+        && file.sealer_id == tee.seal_keys.sealer_id(mode)
+        && file.recovery == recovery
+    {
+        return;
+    }
+    let written = seal::seal_dek(dek, &tee.seal_keys, tee.sealing, mode, recovery)
+        .and_then(|f| serde_json::to_vec_pretty(&f).map_err(|e| e.to_string()))
+        .and_then(|b| {
+            write_atomic(&data_dir.join(SEALED_KEY_FILE), &b).map_err(|e| e.to_string())
+        });
+    match written {
+        Ok(()) => tracing::info!(seal_mode = mode.as_str(), "data encryption key re-sealed"),
+        Err(e) => tracing::warn!(error = %e, "could not re-seal the data encryption key; the previous sealed-key.json stays in use"),
+    }
 }
 
 async fn load_deployment(store: &FileStore, raw: Vec<u8>) -> Result<Deployment, String> {
@@ -408,32 +603,46 @@ async fn load_deployment(store: &FileStore, raw: Vec<u8>) -> Result<Deployment, 
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the stored state has a manifest but no mesh CA")?;
-    let mesh = CaKey::from_bytes(&mesh.value).map_err(|e| e.to_string())?;
+    let mesh = Arc::new(CaKey::from_bytes(&mesh.value).map_err(|e| e.to_string())?);
     let signature = store
         .get(keys::MANIFEST_SIGNATURE)
         .await
         .map_err(|e| e.to_string())?
         .map(|v| v.value)
         .unwrap_or_default();
-    let mut secrets = BTreeMap::new();
-    for (key, v) in store
-        .scan(keys::SECRET_PREFIX)
+    let secrets = load_secrets(store, keys::SECRET_PREFIX).await?;
+    let previous = load_secrets(store, keys::PREVIOUS_SECRET_PREFIX).await?;
+    let root_secret = store
+        .get(keys::ROOT_SECRET)
         .await
         .map_err(|e| e.to_string())?
-    {
-        let name = key.trim_start_matches(keys::SECRET_PREFIX).to_string();
-        let value: SecretValue = serde_json::from_slice(&v.value)
-            .map_err(|e| format!("stored secret {name} does not decode: {e}"))?;
-        secrets.insert(name, value);
-    }
+        .ok_or("the stored state has no root secret")?;
+    let mut manifest = checked.manifest;
+    crate::update::apply_svn_overrides(store, &mut manifest).await?;
     Ok(Deployment {
-        manifest: checked.manifest,
+        manifest,
         fingerprint: Sha256::digest(&raw).into(),
         raw,
         signature,
         mesh,
         secrets,
+        previous,
+        root_secret: Arc::new(Secret::new(root_secret.value)),
     })
+}
+
+async fn load_secrets(
+    store: &FileStore,
+    prefix: &str,
+) -> Result<BTreeMap<String, SecretValue>, String> {
+    let mut out = BTreeMap::new();
+    for (key, v) in store.scan(prefix).await.map_err(|e| e.to_string())? {
+        let name = key.trim_start_matches(prefix).to_string();
+        let value: SecretValue = serde_json::from_slice(&v.value)
+            .map_err(|e| format!("stored secret {name} does not decode: {e}"))?;
+        out.insert(name, value);
+    }
+    Ok(out)
 }
 
 fn recovery(reason: String) -> anyhow::Result<Inner> {
@@ -445,6 +654,8 @@ fn recovery(reason: String) -> anyhow::Result<Inner> {
             root: CaKey::new_root()?,
             root_secret: Secret::default(),
         }),
+        log: Arc::new(TransLog::new()),
+        dek: None,
     })
 }
 

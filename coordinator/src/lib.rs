@@ -7,12 +7,19 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod manifest_ops;
+pub mod mesh;
 pub mod pki;
+pub mod recovery;
 pub mod routes;
+pub mod sealing;
 pub mod secrets;
+pub mod secrets_api;
 pub mod store;
 pub mod tee;
 pub mod tls;
+pub mod translog;
+pub mod update;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,9 +53,9 @@ impl App {
         let resolver = tls::ServerCertResolver::new(core.clone(), config.certificate_names())?;
         let client_tls = tls::server_config(resolver.clone(), false)?;
         let mesh_tls = tls::server_config(resolver, true)?;
-        let client = TcpListener::bind(config.client_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding the client API to {}: {e}", config.client_addr))?;
+        let client = TcpListener::bind(config.client_addr).await.map_err(|e| {
+            anyhow::anyhow!("binding the client API to {}: {e}", config.client_addr)
+        })?;
         let mesh = TcpListener::bind(config.mesh_addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding the mesh API to {}: {e}", config.mesh_addr))?;
@@ -114,13 +121,46 @@ fn tee_from_config(config: &Config) -> anyhow::Result<Tee> {
                     }
                     d
                 }
-                None => anyhow::bail!("--tee simulated needs --sim-platform DIR (see `quarry sim init`)"),
+                None => anyhow::bail!(
+                    "--tee simulated needs --sim-platform DIR (see `quarry sim init`)"
+                ),
             };
             Tee::simulated(&dir)
         }
-        other => anyhow::bail!(
-            "TEE {other:?} is not available in this build of the coordinator; refusing to start (there is no fallback to simulation)"
-        ),
+        hw => {
+            use quarry_api::TeeKind;
+            use quarry_attestation::provider::{GRAMINE_ROOT, TSM_ROOT};
+            let root_for = |tee: TeeKind| {
+                config.attestation_root.clone().unwrap_or_else(|| {
+                    std::path::PathBuf::from(if tee == TeeKind::Sgx {
+                        GRAMINE_ROOT
+                    } else {
+                        TSM_ROOT
+                    })
+                })
+            };
+            let tee = match hw {
+                TeeChoice::GramineSgx => TeeKind::Sgx,
+                TeeChoice::Tdx => TeeKind::Tdx,
+                TeeChoice::Snp => TeeKind::Snp,
+                _ => quarry_attestation::provider::detect(&root_for(TeeKind::Sgx), &root_for(TeeKind::Tdx))
+                    .ok_or_else(|| anyhow::anyhow!(
+                        "--tee auto found no TEE (no Gramine /dev/attestation, no configfs-tsm with a TDX or SNP guest device); refusing to start (pass --tee simulated explicitly for development)"
+                    ))?,
+            };
+            tracing::info!(tee = %tee, "hardware TEE selected");
+            Tee::hardware(&tee::HardwareConfig {
+                tee,
+                attestation_root: root_for(tee),
+                collateral_dir: config
+                    .collateral_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("collateral")),
+                pccs_url: config.pccs_url.clone(),
+                kds_url: config.kds_url.clone(),
+                data_dir: config.data_dir.clone(),
+            })
+        }
     }
 }
 

@@ -18,7 +18,9 @@ async fn main() -> std::process::ExitCode {
         }
     };
     match (app.client_addr(), app.mesh_addr()) {
-        (Ok(c), Ok(m)) => tracing::info!(client_api = %c, mesh_api = %m, state = app.core().state().code(), "coordinator listening"),
+        (Ok(c), Ok(m)) => {
+            tracing::info!(client_api = %c, mesh_api = %m, state = app.core().state().code(), "coordinator listening")
+        }
         _ => tracing::info!("coordinator listening"),
     }
     tokio::select! {
@@ -31,7 +33,9 @@ async fn main() -> std::process::ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("QUARRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

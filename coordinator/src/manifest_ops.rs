@@ -14,6 +14,8 @@ use crate::store::{StoreError, Txn};
 pub struct SetOutcome {
     /// Validation warnings (unknown keys...).
     pub warnings: Vec<String>,
+    /// Recovery secrets by key name (base64 RSA-OAEP ciphertexts), returned only now.
+    pub recovery_secrets: Option<BTreeMap<String, String>>,
 }
 
 /// `POST /api/v2/manifest`.
@@ -23,11 +25,6 @@ pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiEr
         .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
     secrets::check_generatable(&manifest.secrets)
         .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
-    if !manifest.recovery_keys.is_empty() {
-        return Err(ApiError::BadRequest(
-            "invalid manifest: /RecoveryKeys: recovery is not available in this version of Quarry yet; remove RecoveryKeys (the state stays sealed to this coordinator)".into(),
-        ));
-    }
     match core.view().phase.as_ref() {
         Phase::Running(_) => {
             return Err(ApiError::WrongState(
@@ -37,6 +34,7 @@ pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiEr
         Phase::Recovery { reason } => {
             tracing::warn!(%reason, "manifest posted in recovery: discarding the unusable state for a new deployment");
             core.reset_from_recovery().await?;
+            core.recovery_session().reset(true);
         }
         Phase::AcceptingManifest => {}
     }
@@ -46,7 +44,7 @@ pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiEr
         .clone()
         .ok_or_else(|| ApiError::Internal("no store in state 2".into()))?;
     let root = &view.identity.root;
-    let mesh = CaKey::new_mesh(root)?;
+    let mesh = std::sync::Arc::new(CaKey::new_mesh(root)?);
     let mut values: BTreeMap<String, SecretValue> = BTreeMap::new();
     for (name, spec) in &manifest.secrets {
         if spec.user_defined {
@@ -80,14 +78,29 @@ pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiEr
             serde_json::to_vec(v).map_err(|e| ApiError::Internal(e.to_string()))?,
         );
     }
-    match store.commit(txn).await {
-        Ok(_) => {}
-        Err(StoreError::Conflict(_)) => {
-            return Err(ApiError::WrongState("a manifest is already set".into()))
-        }
-        Err(e) => return Err(e.into()),
-    }
     let fingerprint: [u8; 32] = Sha256::digest(&raw).into();
+    let event = serde_json::json!({
+        "type": "manifest-set",
+        "time": crate::translog::now_unix(),
+        "manifestSha256": hex::encode(fingerprint),
+    });
+    // Seal mode and recovery data go to sealed-key.json before the commit, so a committed
+    // manifest always has them; a failed commit puts the previous file back.
+    let sealing = crate::recovery::reseal_for_manifest(core, &manifest, None)?;
+    let committed = view
+        .log
+        .commit_with_events(store.as_ref(), txn, vec![event])
+        .await;
+    let recovery_secrets = match committed {
+        Ok(_) => sealing.recovery_secrets.clone(),
+        Err(e) => {
+            sealing.undo();
+            return Err(match e {
+                StoreError::Conflict(_) => ApiError::WrongState("a manifest is already set".into()),
+                e => e.into(),
+            });
+        }
+    };
     tracing::info!(
         fingerprint = %hex::encode(fingerprint),
         packages = manifest.packages.len(),
@@ -102,8 +115,11 @@ pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiEr
         signature,
         mesh,
         secrets: values,
+        previous: BTreeMap::new(),
+        root_secret: std::sync::Arc::new(view.identity.root_secret.clone()),
     });
     Ok(SetOutcome {
         warnings: warnings.iter().map(|w| w.to_string()).collect(),
+        recovery_secrets,
     })
 }

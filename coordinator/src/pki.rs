@@ -104,8 +104,8 @@ impl CaKey {
 
     /// Parse the output of [`CaKey::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<CaKey, PkiError> {
-        let stored: StoredCa = serde_json::from_slice(bytes)
-            .map_err(|e| PkiError::Key(format!("stored CA: {e}")))?;
+        let stored: StoredCa =
+            serde_json::from_slice(bytes).map_err(|e| PkiError::Key(format!("stored CA: {e}")))?;
         let key = KeyPair::from_pkcs8_der_and_sign_algo(
             &PrivatePkcs8KeyDer::from(stored.key.as_slice()),
             &rcgen::PKCS_ECDSA_P256_SHA256,
@@ -150,19 +150,18 @@ impl CaKey {
         p.distinguished_name = DistinguishedName::new();
         p.distinguished_name
             .push(DnType::CommonName, leaf.uuid.to_string());
-        let mut sans = vec![SanType::URI(
-            leaf.spiffe_id
-                .try_into()
-                .map_err(|_| PkiError::Key(format!("invalid SPIFFE ID {}", leaf.spiffe_id)))?,
-        )];
+        let mut sans = vec![SanType::URI(leaf.spiffe_id.try_into().map_err(|_| {
+            PkiError::Key(format!("invalid SPIFFE ID {}", leaf.spiffe_id))
+        })?)];
         for n in leaf.dns_names {
             sans.push(san(n)?);
         }
         p.subject_alt_names = sans;
         let now = OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::minutes(5);
-        p.not_after = now + time::Duration::try_from(leaf.valid_for)
-            .map_err(|_| PkiError::Key("validity out of range".into()))?;
+        p.not_after = now
+            + time::Duration::try_from(leaf.valid_for)
+                .map_err(|_| PkiError::Key("validity out of range".into()))?;
         p.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyAgreement,
@@ -352,11 +351,17 @@ fn generate_key(kind: CertKeyKind, size: u32) -> Result<(Secret, Vec<u8>), PkiEr
                 &rcgen::PKCS_ECDSA_P256_SHA256
             };
             let k = KeyPair::generate_for(alg)?;
-            Ok((Secret::new(k.serialize_der()), rcgen::PublicKeyData::subject_public_key_info(&k)))
+            Ok((
+                Secret::new(k.serialize_der()),
+                rcgen::PublicKeyData::subject_public_key_info(&k),
+            ))
         }
         CertKeyKind::Ed25519 => {
             let k = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-            Ok((Secret::new(k.serialize_der()), rcgen::PublicKeyData::subject_public_key_info(&k)))
+            Ok((
+                Secret::new(k.serialize_der()),
+                rcgen::PublicKeyData::subject_public_key_info(&k),
+            ))
         }
         CertKeyKind::Rsa => {
             use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
@@ -382,7 +387,8 @@ fn ca_params(cn: &str, path_len: Option<u8>, days: i64) -> CertificateParams {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, cn);
-    p.distinguished_name.push(DnType::OrganizationName, "Quarry");
+    p.distinguished_name
+        .push(DnType::OrganizationName, "Quarry");
     p.is_ca = IsCa::Ca(match path_len {
         Some(n) => BasicConstraints::Constrained(n),
         None => BasicConstraints::Unconstrained,
@@ -469,7 +475,11 @@ fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 }
 
 /// DER of the marble extension value.
-pub fn marble_extension_der(marble_type: &str, claims_digest: &[u8; 32], simulation: bool) -> Vec<u8> {
+pub fn marble_extension_der(
+    marble_type: &str,
+    claims_digest: &[u8; 32],
+    simulation: bool,
+) -> Vec<u8> {
     let mut body = der_tlv(0x0c, marble_type.as_bytes());
     body.extend(der_tlv(0x04, claims_digest));
     body.extend(der_tlv(0x01, &[if simulation { 0xff } else { 0x00 }]));

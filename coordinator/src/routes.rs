@@ -2,9 +2,9 @@
 //! Handlers extract, call a plain function and map the result; errors map in `error.rs`.
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +27,19 @@ pub fn client_router(core: Arc<Core>) -> Router {
         .route("/api/v2/status", get(status))
         .route("/api/v2/manifest", get(manifest_get).post(manifest_set))
         .route("/api/v2/quote", get(quote))
+        .route("/api/v2/recover", post(recover))
+        .route("/api/v2/recover/public-key", get(recover_public_key))
+        .route("/api/v2/attestation", get(attestation))
+        .route("/api/v2/secrets", get(secrets_get).post(secrets_set))
+        .route("/api/v2/update", get(update_log).post(update_propose))
+        .route(
+            "/api/v2/update-manifest",
+            get(update_pending).post(update_acknowledge),
+        )
+        .route("/api/v2/update-cancel", post(update_cancel))
+        .route("/api/v2/log", get(log_entries))
+        .route("/api/v2/log/proof", get(log_proof))
+        .route("/api/v2/log/consistency", get(log_consistency))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
@@ -53,7 +66,9 @@ async fn not_found() -> ApiError {
 
 /// Parses a JSON body whatever its content type (curl's `-d` sends a form type); 413 for
 /// bodies over the limit, 400 naming the line and column of malformed JSON.
-fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(MAX_BODY_BYTES)
@@ -86,7 +101,7 @@ async fn manifest_set(
     let req: ManifestSetRequest = json_body(body)?;
     let outcome = crate::manifest_ops::set_manifest(&core, req.manifest).await?;
     Ok(ok(ManifestSetResponse {
-        recovery_secrets: None,
+        recovery_secrets: outcome.recovery_secrets,
         warnings: outcome.warnings,
     }))
 }
@@ -171,4 +186,202 @@ async fn activate(
     let cert = peer_cert(&peer)?;
     let resp = crate::activation::activate(&core, req, cert).await?;
     Ok(ok(resp))
+}
+
+#[derive(Deserialize)]
+struct NonceQuery {
+    nonce: Option<String>,
+}
+
+/// `GET /api/v2/attestation?nonce=HEX`: statement, evidence binding it, CAs, manifest.
+async fn attestation(
+    State(core): State<Arc<Core>>,
+    Query(q): Query<NonceQuery>,
+) -> Result<Response, ApiError> {
+    let nonce = match q.nonce.as_deref() {
+        None | Some("") => None,
+        Some(text) => {
+            let n = hex::decode(text)
+                .map_err(|e| ApiError::BadRequest(format!("nonce is not hex: {e}")))?;
+            if n.len() > 64 {
+                return Err(ApiError::BadRequest("nonce longer than 64 bytes".into()));
+            }
+            Some(n)
+        }
+    };
+    let view = core.view();
+    let statement = core.statement(&view, nonce.as_deref());
+    let report_data = statement.report_data();
+    let provider = core.tee.provider.clone();
+    let evidence = tokio::task::spawn_blocking(move || provider.evidence(&report_data))
+        .await
+        .map_err(|e| ApiError::Internal(format!("evidence task: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("coordinator evidence: {e}")))?;
+    let (mesh_ca, manifest) = match view.phase.as_ref() {
+        Phase::Running(d) => (
+            Some(d.mesh.cert_pem()),
+            Some(quarry_api::bytes::b64(&d.raw)),
+        ),
+        _ => (None, None),
+    };
+    Ok(ok(quarry_api::attestation::AttestationResponse {
+        statement,
+        evidence,
+        root_ca: view.identity.root.cert_pem(),
+        mesh_ca,
+        manifest,
+    }))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    from: Option<u64>,
+}
+
+/// `GET /api/v2/log?from=N`.
+async fn log_entries(
+    State(core): State<Arc<Core>>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let view = core.view();
+    let (size, root) = view.log.head();
+    let entries = view.log.entries(q.from.unwrap_or(0));
+    Ok(ok(quarry_api::attestation::LogResponse {
+        size,
+        root: hex::encode(root),
+        entries,
+    }))
+}
+
+#[derive(Deserialize)]
+struct ProofQuery {
+    index: u64,
+    size: u64,
+}
+
+/// `GET /api/v2/log/proof?index=I&size=S`: inclusion proof.
+async fn log_proof(
+    State(core): State<Arc<Core>>,
+    Query(q): Query<ProofQuery>,
+) -> Result<Response, ApiError> {
+    let proof = core.view().log.inclusion(q.index, q.size).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "no inclusion proof for index {} in a tree of size {}",
+            q.index, q.size
+        ))
+    })?;
+    Ok(ok(quarry_api::attestation::ProofResponse {
+        proof: proof.iter().map(hex::encode).collect(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+/// `GET /api/v2/log/consistency?from=M&to=N`: consistency proof.
+async fn log_consistency(
+    State(core): State<Arc<Core>>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Response, ApiError> {
+    let proof = core.view().log.consistency(q.from, q.to).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "no consistency proof from size {} to size {}",
+            q.from, q.to
+        ))
+    })?;
+    Ok(ok(quarry_api::attestation::ProofResponse {
+        proof: proof.iter().map(hex::encode).collect(),
+    }))
+}
+
+fn peer_der(peer: &PeerCert) -> Option<&[u8]> {
+    peer.0.as_deref().map(|v| v.as_slice())
+}
+
+/// `GET /api/v2/secrets?s=a&s=b`.
+async fn secrets_get(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<PeerCert>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("malformed query: {e}")))?;
+    let names: Vec<String> = pairs
+        .into_iter()
+        .filter(|(k, _)| k == "s")
+        .map(|(_, v)| v)
+        .collect();
+    let secrets = crate::secrets_api::read(&core, peer_der(&peer), &names)?;
+    Ok(ok(serde_json::json!({ "secrets": secrets })))
+}
+
+/// `POST /api/v2/secrets`.
+async fn secrets_set(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<PeerCert>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: crate::secrets_api::SetSecretsRequest = json_body(body)?;
+    crate::secrets_api::write(&core, peer_der(&peer), req).await?;
+    Ok(ok(serde_json::Value::Null))
+}
+
+/// `GET /api/v2/update`.
+async fn update_log(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
+    Ok(ok(serde_json::json!({ "updateLog": crate::update::update_log(&core) })))
+}
+
+/// `POST /api/v2/update`.
+async fn update_propose(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<PeerCert>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: ManifestSetRequest = json_body(body)?;
+    Ok(ok(crate::update::propose(&core, peer_der(&peer), req.manifest).await?))
+}
+
+/// `GET /api/v2/update-manifest`.
+async fn update_pending(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
+    Ok(ok(crate::update::get_pending(&core).await?))
+}
+
+/// `POST /api/v2/update-manifest`.
+async fn update_acknowledge(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<PeerCert>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: ManifestSetRequest = json_body(body)?;
+    Ok(ok(crate::update::acknowledge(&core, peer_der(&peer), req.manifest).await?))
+}
+
+/// `POST /api/v2/update-cancel`.
+async fn update_cancel(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<PeerCert>,
+) -> Result<Response, ApiError> {
+    crate::update::cancel(&core, peer_der(&peer)).await?;
+    Ok(ok(serde_json::json!({"message": "Update successfully cancelled"})))
+}
+
+/// `POST /api/v2/recover`: one signed recovery secret (Recovery only).
+async fn recover(
+    State(core): State<Arc<Core>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: quarry_api::http::RecoverRequest = json_body(body)?;
+    Ok(ok(crate::recovery::recover(&core, req).await?))
+}
+
+/// `GET /api/v2/recover/public-key`: the ephemeral key for the air-gapped flow.
+async fn recover_public_key(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
+    let der = crate::recovery::ephemeral_public_key(&core).await?;
+    Ok(ok(quarry_api::http::RecoverPublicKeyResponse {
+        algorithm: "RSA".into(),
+        ephemeral_public_key: der,
+    }))
 }

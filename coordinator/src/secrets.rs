@@ -38,7 +38,8 @@ impl Drop for SecretValue {
     fn drop(&mut self) {
         use zeroize::Zeroize;
         self.private.zeroize();
-        if self.kind == SecretKind::SymmetricKey.as_str() || self.kind == SecretKind::Plain.as_str() {
+        if self.kind == SecretKind::SymmetricKey.as_str() || self.kind == SecretKind::Plain.as_str()
+        {
             self.public.zeroize();
         }
     }
@@ -93,7 +94,8 @@ pub fn check_generatable(secrets: &BTreeMap<String, SecretSpec>) -> Result<(), S
 pub fn generate(spec: &SecretSpec, mesh: &CaKey) -> Result<SecretValue, PkiError> {
     match cert_key_kind(spec.kind) {
         Some(k) => {
-            let c = mesh.issue_secret_cert(k, spec.size, spec.cert.as_ref(), spec.valid_for_days)?;
+            let c =
+                mesh.issue_secret_cert(k, spec.size, spec.cert.as_ref(), spec.valid_for_days)?;
             Ok(SecretValue {
                 kind: spec.kind.as_str().into(),
                 cert: Some(c.cert_der),
@@ -203,7 +205,8 @@ mod tests {
             derive_private_symmetric(&root, &uuid::Uuid::new_v4(), "k", "web", false, 256).unwrap();
         assert_ne!(a.private, other_uuid.private);
         let other_root =
-            derive_private_symmetric(&Secret::new(vec![2; 32]), &u, "k", "web", false, 256).unwrap();
+            derive_private_symmetric(&Secret::new(vec![2; 32]), &u, "k", "web", false, 256)
+                .unwrap();
         assert_ne!(a.private, other_root.private);
     }
 
@@ -211,6 +214,9 @@ mod tests {
     fn debug_never_prints_key_bytes() {
         let v = SecretValue::symmetric(SecretKind::SymmetricKey, vec![0xAB; 16]);
         let s = format!("{v:?}");
-        assert!(!s.contains("171") && !s.to_lowercase().contains("abab"), "{s}");
+        assert!(
+            !s.contains("171") && !s.to_lowercase().contains("abab"),
+            "{s}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! (contract §8). Backends: an embedded sealed log in the data directory (`file`); etcd comes
 //! later behind the same trait.
 pub mod file;
+pub mod head;
 pub mod seal;
 
 use async_trait::async_trait;

@@ -133,7 +133,10 @@ impl ServerCertResolver {
                 key.expose().to_vec(),
             )))?;
         let ck = Arc::new(CertifiedKey::new(
-            vec![CertificateDer::from(leaf), CertificateDer::from(root.to_vec())],
+            vec![
+                CertificateDer::from(leaf),
+                CertificateDer::from(root.to_vec()),
+            ],
             signing,
         ));
         if let Ok(mut c) = self.cache.write() {
@@ -174,7 +177,12 @@ pub fn server_config(
 }
 
 /// Serves `router` over TLS on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, router: Router, name: &'static str) {
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: Router,
+    name: &'static str,
+) {
     let acceptor = TlsAcceptor::from(config);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -219,19 +227,17 @@ async fn handle_connection(
             .and_then(|c| c.first())
             .map(|c| Arc::new(c.to_vec())),
     );
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(peer_cert.clone());
-        let router = router.clone();
-        async move {
-            use tower::ServiceExt;
-            router.oneshot(req).await
-        }
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer_cert.clone());
+            let router = router.clone();
+            async move {
+                use tower::ServiceExt;
+                router.oneshot(req).await
+            }
+        });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(tls), service)
-        .await
-    {
+    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
         tracing::debug!(api = name, %peer, error = %e, "connection ended with an error");
     }
 }

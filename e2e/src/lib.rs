@@ -42,12 +42,31 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts a simulated coordinator on free loopback ports and waits until it listens.
     pub fn start(data_dir: &Path, sim_platform: &Path, log: &Path) -> anyhow::Result<Coordinator> {
+        Coordinator::start_wrapped(&[], data_dir, sim_platform, log)
+    }
+
+    /// Like [`Coordinator::start`], run through `wrapper` (a command that ends by executing
+    /// its trailing arguments, e.g. `sh -c '…; exec "$@"' sh`), to impose limits on it.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        data_dir: &Path,
+        sim_platform: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Coordinator> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
         let start_len = std::fs::metadata(log)?.len() as usize;
-        let child = Command::new(bin("quarry-coordinator"))
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin("quarry-coordinator")),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("quarry-coordinator"));
+                c
+            }
+        };
+        let child = cmd
             .args(["--tee", "simulated", "--log-format", "json"])
             .arg("--sim-platform")
             .arg(sim_platform)
@@ -105,6 +124,26 @@ impl Coordinator {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Kills the coordinator with SIGKILL (no chance to clean up) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// `https://<client>` base URL.
@@ -209,4 +248,106 @@ pub async fn jsend(resp: reqwest::Response) -> anyhow::Result<(u16, serde_json::
     let text = resp.text().await?;
     let v = serde_json::from_str(&text).with_context(|| format!("non-JSON body: {text}"))?;
     Ok((status, v))
+}
+
+/// The coordinator's root CA (PEM), fetched over an unauthenticated TLS connection from the
+/// end of the `/api/v2/quote` chain. Tests only: real clients pin the root from attestation.
+pub async fn fetch_root_unverified(coord: &Coordinator) -> anyhow::Result<String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+        .with_no_client_auth();
+    let (code, v) = jsend(
+        https(config)?
+            .get(format!("{}/api/v2/quote", coord.client_url()))
+            .send()
+            .await?,
+    )
+    .await?;
+    anyhow::ensure!(code == 200, "quote: HTTP {code}: {v}");
+    let chain = v["data"]["cert"].as_str().context("quote without cert")?;
+    let root = pem::parse_many(chain)?.pop().context("empty chain")?;
+    Ok(pem::encode(&root))
+}
+
+#[derive(Debug)]
+struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One complete marble activation at `mesh_url` like a sidecar's (fresh key, mTLS, nonce, evidence from
+/// `provider`); returns the HTTP status, the JSend body and the UUID used.
+pub async fn activate(
+    mesh_url: &str,
+    root_pem: &str,
+    provider: &quarry_attestation::simulated::SimProvider,
+    marble_type: &str,
+) -> anyhow::Result<(u16, serde_json::Value, String)> {
+    use quarry_attestation::EvidenceProvider;
+    let key = MarbleKey::generate()?;
+    let client = https(tls_config(root_pem, Some((key.cert.clone(), key.key.clone())))?)?;
+    let (code, n) = jsend(
+        client
+            .get(format!("{mesh_url}/api/v2/activate/nonce"))
+            .send()
+            .await?,
+    )
+    .await?;
+    anyhow::ensure!(code == 200, "nonce: HTTP {code}: {n}");
+    let nonce_hex = n["data"]["nonce"].as_str().context("no nonce")?.to_string();
+    let nonce: [u8; 32] = hex::decode(&nonce_hex)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("nonce is not 32 bytes"))?;
+    let rd = quarry_api::evidence::activation_report_data(&key.spki, Some(&nonce));
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({
+        "marbleType": marble_type,
+        "uuid": uuid,
+        "evidence": provider.evidence(&rd)?,
+        "nonce": nonce_hex,
+    });
+    let (code, v) = jsend(
+        client
+            .post(format!("{mesh_url}/api/v2/activate"))
+            .json(&body)
+            .send()
+            .await?,
+    )
+    .await?;
+    Ok((code, v, uuid))
 }

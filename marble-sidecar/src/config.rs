@@ -58,6 +58,14 @@ private key, PKCS#8 PEM; 0600); DIR/root-ca.pem (the deployment root CA; 0644); 
 DIR/argv.json (the manifest's Argv as a JSON array, [] when it has none; 0600). DIR is created \
 0700 when missing. Files are replaced atomically.";
 
+const PROXY_ABOUT: &str = "\
+Activate, then run only the mesh proxies of the marble's Mesh section until SIGTERM or SIGINT \
+(for a service in another container of the same confidential pod): ingress ports accept mutual \
+TLS 1.3 from marbles whose type AllowFrom lists (peers are identified by the SPIFFE ID in their \
+certificate) and forward plaintext to Forward; egress ports accept plaintext on loopback and \
+connect with mutual TLS to a marble of the named type. Nothing is written to disk. Exits 1 when \
+the marble has no Mesh section.";
+
 /// The command line of `marble-sidecar`.
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +89,21 @@ pub enum Command {
     /// Activate once, write files, certificates and an env file, and exit.
     #[command(long_about = ACTIVATE_ABOUT)]
     Activate(ActivateArgs),
+    /// Activate, then run only the mesh proxies until SIGTERM.
+    #[command(long_about = PROXY_ABOUT)]
+    Proxy(ProxyArgs),
+}
+
+/// Flags of `marble-sidecar proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Flags shared by every subcommand.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// With --tee simulated: the executable whose SHA-256 is the simulated UniqueID (looked up
+    /// on PATH, symlinks resolved). Required for simulated evidence. [env: QUARRY_SIM_MEASURE]
+    #[arg(long, value_name = "FILE")]
+    pub sim_measure: Option<String>,
 }
 
 /// Flags of `marble-sidecar run`.
@@ -217,6 +240,11 @@ pub enum Mode {
         /// CMD followed by its arguments (never empty).
         command: Vec<String>,
     },
+    /// Run only the mesh proxies until SIGTERM.
+    Proxy {
+        /// The executable measured for simulated evidence.
+        measure: Option<String>,
+    },
     /// Write everything into a directory and exit.
     Activate {
         /// The output directory.
@@ -248,7 +276,7 @@ pub enum ConfigError {
     #[error("--tee simulated needs --sim-platform DIR (or QUARRY_SIM_PLATFORM)")]
     MissingSimPlatform,
     /// `activate` with simulated evidence but nothing to measure.
-    #[error("activate with --tee simulated needs --sim-measure FILE (or QUARRY_SIM_MEASURE): the executable whose SHA-256 is the UniqueID")]
+    #[error("activate and proxy with --tee simulated need --sim-measure FILE (or QUARRY_SIM_MEASURE): the executable whose SHA-256 is the UniqueID")]
     MissingSimMeasure,
     /// A value does not parse; names where it came from.
     #[error("invalid {origin}: {reason}")]
@@ -277,6 +305,12 @@ impl Config {
                         measure,
                     },
                 )
+            }
+            Command::Proxy(a) => {
+                let measure = src
+                    .pick(a.sim_measure, "--sim-measure", &["QUARRY_SIM_MEASURE"])
+                    .map(|s| s.value);
+                (a.common, Mode::Proxy { measure })
             }
         };
         if let Mode::Run { command } = &mode {
@@ -385,7 +419,11 @@ impl Config {
             }
             other => return Err(ConfigError::UnavailableTee(other.to_string())),
         };
-        if let (Tee::Simulated(_), Mode::Activate { measure: None, .. }) = (&tee, &mode) {
+        if let (
+            Tee::Simulated(_),
+            Mode::Activate { measure: None, .. } | Mode::Proxy { measure: None },
+        ) = (&tee, &mode)
+        {
             return Err(ConfigError::MissingSimMeasure);
         }
 

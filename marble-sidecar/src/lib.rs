@@ -4,14 +4,15 @@
 //! The flow: resolve the [`Config`], load the coordinator trust anchor, measure the executable
 //! and set up the evidence provider, load or create the UUID, generate the marble key in
 //! memory, activate ([`client::activate`]), then either run the service
-//! ([`supervise::run_child`]) or write everything into a directory
-//! ([`materialise::write_activation_dir`]).
+//! ([`supervise::run_child`]) with the mesh proxies ([`proxy`]) in the background, run only the
+//! proxies, or write everything into a directory ([`materialise::write_activation_dir`]).
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod config;
 pub mod identity;
 pub mod materialise;
+pub mod proxy;
 pub mod supervise;
 
 use std::ffi::OsString;
@@ -63,6 +64,15 @@ pub enum Error {
     /// The service could not be run.
     #[error(transparent)]
     Supervise(#[from] SuperviseError),
+    /// The mesh proxies could not be started.
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxyError),
+    /// `proxy` mode for a marble whose manifest entry has no `Mesh` section.
+    #[error("marble type {0} has no Mesh section in the manifest: there is nothing to proxy")]
+    NoMesh(String),
+    /// Waiting for a termination signal failed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
 }
 
 impl Error {
@@ -85,7 +95,7 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
     let trust = TrustAnchor::load(&config.trust)?;
     let measured = match &config.mode {
         Mode::Run { command } => command.first().cloned(),
-        Mode::Activate { measure, .. } => measure.clone(),
+        Mode::Activate { measure, .. } | Mode::Proxy { measure } => measure.clone(),
     };
     let (program, provider) = evidence_provider(&config.tee, measured.as_deref())?;
     let uuid = identity::load_or_create_uuid(&config.uuid_file)?;
@@ -116,8 +126,14 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
             "WARNING: this marble was activated with SIMULATED evidence; it has no TEE protection"
         );
     }
+    let proxies = match config.mode {
+        Mode::Activate { .. } => None,
+        Mode::Run { .. } | Mode::Proxy { .. } => start_proxies(&response, &key).await?,
+    };
     match config.mode {
         Mode::Run { command } => {
+            // The proxies serve in the background while the service runs.
+            let _proxies = proxies;
             materialise::write_files(&response.parameters.files, None, &key)?;
             let env = materialise::environment(&response.parameters.env, &key)?;
             // `run` always measures its command, so the resolved program is known.
@@ -146,12 +162,45 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
             drop(response);
             Ok(supervise::run_child(spec).await?)
         }
+        Mode::Proxy { .. } => {
+            let proxies = proxies.ok_or_else(|| Error::NoMesh(config.marble_type.clone()))?;
+            drop(response);
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(Error::Signals)?;
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping the mesh proxies"),
+                r = tokio::signal::ctrl_c() => {
+                    r.map_err(Error::Signals)?;
+                    tracing::info!("SIGINT: stopping the mesh proxies");
+                }
+                () = proxies.wait() => {}
+            }
+            Ok(0)
+        }
         Mode::Activate { out, .. } => {
             materialise::write_activation_dir(&out, &response, &key)?;
             tracing::info!(dir = %out.display(), "activation written");
             Ok(0)
         }
     }
+}
+
+/// Starts the proxies of the activation's mesh configuration, if it has one.
+async fn start_proxies(
+    response: &quarry_api::http::ActivateResponse,
+    key: &MarbleKey,
+) -> Result<Option<proxy::Proxies>, Error> {
+    let Some(mesh) = &response.mesh else {
+        return Ok(None);
+    };
+    let identity = proxy::MeshIdentity::new(
+        &response.certificate_chain,
+        key.private_key_der(),
+        &response.root_ca,
+        &mesh.trust_domain,
+    )?;
+    Ok(Some(proxy::Proxies::start(mesh, &identity).await?))
 }
 
 /// Sets up the evidence provider; returns the resolved measured executable with it.

@@ -109,7 +109,7 @@ fn marble(value: &Value, ptr: Ptr) -> Result<Marble, ManifestError> {
     }
     let mesh = match o.get("Mesh") {
         None => None,
-        Some(v @ Value::Object(_)) => Some(v.clone()),
+        Some(v @ Value::Object(_)) => Some(super::mesh::convert(v, o.at("Mesh"))?),
         Some(_) => return Err(o.at("Mesh").err("must be an object")),
     };
     Ok(Marble {

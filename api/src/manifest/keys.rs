@@ -92,6 +92,7 @@ const MARBLE: Shape = Object(&[
                     ("Port", Leaf),
                     ("Forward", Leaf),
                     ("AllowFrom", Array(&Leaf)),
+                    ("Cert", Leaf),
                 ])),
             ),
             (

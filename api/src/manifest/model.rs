@@ -44,8 +44,8 @@ pub struct Marble {
     pub cert_valid_for: Duration,
     /// DNS names / IPs the marble's leaf may carry (Quarry `DNSNames`).
     pub dns_names: Vec<String>,
-    /// The sidecar proxy configuration (Quarry `Mesh`), kept as JSON for the sidecar.
-    pub mesh: Option<serde_json::Value>,
+    /// The sidecar proxy configuration (Quarry `Mesh`).
+    pub mesh: Option<super::Mesh>,
 }
 
 /// Default leaf lifetime when a marble sets no `CertValidFor`.

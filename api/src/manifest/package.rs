@@ -3,7 +3,7 @@ use serde_json::Value;
 
 use super::error::{ManifestError, Ptr, Warning};
 use super::fields::Obj;
-use crate::claims::{TcbStatus, TeeKind};
+use crate::claims::{SnpTcb, TcbStatus, TeeKind};
 use crate::Package;
 
 /// TDX reference values (48 bytes each).
@@ -35,6 +35,7 @@ pub(super) fn convert(value: &Value, ptr: Ptr) -> Result<Package, ManifestError>
         accepted_advisories: o.strings("AcceptedAdvisories")?,
         allowed_platforms: Vec::new(),
         fields: Default::default(),
+        minimum_tcb: None,
     };
     for (i, name) in o.strings("AcceptedTCBStatuses")?.iter().enumerate() {
         let at = o.at("AcceptedTCBStatuses").join(i);
@@ -64,9 +65,10 @@ pub(super) fn convert(value: &Value, ptr: Ptr) -> Result<Package, ManifestError>
         }
     }
     if o.has("MinimumTCB") {
-        return Err(o
-            .at("MinimumTCB")
-            .err("MinimumTCB is not supported yet; refusing rather than ignoring it"));
+        if tee != TeeKind::Snp {
+            return Err(o.at("MinimumTCB").err("MinimumTCB needs TEE snp"));
+        }
+        pkg.minimum_tcb = minimum_tcb(o.get("MinimumTCB"), o.at("MinimumTCB"))?;
     }
     for name in TDX_FIELDS {
         if let Some(b) = o.hex(name, 48)? {
@@ -100,6 +102,41 @@ pub(super) fn convert(value: &Value, ptr: Ptr) -> Result<Package, ManifestError>
         }
     }
     Ok(pkg)
+}
+
+/// `MinimumTCB`: `{"BootLoader","TEE","SNP","Microcode"[,"FMC"]}` (case-insensitive keys,
+/// each 0..=255, absent components are 0).
+fn minimum_tcb(value: Option<&Value>, ptr: Ptr) -> Result<Option<SnpTcb>, ManifestError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let Value::Object(map) = value else {
+        return Err(ptr.err(
+            "must be an object like {\"BootLoader\": 3, \"TEE\": 0, \"SNP\": 8, \"Microcode\": 115}",
+        ));
+    };
+    let mut tcb = SnpTcb::default();
+    for (key, v) in map {
+        let at = ptr.join(key);
+        let n = v
+            .as_u64()
+            .filter(|n| *n <= 255)
+            .ok_or_else(|| at.err("must be an integer from 0 to 255"))?;
+        let n = n as u8;
+        match key.to_ascii_lowercase().as_str() {
+            "bootloader" => tcb.bootloader = n,
+            "tee" => tcb.tee = n,
+            "snp" => tcb.snp = n,
+            "microcode" => tcb.microcode = n,
+            "fmc" => tcb.fmc = Some(n),
+            _ => {
+                return Err(
+                    at.err("unknown TCB component (allowed: BootLoader, TEE, SNP, Microcode, FMC)")
+                )
+            }
+        }
+    }
+    Ok(Some(tcb))
 }
 
 /// The identity rule: what a package must pin (MarbleRun §2.10 for sgx/simulated).

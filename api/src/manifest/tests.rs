@@ -212,7 +212,7 @@ fn marble_extensions_have_defaults_and_limits() {
     v["Marbles"]["web"]["CertValidFor"] = "1h30m".into();
     v["Marbles"]["web"]["DNSNames"] = json!(["web.svc", "10.0.0.1", "*.example.com"]);
     v["Marbles"]["web"]["Mesh"] =
-        json!({"Inbound": [{"Port": 8443, "Forward": "127.0.0.1:8080", "AllowFrom": ["api"]}]});
+        json!({"Inbound": [{"Port": 8443, "Forward": "127.0.0.1:8080", "AllowFrom": ["web"]}]});
     v["Config"] = json!({"TrustDomain": "prod.example"});
     let m = parse_json(&v).expect("loads").manifest;
     let web = &m.marbles["web"];
@@ -488,4 +488,32 @@ fn yaml_converts_to_equivalent_json() {
         json!({"Packages": {"p": {"UniqueID": "00"}}, "Marbles": {}})
     );
     assert!(yaml_to_json("a: [").is_err());
+}
+
+#[test]
+fn snp_minimum_tcb_is_parsed_per_component_and_needs_tee_snp() {
+    let v = json!({
+        "Packages": {
+            "vm": {"TEE": "snp", "Measurement": "01".repeat(48),
+                   "MinimumTCB": {"BootLoader": 3, "tee": 0, "SNP": 8, "Microcode": 115}}
+        },
+        "Marbles": {"b": {"Package": "vm"}}
+    });
+    let m = parse_json(&v).expect("loads").manifest;
+    let min = m.packages["vm"].minimum_tcb.expect("MinimumTCB");
+    assert_eq!(
+        (min.bootloader, min.tee, min.snp, min.microcode, min.fmc),
+        (3, 0, 8, 115, None)
+    );
+    let mut bad = v.clone();
+    bad["Packages"]["vm"]["MinimumTCB"]["SNP"] = json!(300);
+    assert_refused(&bad, "/Packages/vm/MinimumTCB/SNP", "maximum of 255");
+    let mut bad = v.clone();
+    bad["Packages"]["vm"]["TEE"] = "tdx".into();
+    bad["Packages"]["vm"]["MRTD"] = "ab".repeat(48).into();
+    bad["Packages"]["vm"]
+        .as_object_mut()
+        .unwrap()
+        .remove("Measurement");
+    assert_refused(&bad, "/Packages/vm/MinimumTCB", "needs TEE snp");
 }

@@ -34,6 +34,9 @@ pub(super) fn check(m: &Manifest, warnings: &mut Vec<Warning>) -> Result<(), Man
                     .err(format!("TLS tag {tag:?} is not defined in TLS")));
             }
         }
+        if let Some(mesh) = &marble.mesh {
+            super::mesh::check(m, mesh, &ptr.join("Mesh"), warnings)?;
+        }
     }
     // Unlike MarbleRun, every package is checked, referenced or not.
     for (name, pkg) in &m.packages {
@@ -125,9 +128,7 @@ fn check_secret(
             if generated
                 && (spec.size < 2048 || spec.size > 8192 || !spec.size.is_multiple_of(8)) =>
         {
-            return Err(size.err(
-                "cert-rsa Size must be between 2048 and 8192 and a multiple of 8",
-            ));
+            return Err(size.err("cert-rsa Size must be between 2048 and 8192 and a multiple of 8"));
         }
         SecretKind::CertEd25519 if spec.size != 0 => {
             return Err(size.err("cert-ed25519 takes no Size"));

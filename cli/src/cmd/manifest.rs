@@ -40,6 +40,10 @@ pub enum ManifestCommand {
         after_help = "Example:\n  quarry manifest signature manifest.json\n  # compare with: quarry manifest get --json | jq -r .manifestFingerprint"
     )]
     Signature(SignatureArgs),
+    /// Update the manifest: apply, acknowledge, cancel, or show the pending update.
+    Update(crate::cmd::update::Args),
+    /// Print the update log (manifest updates, SecurityVersion bumps, secret writes).
+    Log(crate::cmd::update::LogArgs),
 }
 
 /// Flags of `quarry manifest check`.
@@ -99,6 +103,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         ManifestCommand::Set(a) => set(a),
         ManifestCommand::Get(a) => get(a),
         ManifestCommand::Signature(a) => signature(a),
+        ManifestCommand::Update(a) => crate::cmd::update::run(a),
+        ManifestCommand::Log(a) => crate::cmd::update::run_log(a),
     }
 }
 

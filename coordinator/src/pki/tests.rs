@@ -56,7 +56,10 @@ fn marble_leaf_carries_the_spiffe_id_the_key_and_the_extension() {
         .find(|e| e.oid.to_id_string() == "1.3.6.1.4.1.999999.1.1")
         .unwrap();
     assert!(!ext.critical);
-    assert_eq!(ext.value, marble_extension_der("web", &[3; 32], true).as_slice());
+    assert_eq!(
+        ext.value,
+        marble_extension_der("web", &[3; 32], true).as_slice()
+    );
 }
 
 #[test]
@@ -75,6 +78,10 @@ fn certificate_secrets_of_every_kind() {
         let life = c.validity().not_after.timestamp() - c.validity().not_before.timestamp();
         assert_eq!(life, 7 * 86400);
     }
-    assert!(mesh.issue_secret_cert(CertKeyKind::Ecdsa, 521, None, None).is_err());
-    assert!(mesh.issue_secret_cert(CertKeyKind::Ed25519, 256, None, None).is_err());
+    assert!(mesh
+        .issue_secret_cert(CertKeyKind::Ecdsa, 521, None, None)
+        .is_err());
+    assert!(mesh
+        .issue_secret_cert(CertKeyKind::Ed25519, 256, None, None)
+        .is_err());
 }

@@ -4,7 +4,12 @@
 //! `u32 BE length` ‖ AES-256-GCM(DEK, nonce ‖ ciphertext ‖ tag) with AAD = log id ‖ record
 //! index (u64 BE), so records cannot be reordered, dropped from the middle, or moved between
 //! logs without detection. Each commit appends one record and fsyncs before it is
-//! acknowledged; the log is compacted (one full snapshot record, written to a temporary
+//! acknowledged. Commits go through one writer thread that batches whatever is queued
+//! while the previous `fdatasync` runs (group commit): a batch is one `write` of several
+//! records and one `fdatasync`, and no commit of a batch is acknowledged, or visible to
+//! readers, before that `fdatasync` returned. A failed write is cut off the file again so
+//! the log stays appendable (or, if even that fails, the store refuses further commits).
+//! The log is compacted (one full snapshot record, written to a temporary
 //! file, fsynced and renamed) when it grows past twice its last snapshot. A record cut short
 //! at the end of the file is what a crash during a write leaves: it was never acknowledged,
 //! so it is dropped with a warning. Anything else that fails to authenticate is corruption.
@@ -13,7 +18,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use quarry_api::Secret;
@@ -28,6 +35,8 @@ const HEADER_LEN: usize = 8 + 16;
 const MAX_RECORD: usize = 512 * 1024 * 1024;
 /// Never compact below this size.
 const MIN_COMPACT_BYTES: u64 = 4 * 1024 * 1024;
+/// Most commits written by one `write` + `fdatasync` (bounds the latency of a batch).
+const MAX_BATCH: usize = 256;
 
 /// The log file name inside the data directory.
 pub const LOG_FILE: &str = "state.log";
@@ -59,10 +68,32 @@ struct Data {
 
 /// The embedded, sealed, append-only store.
 pub struct FileStore {
+    shared: Arc<Shared>,
+    queue: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+/// What the writer thread and the readers share.
+struct Shared {
     path: PathBuf,
     dek: Secret,
-    writer: Mutex<Writer>,
     data: RwLock<Data>,
+    head: std::sync::Mutex<Option<HeadTracker>>,
+}
+
+/// Rollback evidence kept up to date by the writer thread (see [`super::head`]).
+pub struct HeadTracker {
+    /// The head file.
+    pub file: super::head::HeadFile,
+    /// The transparency log's current (size, root); it may lag one batch behind, which only
+    /// makes the evidence older, never wrong.
+    pub log: Box<dyn Fn() -> (u64, quarry_api::merkle::Hash) + Send + Sync>,
+}
+
+/// One queued commit and where its outcome goes.
+struct Request {
+    txn: Txn,
+    reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
 }
 
 /// What opening found, for the operator's log.
@@ -99,21 +130,21 @@ impl FileStore {
         file.write_all(&log_id).map_err(&io)?;
         file.sync_all().map_err(&io)?;
         sync_dir(dir)?;
-        Ok(FileStore {
+        FileStore::start(
             path,
             dek,
-            writer: Mutex::new(Writer {
+            Writer {
                 file,
                 log_id,
                 next_index: 0,
                 size: HEADER_LEN as u64,
                 snapshot_size: 0,
-            }),
-            data: RwLock::new(Data {
+            },
+            Data {
                 map: BTreeMap::new(),
                 rev: 0,
-            }),
-        })
+            },
+        )
     }
 
     /// Opens and replays the log in `dir`.
@@ -149,8 +180,9 @@ impl FileStore {
                 report.dropped_tail_bytes = remaining as u64;
                 break;
             }
-            let len = u32::from_be_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]])
-                as usize;
+            let len =
+                u32::from_be_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]])
+                    as usize;
             if len > MAX_RECORD {
                 return Err(StoreError::Corrupt(format!(
                     "{}: record {index} at byte offset {off} claims {len} bytes",
@@ -202,101 +234,263 @@ impl FileStore {
             file.sync_all().map_err(&io)?;
         }
         file.seek(SeekFrom::End(0)).map_err(&io)?;
-        Ok((
-            FileStore {
-                path,
-                dek,
-                writer: Mutex::new(Writer {
-                    file,
-                    log_id,
-                    next_index: index,
-                    size: off as u64,
-                    snapshot_size,
-                }),
-                data: RwLock::new(Data { map, rev }),
+        let store = FileStore::start(
+            path,
+            dek,
+            Writer {
+                file,
+                log_id,
+                next_index: index,
+                size: off as u64,
+                snapshot_size,
             },
-            report,
-        ))
+            Data { map, rev },
+        )?;
+        Ok((store, report))
     }
 
-    fn commit_blocking(&self, txn: Txn) -> Result<u64, StoreError> {
-        let mut w = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Corrupt("store writer lock poisoned".into()))?;
-        let rev = {
-            let data = self
-                .data
-                .read()
-                .map_err(|_| StoreError::Corrupt("store lock poisoned".into()))?;
-            for check in &txn.checks {
-                let ok = match check {
-                    Check::Absent(k) => !data.map.contains_key(k),
-                    Check::Revision(k, r) => data.map.get(k).is_some_and(|v| v.revision == *r),
-                };
-                if !ok {
-                    let key = match check {
-                        Check::Absent(k) | Check::Revision(k, _) => k.clone(),
-                    };
-                    return Err(StoreError::Conflict(key));
+    /// Keeps `state.head` up to date after every durable commit from now on.
+    pub fn track_head(&self, tracker: HeadTracker) {
+        if let Ok(mut h) = self.shared.head.lock() {
+            *h = Some(tracker);
+        }
+    }
+
+    /// The revision of the last commit.
+    pub fn revision(&self) -> u64 {
+        self.shared.data.read().map(|d| d.rev).unwrap_or(0)
+    }
+
+    /// Starts the writer thread that owns the log file.
+    fn start(
+        path: PathBuf,
+        dek: Secret,
+        writer: Writer,
+        data: Data,
+    ) -> Result<FileStore, StoreError> {
+        let shared = Arc::new(Shared {
+            path,
+            dek,
+            data: RwLock::new(data),
+            head: std::sync::Mutex::new(None),
+        });
+        let (queue, requests) = mpsc::channel();
+        let for_thread = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("quarry-store-writer".into())
+            .spawn(move || for_thread.write_loop(writer, requests))
+            .map_err(io_err(&shared.path))?;
+        Ok(FileStore {
+            shared,
+            queue: Some(queue),
+            writer: Some(handle),
+        })
+    }
+}
+
+impl Shared {
+    /// The writer thread: takes the first queued commit and everything queued behind it
+    /// (up to [`MAX_BATCH`]), writes them as one batch, repeats until the store is dropped.
+    fn write_loop(&self, mut w: Writer, requests: mpsc::Receiver<Request>) {
+        let mut broken: Option<String> = None;
+        while let Ok(first) = requests.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
             }
-            data.rev + 1
+            let outcomes = match &broken {
+                Some(reason) => batch.iter().map(|_| Err(self.broken_err(reason))).collect(),
+                None => self.commit_batch(&mut w, &batch, &mut broken),
+            };
+            if outcomes.iter().any(Result::is_ok) {
+                self.record_head();
+            }
+            for (req, outcome) in batch.into_iter().zip(outcomes) {
+                // A caller that stopped waiting just does not hear the outcome.
+                let _ = req.reply.send(outcome);
+            }
+            if broken.is_none() && w.size > MIN_COMPACT_BYTES.max(2 * w.snapshot_size) {
+                if let Err(e) = self.compact(&mut w, &mut broken) {
+                    tracing::warn!(error = %e, "state log compaction failed; still appending to the current log");
+                }
+            }
+        }
+    }
+
+    /// Checks each commit against the state plus the earlier commits of the batch, seals
+    /// the accepted ones as consecutive records, writes them with one `write` and one
+    /// `fdatasync`, and only then applies them to the in-memory state.
+    fn commit_batch(
+        &self,
+        w: &mut Writer,
+        batch: &[Request],
+        broken: &mut Option<String>,
+    ) -> Vec<Result<u64, StoreError>> {
+        let mut outcomes: Vec<Result<u64, StoreError>> = Vec::with_capacity(batch.len());
+        let mut buf = Vec::new();
+        let mut index = w.next_index;
+        let rev = match self.data.read() {
+            Ok(data) => {
+                // Keys written (Some(revision)) or deleted (None) earlier in this batch.
+                let mut overlay: std::collections::HashMap<&str, Option<u64>> =
+                    std::collections::HashMap::new();
+                let mut rev = data.rev;
+                for req in batch {
+                    if let Some(key) = failed_check(&data.map, &overlay, &req.txn.checks) {
+                        outcomes.push(Err(StoreError::Conflict(key)));
+                        continue;
+                    }
+                    let next = rev + 1;
+                    let record = Record {
+                        rev: next,
+                        full: false,
+                        puts: req
+                            .txn
+                            .puts
+                            .iter()
+                            .map(|(k, v)| (k.clone(), quarry_api::bytes::b64(v), next))
+                            .collect(),
+                        dels: req.txn.deletes.clone(),
+                    };
+                    match self.encode(&w.log_id, index, &record, &mut buf) {
+                        Ok(()) => {
+                            for (k, _) in &req.txn.puts {
+                                overlay.insert(k, Some(next));
+                            }
+                            for k in &req.txn.deletes {
+                                overlay.insert(k, None);
+                            }
+                            rev = next;
+                            index += 1;
+                            outcomes.push(Ok(next));
+                        }
+                        Err(e) => outcomes.push(Err(e)),
+                    }
+                }
+                rev
+            }
+            Err(_) => {
+                return batch
+                    .iter()
+                    .map(|_| Err(StoreError::Corrupt("store lock poisoned".into())))
+                    .collect()
+            }
         };
-        let record = Record {
-            rev,
-            full: false,
-            puts: txn
-                .puts
-                .iter()
-                .map(|(k, v)| (k.clone(), quarry_api::bytes::b64(v), rev))
-                .collect(),
-            dels: txn.deletes.clone(),
+        if buf.is_empty() {
+            return outcomes;
+        }
+        let written = w.file.write_all(&buf).and_then(|()| w.file.sync_data());
+        if let Err(e) = written {
+            // Nothing of this batch is acknowledged. Cut what may have reached the file so
+            // the next record starts where the log's index expects it.
+            let cut = w
+                .file
+                .set_len(w.size)
+                .and_then(|()| w.file.seek(SeekFrom::Start(w.size)).map(|_| ()))
+                .and_then(|()| w.file.sync_data());
+            if let Err(cut_err) = cut {
+                *broken = Some(format!(
+                    "a failed write ({e}) could not be cut off the log ({cut_err}); restart the coordinator to reopen the state"
+                ));
+            }
+            let kind = e.kind();
+            for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                *outcome = Err(StoreError::Io {
+                    path: self.path.display().to_string(),
+                    source: std::io::Error::new(kind, e.to_string()),
+                });
+            }
+            return outcomes;
+        }
+        w.next_index = index;
+        w.size += buf.len() as u64;
+        let mut data = match self.data.write() {
+            Ok(d) => d,
+            Err(_) => {
+                *broken = Some("store lock poisoned".into());
+                return batch
+                    .iter()
+                    .map(|_| Err(StoreError::Corrupt("store lock poisoned".into())))
+                    .collect();
+            }
         };
-        self.append(&mut w, &record)?;
-        {
-            let mut data = self
-                .data
-                .write()
-                .map_err(|_| StoreError::Corrupt("store lock poisoned".into()))?;
-            for (k, v) in txn.puts {
+        for (req, outcome) in batch.iter().zip(&outcomes) {
+            let Ok(r) = outcome else { continue };
+            for (k, v) in &req.txn.puts {
                 data.map.insert(
-                    k,
+                    k.clone(),
                     Versioned {
-                        value: v,
-                        revision: rev,
+                        value: v.clone(),
+                        revision: *r,
                     },
                 );
             }
-            for k in txn.deletes {
-                data.map.remove(&k);
+            for k in &req.txn.deletes {
+                data.map.remove(k);
             }
-            data.rev = rev;
         }
-        if w.size > MIN_COMPACT_BYTES.max(2 * w.snapshot_size) {
-            self.compact(&mut w)?;
-        }
-        Ok(rev)
+        data.rev = rev;
+        outcomes
     }
 
-    fn append(&self, w: &mut Writer, record: &Record) -> Result<(), StoreError> {
-        let io = io_err(&self.path);
+    /// Writes the rollback evidence after a durable batch (a failure only logs: the commit
+    /// itself is durable, and older evidence is never a false alarm).
+    fn record_head(&self) {
+        let Ok(mut guard) = self.head.lock() else {
+            return;
+        };
+        let Some(tracker) = guard.as_mut() else {
+            return;
+        };
+        let revision = self.data.read().map(|d| d.rev).unwrap_or(0);
+        let (log_size, log_root) = (tracker.log)();
+        let head = super::head::Head {
+            revision,
+            log_size,
+            log_root,
+        };
+        if let Err(e) = tracker.file.write(&head) {
+            tracing::warn!(error = %e, "could not record the state head (rollback evidence)");
+        }
+    }
+
+    fn broken_err(&self, reason: &str) -> StoreError {
+        StoreError::Io {
+            path: self.path.display().to_string(),
+            source: std::io::Error::other(reason.to_string()),
+        }
+    }
+
+    /// Appends `record` sealed as record `index` (length prefix + AES-GCM) to `buf`.
+    fn encode(
+        &self,
+        log_id: &[u8; 16],
+        index: u64,
+        record: &Record,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
         let plain = serde_json::to_vec(record)
             .map_err(|e| StoreError::Corrupt(format!("encoding a record: {e}")))?;
-        let sealed = seal::seal(&self.dek, &aad(&w.log_id, w.next_index), &plain)
-            .map_err(StoreError::Corrupt)?;
-        let mut buf = Vec::with_capacity(4 + sealed.len());
-        buf.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+        let sealed =
+            seal::seal(&self.dek, &aad(log_id, index), &plain).map_err(StoreError::Corrupt)?;
+        let len = u32::try_from(sealed.len())
+            .ok()
+            .filter(|l| (*l as usize) <= MAX_RECORD)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("record of {} bytes is too large", sealed.len()))
+            })?;
+        buf.extend_from_slice(&len.to_be_bytes());
         buf.extend_from_slice(&sealed);
-        w.file.write_all(&buf).map_err(&io)?;
-        w.file.sync_data().map_err(&io)?;
-        w.next_index += 1;
-        w.size += buf.len() as u64;
         Ok(())
     }
 
     /// Rewrites the log as one snapshot record (temporary file, fsync, rename, fsync dir).
-    fn compact(&self, w: &mut Writer) -> Result<(), StoreError> {
+    /// Once the rename happened the new log is the only one; if its directory entry cannot
+    /// be made durable, the store stops accepting commits (`broken`).
+    fn compact(&self, w: &mut Writer, broken: &mut Option<String>) -> Result<(), StoreError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("log.tmp");
         let io = io_err(&tmp);
@@ -317,6 +511,16 @@ impl FileStore {
         let mut log_id = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut log_id)
             .map_err(|_| StoreError::Corrupt("system RNG failed".into()))?;
+        let record = Record {
+            rev,
+            full: true,
+            puts,
+            dels: vec![],
+        };
+        let mut buf = Vec::new();
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&log_id);
+        self.encode(&log_id, 0, &record, &mut buf)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -324,35 +528,70 @@ impl FileStore {
             .mode(0o600)
             .open(&tmp)
             .map_err(&io)?;
-        file.write_all(MAGIC).map_err(&io)?;
-        file.write_all(&log_id).map_err(&io)?;
-        let mut nw = Writer {
+        if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_all()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        std::fs::rename(&tmp, &self.path).map_err(&io)?;
+        *w = Writer {
             file,
             log_id,
-            next_index: 0,
-            size: HEADER_LEN as u64,
-            snapshot_size: 0,
+            next_index: 1,
+            size: buf.len() as u64,
+            snapshot_size: (buf.len() - HEADER_LEN) as u64,
         };
-        let record = Record {
-            rev,
-            full: true,
-            puts,
-            dels: vec![],
-        };
-        self.append(&mut nw, &record)?;
-        nw.file.sync_all().map_err(&io)?;
-        std::fs::rename(&tmp, &self.path).map_err(&io)?;
-        sync_dir(dir)?;
-        nw.snapshot_size = nw.size - HEADER_LEN as u64;
-        *w = nw;
+        if let Err(e) = sync_dir(dir) {
+            *broken = Some(format!(
+                "the compacted log could not be made durable ({e}); restart the coordinator"
+            ));
+            return Err(e);
+        }
         Ok(())
     }
+}
+
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer thread after the batch in progress.
+        self.queue.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The key of the first check that fails against `map` with `overlay` on top.
+fn failed_check(
+    map: &BTreeMap<String, Versioned>,
+    overlay: &std::collections::HashMap<&str, Option<u64>>,
+    checks: &[Check],
+) -> Option<String> {
+    checks.iter().find_map(|check| {
+        let (key, ok) = match check {
+            Check::Absent(k) => (
+                k,
+                match overlay.get(k.as_str()) {
+                    Some(written) => written.is_none(),
+                    None => !map.contains_key(k),
+                },
+            ),
+            Check::Revision(k, r) => (
+                k,
+                match overlay.get(k.as_str()) {
+                    Some(written) => *written == Some(*r),
+                    None => map.get(k).is_some_and(|v| v.revision == *r),
+                },
+            ),
+        };
+        (!ok).then(|| key.clone())
+    })
 }
 
 #[async_trait]
 impl Store for FileStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         let data = self
+            .shared
             .data
             .read()
             .map_err(|_| StoreError::Corrupt("store lock poisoned".into()))?;
@@ -361,6 +600,7 @@ impl Store for FileStore {
 
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let data = self
+            .shared
             .data
             .read()
             .map_err(|_| StoreError::Corrupt("store lock poisoned".into()))?;
@@ -373,7 +613,17 @@ impl Store for FileStore {
     }
 
     async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
-        tokio::task::block_in_place(|| self.commit_blocking(txn))
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| StoreError::Corrupt("the store is closed".into()))?;
+        queue
+            .send(Request { txn, reply })
+            .map_err(|_| StoreError::Corrupt("the store writer thread has stopped".into()))?;
+        outcome
+            .await
+            .map_err(|_| StoreError::Corrupt("the store writer thread has stopped".into()))?
     }
 }
 

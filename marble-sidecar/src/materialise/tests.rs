@@ -204,6 +204,7 @@ fn activation_dir_holds_env_certificates_key_and_argv() {
             argv: vec!["app".into(), "--serve".into()],
         },
         simulation: true,
+        mesh: None,
     };
     write_activation_dir(&out, &response, &key).unwrap();
     assert_eq!(mode(&out), 0o700);

@@ -330,6 +330,7 @@ impl Server {
             ),
             parameters: self.parameters.clone(),
             simulation: true,
+            mesh: None,
         })
     }
 }

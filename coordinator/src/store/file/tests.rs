@@ -19,7 +19,12 @@ fn commits_survive_reopen_with_revisions() {
         let s = FileStore::create(dir.path(), key()).unwrap();
         let r1 = s.commit(Txn::new().put("a", b"1".to_vec())).await.unwrap();
         let r2 = s
-            .commit(Txn::new().require("a", Some(r1)).put("a", b"2".to_vec()).put("b/x", vec![]))
+            .commit(
+                Txn::new()
+                    .require("a", Some(r1))
+                    .put("a", b"2".to_vec())
+                    .put("b/x", vec![]),
+            )
             .await
             .unwrap();
         assert!(r2 > r1);
@@ -162,9 +167,13 @@ fn compaction_keeps_everything() {
         let s = FileStore::create(dir.path(), key()).unwrap();
         let big = vec![7u8; 256 * 1024];
         for i in 0..40 {
-            s.commit(Txn::new().put(&format!("k{}", i % 5), big.clone()).put("n", vec![i]))
-                .await
-                .unwrap();
+            s.commit(
+                Txn::new()
+                    .put(&format!("k{}", i % 5), big.clone())
+                    .put("n", vec![i]),
+            )
+            .await
+            .unwrap();
         }
         let size = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
         assert!(size < 40 * 256 * 1024, "log was not compacted: {size}");
@@ -172,5 +181,132 @@ fn compaction_keeps_everything() {
         let (s, _) = FileStore::open(dir.path(), key()).unwrap();
         assert_eq!(s.get("n").await.unwrap().unwrap().value, vec![39]);
         assert_eq!(s.scan("k").await.unwrap().len(), 5);
+    });
+}
+
+#[test]
+fn concurrent_commits_all_survive_reopen_and_compare_and_swap_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = 200u64;
+    rt().block_on(async {
+        let s = std::sync::Arc::new(FileStore::create(dir.path(), key()).unwrap());
+        let mut handles = vec![];
+        for i in 0..tasks {
+            let s = s.clone();
+            handles.push(tokio::spawn(async move {
+                let own = s
+                    .commit(
+                        Txn::new()
+                            .require_absent(&format!("k/{i}"))
+                            .put(&format!("k/{i}"), vec![1]),
+                    )
+                    .await
+                    .unwrap();
+                // Increment one shared counter with compare-and-swap, retrying on conflict.
+                loop {
+                    let cur = s.get("counter").await.unwrap();
+                    let (n, rev) = match &cur {
+                        None => (0u64, None),
+                        Some(v) => (
+                            u64::from_be_bytes(v.value.as_slice().try_into().unwrap()),
+                            Some(v.revision),
+                        ),
+                    };
+                    match s
+                        .commit(
+                            Txn::new()
+                                .require("counter", rev)
+                                .put("counter", (n + 1).to_be_bytes().to_vec()),
+                        )
+                        .await
+                    {
+                        Ok(r) => return (own, r),
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }));
+        }
+        let mut revs = vec![];
+        for h in handles {
+            let (a, b) = h.await.unwrap();
+            revs.push(a);
+            revs.push(b);
+        }
+        revs.sort();
+        revs.dedup();
+        assert_eq!(
+            revs.len() as u64,
+            2 * tasks,
+            "every commit has its own revision"
+        );
+        let counter = s.get("counter").await.unwrap().unwrap();
+        assert_eq!(counter.value, tasks.to_be_bytes());
+    });
+    rt().block_on(async {
+        let (s, report) = FileStore::open(dir.path(), key()).unwrap();
+        assert_eq!(report.dropped_tail_bytes, 0);
+        assert_eq!(s.scan("k/").await.unwrap().len() as u64, tasks);
+        assert_eq!(
+            s.get("counter").await.unwrap().unwrap().value,
+            tasks.to_be_bytes()
+        );
+    });
+}
+
+#[test]
+fn a_check_sees_the_earlier_commits_of_its_batch() {
+    let map = BTreeMap::from([(
+        "a".to_string(),
+        Versioned {
+            value: vec![],
+            revision: 3,
+        },
+    )]);
+    let mut overlay = std::collections::HashMap::new();
+    assert_eq!(
+        failed_check(&map, &overlay, &[Check::Revision("a".into(), 3)]),
+        None
+    );
+    assert_eq!(
+        failed_check(&map, &overlay, &[Check::Absent("b".into())]),
+        None
+    );
+    // An earlier commit in the batch wrote `a` at 4 and created `b`, another deleted `c`.
+    overlay.insert("a", Some(4));
+    overlay.insert("b", Some(4));
+    overlay.insert("c", None);
+    assert_eq!(
+        failed_check(&map, &overlay, &[Check::Revision("a".into(), 3)]),
+        Some("a".to_string())
+    );
+    assert_eq!(
+        failed_check(&map, &overlay, &[Check::Revision("a".into(), 4)]),
+        None
+    );
+    assert_eq!(
+        failed_check(&map, &overlay, &[Check::Absent("b".into())]),
+        Some("b".to_string())
+    );
+    assert_eq!(
+        failed_check(&map, &overlay, &[Check::Absent("c".into())]),
+        None
+    );
+}
+
+#[test]
+fn a_dropped_store_has_written_everything_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let s = FileStore::create(dir.path(), key()).unwrap();
+        for i in 0..50u8 {
+            s.commit(Txn::new().put(&format!("k{i}"), vec![i]))
+                .await
+                .unwrap();
+        }
+        drop(s);
+        let (s, report) = FileStore::open(dir.path(), key()).unwrap();
+        assert_eq!(report.records, 50);
+        assert_eq!(s.scan("k").await.unwrap().len(), 50);
     });
 }

@@ -1,0 +1,290 @@
+//! Driving the coordinator: bootstrap (root CA, manifest) and the concurrent scenarios.
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use quarry_attestation::simulated::SimProvider;
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+
+use crate::coordinator::{cpu_seconds_of, Coordinator};
+use crate::sidecar::{connect, request, Mesh, SerialLock};
+
+/// The marble type every sidecar activates as.
+pub const MARBLE_TYPE: &str = "bench";
+/// MaxActivations of the benchmark marble: set so every activation writes its counter.
+const MAX_ACTIVATIONS: u64 = 1_000_000_000;
+
+/// One concurrency level and how many activations to run at it.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// Sidecars running at once.
+    pub concurrency: usize,
+    /// Activations in total.
+    pub count: usize,
+}
+
+impl FromStr for Scenario {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Scenario> {
+        let (c, n) = s
+            .split_once(':')
+            .with_context(|| format!("scenario {s:?} is not LEVEL:COUNT"))?;
+        Ok(Scenario {
+            concurrency: c.trim().parse()?,
+            count: n.trim().parse()?,
+        })
+    }
+}
+
+/// Figures of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Sidecars at once.
+    pub concurrency: usize,
+    /// One global lock around evidence + activation request.
+    pub serialized: bool,
+    /// Successful activations.
+    pub ok: usize,
+    /// Failed activations (with the first error).
+    pub errors: usize,
+    /// First error text, if any.
+    pub first_error: Option<String>,
+    /// Wall time.
+    pub secs: f64,
+    /// ok / secs.
+    pub per_s: f64,
+    /// Latency percentiles of one activation (key generation to response), ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Maximum, ms.
+    pub max_ms: f64,
+    /// Coordinator CPU per activation (user + system, all threads), µs.
+    pub coordinator_cpu_us: f64,
+    /// Benchmark (sidecar) CPU per activation, µs.
+    pub client_cpu_us: f64,
+    /// Coordinator VmRSS after the scenario, MiB.
+    pub rss_mb: f64,
+}
+
+/// Fetches the root CA (bootstrap over an unauthenticated connection: benchmark only),
+/// posts the manifest and returns the sidecars' shared setup.
+pub async fn prepare(coord: &Coordinator, provider: Arc<SimProvider>) -> anyhow::Result<Mesh> {
+    let mesh = prepare_existing(coord, provider).await?;
+    let manifest = serde_json::json!({
+        "Packages": {
+            "bench": {"TEE": "simulated", "UniqueID": hex::encode([0x42u8; 32])}
+        },
+        "Marbles": {
+            MARBLE_TYPE: {
+                "Package": "bench",
+                "MaxActivations": MAX_ACTIVATIONS,
+                "Parameters": {
+                    "Env": {
+                        "SHARED": "{{ hex .Secrets.shared_key }}",
+                        "PRIVATE": "{{ hex .Secrets.private_key }}"
+                    },
+                    "Argv": ["bench-svc"]
+                }
+            }
+        },
+        "Secrets": {
+            "shared_key": {"Type": "symmetric-key", "Size": 256, "Shared": true},
+            "private_key": {"Type": "symmetric-key", "Size": 256}
+        }
+    });
+    let body = serde_json::json!({
+        "manifest": quarry_api::bytes::b64(&serde_json::to_vec(&manifest)?)
+    });
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(mesh.roots.clone())
+    .with_no_client_auth();
+    let (mut send, _driver) = connect(coord.client, config).await?;
+    request(
+        &mut send,
+        "POST",
+        "/api/v2/manifest",
+        Some(serde_json::to_vec(&body)?),
+    )
+    .await
+    .context("setting the manifest")?;
+    Ok(mesh)
+}
+
+/// Like [`prepare`] for a coordinator that already runs the deployment.
+pub async fn prepare_existing(
+    coord: &Coordinator,
+    provider: Arc<SimProvider>,
+) -> anyhow::Result<Mesh> {
+    let (mut send, _driver) = connect(coord.client, insecure::config()?).await?;
+    let quote = request(&mut send, "GET", "/api/v2/quote", None).await?;
+    let chain = quote["data"]["cert"]
+        .as_str()
+        .context("quote response without a certificate chain")?;
+    let root = pem::parse_many(chain)?
+        .pop()
+        .context("empty certificate chain")?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(root.contents().to_vec()))?;
+    Ok(Mesh {
+        addr: coord.mesh,
+        roots: Arc::new(roots),
+        provider,
+        marble_type: MARBLE_TYPE.to_string(),
+    })
+}
+
+/// `n` sequential activations that must all succeed; returns `n`.
+pub async fn warm_up(mesh: &Mesh, n: usize) -> anyhow::Result<usize> {
+    for _ in 0..n {
+        mesh.activate(None).await.context("warm-up activation")?;
+    }
+    Ok(n)
+}
+
+/// Runs `s.count` activations with `s.concurrency` sidecars at once.
+pub async fn scenario(
+    mesh: &Arc<Mesh>,
+    coord: &Coordinator,
+    s: Scenario,
+    serialized: bool,
+) -> anyhow::Result<Outcome> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(s.count)));
+    let errors = Arc::new(Mutex::new((0usize, None::<String>)));
+    let lock: Option<SerialLock> = serialized.then(|| Arc::new(tokio::sync::Mutex::new(())));
+    let cpu0 = coord.cpu_seconds()?;
+    let self0 = cpu_seconds_of("/proc/self/stat")?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..s.concurrency {
+        let (mesh, next, latencies, errors, lock) = (
+            mesh.clone(),
+            next.clone(),
+            latencies.clone(),
+            errors.clone(),
+            lock.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < s.count {
+                match mesh.activate(lock.as_ref()).await {
+                    Ok(a) => latencies.lock().expect("latencies").push(a.total),
+                    Err(e) => {
+                        let mut g = errors.lock().expect("errors");
+                        g.0 += 1;
+                        g.1.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let coordinator_cpu = coord.cpu_seconds()? - cpu0;
+    let client_cpu = cpu_seconds_of("/proc/self/stat")? - self0;
+    let mut lat = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    lat.sort();
+    let (errors, first_error) = errors.lock().expect("errors").clone();
+    let ok = lat.len();
+    let per = |cpu: f64| if ok == 0 { 0.0 } else { cpu * 1e6 / ok as f64 };
+    Ok(Outcome {
+        concurrency: s.concurrency,
+        serialized,
+        ok,
+        errors,
+        first_error,
+        secs,
+        per_s: ok as f64 / secs,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: lat.last().map_or(0.0, ms),
+        coordinator_cpu_us: per(coordinator_cpu),
+        client_cpu_us: per(client_cpu),
+        rss_mb: coord.rss_mb()?.0,
+    })
+}
+
+/// Nearest-rank percentile of sorted durations, in ms.
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    ms(&sorted[rank - 1])
+}
+
+fn ms(d: &Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A verifier that accepts any server certificate, for fetching the root CA once.
+mod insecure {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+    #[derive(Debug)]
+    struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+    pub(super) fn config() -> anyhow::Result<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+                .with_no_client_auth(),
+        )
+    }
+
+    impl ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+}

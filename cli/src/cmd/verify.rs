@@ -1,0 +1,466 @@
+//! `quarry verify` (one attestation for the whole deployment, online or from an offline
+//! bundle) and `quarry log` (the transparency log, checked against the attested root).
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quarry_api::attestation::{
+    verify_attestation, AttestationResponse, Bundle, CoordinatorPolicy, LogEntry, LogResponse,
+    Verified, VerifyOptions,
+};
+use quarry_api::{Claims, Evidence};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use serde_json::json;
+
+use crate::client::Client;
+use crate::output::{self, Failure};
+
+/// `quarry verify`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  quarry verify --coordinator localhost:4433 --policy coordinator-policy.json \\
+      --manifest manifest.json --root-out root.pem --save-bundle bundle.json
+  quarry verify --bundle bundle.json --policy coordinator-policy.json --manifest manifest.json
+  quarry verify --bundle bundle.json --policy policy.json --at 2026-11-26T12:00:00Z --allow-simulation")]
+pub struct Args {
+    /// Coordinator client API, HOST:PORT (online mode).
+    #[arg(
+        long,
+        env = "QUARRY_COORDINATOR",
+        default_value = "localhost:4433",
+        conflicts_with = "bundle"
+    )]
+    pub coordinator: String,
+    /// Coordinator policy (JSON: package fields, and SimulationPlatformCA for a simulated one).
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// The manifest you expect (exact bytes are compared).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Accept a coordinator on a SIMULATED TEE (development only).
+    #[arg(long)]
+    pub allow_simulation: bool,
+    /// Write an offline bundle (evidence, collateral, statement, CAs, manifest, log).
+    #[arg(long, value_name = "FILE")]
+    pub save_bundle: Option<PathBuf>,
+    /// Write the verified root CA (PEM) here, to pin it (`--root-ca`).
+    #[arg(long, value_name = "FILE")]
+    pub root_out: Option<PathBuf>,
+    /// Verify an offline bundle instead of contacting the coordinator.
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// Verification time for --bundle: RFC 3339 or Unix seconds (default: now).
+    #[arg(long, value_name = "TIME", requires = "bundle")]
+    pub at: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `quarry log`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  quarry log --coordinator localhost:4433 --policy coordinator-policy.json --verify")]
+pub struct LogArgs {
+    /// Coordinator client API, HOST:PORT.
+    #[arg(long, env = "QUARRY_COORDINATOR", default_value = "localhost:4433")]
+    pub coordinator: String,
+    /// Coordinator policy (see `quarry verify`).
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// Accept a coordinator on a SIMULATED TEE (development only).
+    #[arg(long)]
+    pub allow_simulation: bool,
+    /// Check that the entries hash to the attested log root.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `quarry verify`.
+pub fn run(args: &Args) -> Result<(), Failure> {
+    let policy = load_policy(&args.policy)?;
+    let manifest = match &args.manifest {
+        Some(p) => Some(output::read_file(p, "manifest")?),
+        None => None,
+    };
+    let (verified, bundle) = match &args.bundle {
+        Some(path) => {
+            let bytes = output::read_file(path, "bundle")?;
+            let bundle: Bundle = serde_json::from_slice(&bytes).map_err(|e| {
+                Failure::new(
+                    format!(
+                        "{} is not a Quarry bundle (line {} column {}): {e}",
+                        path.display(),
+                        e.line(),
+                        e.column()
+                    ),
+                    "pass a file written by quarry verify --save-bundle",
+                )
+            })?;
+            let now = match &args.at {
+                Some(t) => parse_time(t)?,
+                None => SystemTime::now(),
+            };
+            // The nonce made the evidence fresh when the bundle was captured; offline, the
+            // statement's own nonce is taken as the expected one.
+            let nonce = match &bundle.attestation.statement.nonce {
+                Some(n) => Some(hex::decode(n).map_err(|e| {
+                    Failure::new(
+                        format!("bundle statement nonce is not hex: {e}"),
+                        "recapture the bundle",
+                    )
+                })?),
+                None => None,
+            };
+            let v = check(
+                &bundle.attestation,
+                &policy,
+                nonce.as_deref(),
+                manifest.as_deref(),
+                args.allow_simulation,
+                None,
+                Some(&bundle.log),
+                now,
+            )?;
+            (v, bundle)
+        }
+        None => {
+            let (att, log, chain, nonce) = fetch(&args.coordinator)?;
+            let v = check(
+                &att,
+                &policy,
+                Some(&nonce),
+                manifest.as_deref(),
+                args.allow_simulation,
+                Some(&chain),
+                Some(&log),
+                SystemTime::now(),
+            )?;
+            let bundle = Bundle {
+                version: 1,
+                captured_at: unix_now(),
+                attestation: att,
+                log,
+            };
+            (v, bundle)
+        }
+    };
+    if let Some(path) = &args.save_bundle {
+        let bytes = serde_json::to_vec_pretty(&bundle)
+            .map_err(|e| Failure::bare(format!("encoding the bundle: {e}")))?;
+        output::write_file(path, &bytes, 0o644)?;
+    }
+    if let Some(path) = &args.root_out {
+        let pem = quarry_api::bytes::encode_pem("CERTIFICATE", &verified.root_ca_der);
+        output::write_file(path, pem.as_bytes(), 0o644)?;
+    }
+    print_summary(&verified, args.json, bundle.log.len())
+}
+
+/// Runs `quarry log`.
+pub fn run_log(args: &LogArgs) -> Result<(), Failure> {
+    let policy = load_policy(&args.policy)?;
+    let (att, log, chain, nonce) = fetch(&args.coordinator)?;
+    check(
+        &att,
+        &policy,
+        Some(&nonce),
+        None,
+        args.allow_simulation,
+        Some(&chain),
+        if args.verify { Some(&log) } else { None },
+        SystemTime::now(),
+    )?;
+    if args.json {
+        return output::json(&json!({
+            "verified": args.verify,
+            "size": att.statement.log_size,
+            "root": att.statement.log_root,
+            "entries": log,
+        }));
+    }
+    for e in &log {
+        output::line(format!(
+            "{:>6}  {}",
+            e.index,
+            quarry_api::statement::canonical_json(&e.event).unwrap_or_default()
+        ))?;
+    }
+    output::line(format!(
+        "log size {}, root {}{}",
+        att.statement.log_size,
+        att.statement.log_root,
+        if args.verify {
+            " (verified: the entries hash to the attested root)"
+        } else {
+            " (not checked; pass --verify)"
+        }
+    ))
+}
+
+fn load_policy(path: &PathBuf) -> Result<CoordinatorPolicy, Failure> {
+    let bytes = output::read_file(path, "coordinator policy")?;
+    CoordinatorPolicy::parse(&bytes).map_err(|e| {
+        Failure::new(
+            format!("coordinator policy {}: {e}", path.display()),
+            "fix the policy file (see docs/coordinator-policy.example.json)",
+        )
+    })
+}
+
+type Fetched = (AttestationResponse, Vec<LogEntry>, Vec<Vec<u8>>, [u8; 32]);
+
+/// Fetches the attestation with a fresh nonce and the whole log, recording the TLS chain.
+fn fetch(address: &str) -> Result<Fetched, Failure> {
+    let mut nonce = [0u8; 32];
+    getrandom_fill(&mut nonce)?;
+    let recorder = Arc::new(Recorder::default());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Failure::bare(format!("cannot configure TLS 1.3: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(recorder.clone())
+        .with_no_client_auth();
+    let client = Client::new(address, config)?;
+    let att: AttestationResponse = client
+        .get(&format!("api/v2/attestation?nonce={}", hex::encode(nonce)))
+        .map_err(|e| e.failure("fetching the attestation"))?;
+    let log: LogResponse = client
+        .get("api/v2/log?from=0")
+        .map_err(|e| e.failure("fetching the transparency log"))?;
+    let chain = recorder.chain.lock().map(|c| c.clone()).unwrap_or_default();
+    // Entries appended after the attestation are outside the attested root: keep its size.
+    let mut entries = log.entries;
+    entries.truncate(att.statement.log_size as usize);
+    Ok((att, entries, chain, nonce))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    att: &AttestationResponse,
+    policy: &CoordinatorPolicy,
+    nonce: Option<&[u8]>,
+    manifest: Option<&[u8]>,
+    allow_simulation: bool,
+    chain: Option<&[Vec<u8>]>,
+    log: Option<&[LogEntry]>,
+    now: SystemTime,
+) -> Result<Verified, Failure> {
+    let verifiers = verifier_set(policy, allow_simulation)?;
+    let package = policy.package.clone();
+    let check = move |ev: &Evidence, at: SystemTime| -> Result<Claims, String> {
+        use quarry_attestation::Verifier as _;
+        let claims = verifiers.verify(ev, at).map_err(|e| e.to_string())?;
+        quarry_attestation::check_package(&package, &claims).map_err(|e| e.to_string())?;
+        Ok(claims)
+    };
+    let opts = VerifyOptions {
+        nonce,
+        manifest,
+        allow_simulation,
+        presented_chain: chain,
+        log,
+        now,
+    };
+    verify_attestation(att, &opts, &check).map_err(|e| {
+        Failure::new(
+            format!("coordinator verification failed: {e}"),
+            "do not trust this coordinator; check the policy, manifest and bundle",
+        )
+    })
+}
+
+fn verifier_set(
+    policy: &CoordinatorPolicy,
+    allow_simulation: bool,
+) -> Result<quarry_attestation::VerifierSet, Failure> {
+    let mut set = quarry_attestation::VerifierSet::hardware(None);
+    if allow_simulation {
+        if let Some(pem) = &policy.simulation_platform_ca {
+            let platform =
+                quarry_attestation::simulated::SimPlatform::from_ca_pem(pem).map_err(|e| {
+                    Failure::new(
+                        format!("SimulationPlatformCA in the policy: {e}"),
+                        "paste the PEM of the platform's platform-ca.pem",
+                    )
+                })?;
+            let v = quarry_attestation::simulated::SimVerifier::new(&[platform])
+                .map_err(|e| Failure::bare(format!("SimulationPlatformCA: {e}")))?;
+            set = set.dangerous_with_simulation(v);
+        }
+    }
+    Ok(set)
+}
+
+fn print_summary(v: &Verified, as_json: bool, log_len: usize) -> Result<(), Failure> {
+    let st = &v.statement;
+    let manifest: Option<quarry_api::manifest::Manifest> = v
+        .manifest
+        .as_deref()
+        .and_then(|m| quarry_api::manifest::parse(m).ok())
+        .map(|c| c.manifest);
+    let marbles: Vec<serde_json::Value> = manifest
+        .iter()
+        .flat_map(|m| {
+            m.marbles.iter().map(|(t, mb)| {
+                let pkg = m.packages.get(&mb.package);
+                json!({
+                    "type": t,
+                    "package": mb.package,
+                    "tee": pkg.map(|p| p.tee.as_str()),
+                    "uniqueId": pkg.and_then(|p| p.unique_id.as_ref()).map(hex::encode),
+                    "signerId": pkg.and_then(|p| p.signer_id.as_ref()).map(hex::encode),
+                })
+            })
+        })
+        .collect();
+    if as_json {
+        return output::json(&json!({
+            "verified": true,
+            "simulation": st.simulation,
+            "statement": st,
+            "claims": v.claims,
+            "rootCaSha256": st.root_ca_sha256,
+            "manifestFingerprint": st.manifest_sha256,
+            "marbles": marbles,
+            "logSize": st.log_size,
+            "logEntriesChecked": log_len,
+        }));
+    }
+    if st.simulation {
+        output::warn("SIMULATION: this coordinator runs on a SIMULATED TEE; its evidence proves NOTHING about confidentiality");
+    }
+    let id = &v.claims.identity;
+    output::line(format!(
+        "OK: coordinator verified{}",
+        if st.simulation { " (SIMULATION)" } else { "" }
+    ))?;
+    output::line(format!(
+        "  TEE: {}{}  TCB: {}",
+        v.claims.tee,
+        if v.claims.debug { " (DEBUG)" } else { "" },
+        v.claims.tcb_status.as_str()
+    ))?;
+    if let Some(u) = &id.unique_id {
+        output::line(format!("  UniqueID: {}", hex::encode(u)))?;
+    }
+    if let Some(s) = &id.signer_id {
+        output::line(format!("  SignerID: {}", hex::encode(s)))?;
+    }
+    output::line(format!("  root CA SHA-256: {}", st.root_ca_sha256))?;
+    output::line(format!(
+        "  manifest: {}",
+        st.manifest_sha256.as_deref().unwrap_or("(none set yet)")
+    ))?;
+    for m in &marbles {
+        output::line(format!(
+            "    marble {} → package {} ({}) {}",
+            m["type"].as_str().unwrap_or_default(),
+            m["package"].as_str().unwrap_or_default(),
+            m["tee"].as_str().unwrap_or_default(),
+            m["uniqueId"]
+                .as_str()
+                .map(|u| format!("UniqueID {u}"))
+                .or_else(|| m["signerId"].as_str().map(|s| format!("SignerID {s}")))
+                .unwrap_or_default()
+        ))?;
+    }
+    output::line(format!(
+        "  transparency log: {} entries, root {} ({} verified)",
+        st.log_size, st.log_root, log_len
+    ))
+}
+
+fn parse_time(text: &str) -> Result<SystemTime, Failure> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(UNIX_EPOCH + Duration::from_secs(secs));
+    }
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            Failure::usage(
+                format!("--at {text:?}: {e}"),
+                "give RFC 3339 (2026-11-26T12:00:00Z) or Unix seconds",
+            )
+        })?;
+    let secs = u64::try_from(t.unix_timestamp()).map_err(|_| {
+        Failure::usage(format!("--at {text:?} is before 1970"), "give a later time")
+    })?;
+    Ok(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> Result<(), Failure> {
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(buf)
+        .map_err(|_| Failure::bare("the system random number generator failed"))
+}
+
+/// Accepts the server certificate for now (the attestation decides trust) and records the
+/// chain, which is then checked against the attested root.
+#[derive(Debug, Default)]
+struct Recorder {
+    chain: Mutex<Vec<Vec<u8>>>,
+}
+
+impl ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut c) = self.chain.lock() {
+            *c = std::iter::once(end_entity)
+                .chain(intermediates.iter())
+                .map(|c| c.to_vec())
+                .collect();
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

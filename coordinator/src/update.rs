@@ -1,0 +1,489 @@
+//! Manifest updates (MarbleRun semantics, reference §5): package-only SecurityVersion bumps,
+//! and full updates acknowledged by k of the n users holding `UpdateManifest`. Every step is a
+//! transparency-log event.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use quarry_api::manifest::{Manifest, SecretSpec};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::core::{keys, Core, Deployment, Phase};
+use crate::error::ApiError;
+use crate::pki::CaKey;
+use crate::secrets::{self, SecretValue};
+use crate::store::{Store, StoreError, Txn};
+use crate::users::{authenticate, authorize, update_manifest_users, Action};
+
+/// A full update waiting for acknowledgements (stored sealed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    #[serde(with = "quarry_api::bytes::base64")]
+    raw: Vec<u8>,
+    required: Vec<String>,
+    threshold: usize,
+    acks: BTreeSet<String>,
+}
+
+impl Pending {
+    fn missing_users(&self) -> Vec<String> {
+        self.required
+            .iter()
+            .filter(|u| !self.acks.contains(*u))
+            .cloned()
+            .collect()
+    }
+
+    fn missing(&self) -> usize {
+        self.threshold.saturating_sub(self.acks.len())
+    }
+}
+
+/// Response of `POST /api/v2/update` and `POST /api/v2/update-manifest`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateResponse {
+    /// Human-readable outcome.
+    pub message: String,
+    /// Acknowledgements still needed (0 = applied).
+    pub missing_acknowledgments: usize,
+    /// Users who have not acknowledged yet.
+    pub missing_users: Vec<String>,
+}
+
+/// `GET /api/v2/update-manifest`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingResponse {
+    /// The pending manifest, base64.
+    pub manifest: String,
+    /// Summary.
+    pub message: String,
+    /// Users who have not acknowledged yet.
+    pub missing_users: Vec<String>,
+}
+
+fn running(core: &Core) -> Result<Arc<Deployment>, ApiError> {
+    match core.view().phase.as_ref() {
+        Phase::Running(d) => Ok(d.clone()),
+        _ => Err(ApiError::WrongState(
+            "the coordinator has no manifest (state 3 required)".into(),
+        )),
+    }
+}
+
+fn store_of(core: &Core) -> Result<Arc<dyn Store>, ApiError> {
+    core.view()
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::Internal("no store in state 3".into()))
+}
+
+async fn pending(store: &dyn Store) -> Result<Option<(Pending, u64)>, ApiError> {
+    match store.get(keys::PENDING_UPDATE).await? {
+        None => Ok(None),
+        Some(v) => Ok(Some((
+            serde_json::from_slice(&v.value)
+                .map_err(|e| ApiError::Internal(format!("stored pending update: {e}")))?,
+            v.revision,
+        ))),
+    }
+}
+
+/// Applies stored SecurityVersion overrides to a freshly parsed manifest.
+pub async fn apply_svn_overrides(store: &dyn Store, manifest: &mut Manifest) -> Result<(), String> {
+    for (k, v) in store.scan(keys::SVN_PREFIX).await.map_err(|e| e.to_string())? {
+        let name = k.trim_start_matches(keys::SVN_PREFIX);
+        let svn: [u8; 8] = v
+            .value
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("stored SecurityVersion of {name} is corrupt"))?;
+        if let Some(p) = manifest.packages.get_mut(name) {
+            p.security_version = Some(u64::from_be_bytes(svn));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /api/v2/update`: a package-only update is applied at once; a full manifest starts
+/// (or, with enough acknowledgements, completes) a multi-party update.
+pub async fn propose(core: &Core, peer: Option<&[u8]>, raw: Vec<u8>) -> Result<UpdateResponse, ApiError> {
+    let _guard = core.manifest_lock.lock().await;
+    let d = running(core)?;
+    let user = authenticate(&d.manifest, peer)?;
+    if quarry_api::manifest::is_package_update(&raw) {
+        return package_update(core, &d, &user, &raw).await;
+    }
+    let checked = quarry_api::manifest::parse(&raw)
+        .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
+    secrets::check_generatable(&checked.manifest.secrets)
+        .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
+    authorize(&d.manifest, &user, Action::UpdateManifest, &[])?;
+    let store = store_of(core)?;
+    if pending(store.as_ref()).await?.is_some() {
+        return Err(ApiError::WrongState(
+            "an update is already pending; acknowledge or cancel it first".into(),
+        ));
+    }
+    let required = update_manifest_users(&d.manifest);
+    let threshold = match d.manifest.config.update_threshold {
+        0 => required.len(),
+        n => n as usize,
+    };
+    let mut p = Pending {
+        raw,
+        required,
+        threshold,
+        acks: BTreeSet::new(),
+    };
+    p.acks.insert(user.clone());
+    let event = serde_json::json!({
+        "type": "manifest-update-proposed",
+        "time": crate::translog::now_unix(),
+        "manifestSha256": hex::encode(Sha256::digest(&p.raw)),
+        "user": user,
+    });
+    if p.missing() == 0 {
+        apply_full(core, &d, &p, vec![event]).await?;
+        return Ok(UpdateResponse {
+            message: "manifest updated".into(),
+            missing_acknowledgments: 0,
+            missing_users: vec![],
+        });
+    }
+    let txn = Txn::new()
+        .require_absent(keys::PENDING_UPDATE)
+        .put(keys::PENDING_UPDATE, encode(&p)?);
+    commit(core, store.as_ref(), txn, vec![event]).await?;
+    tracing::info!(user, missing = p.missing(), "manifest update proposed");
+    Ok(UpdateResponse {
+        message: format!(
+            "update pending: {} more acknowledgement(s) needed",
+            p.missing()
+        ),
+        missing_acknowledgments: p.missing(),
+        missing_users: p.missing_users(),
+    })
+}
+
+/// `POST /api/v2/update-manifest`: acknowledge the pending update with its exact bytes.
+pub async fn acknowledge(core: &Core, peer: Option<&[u8]>, raw: Vec<u8>) -> Result<UpdateResponse, ApiError> {
+    let _guard = core.manifest_lock.lock().await;
+    let d = running(core)?;
+    let user = authenticate(&d.manifest, peer)?;
+    let store = store_of(core)?;
+    let (mut p, rev) = pending(store.as_ref())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no update is pending".into()))?;
+    if !p.required.contains(&user) {
+        return Err(ApiError::Forbidden(format!(
+            "user {user} is not among the users who acknowledge updates"
+        )));
+    }
+    if raw != p.raw {
+        return Err(ApiError::BadRequest(format!(
+            "the manifest differs from the pending one (SHA-256 {} vs {}); acknowledge the exact bytes",
+            hex::encode(Sha256::digest(&raw)),
+            hex::encode(Sha256::digest(&p.raw))
+        )));
+    }
+    if !p.acks.insert(user.clone()) {
+        return Err(ApiError::WrongState(format!(
+            "user {user} has already acknowledged this update"
+        )));
+    }
+    let event = serde_json::json!({
+        "type": "manifest-update-acknowledged",
+        "time": crate::translog::now_unix(),
+        "manifestSha256": hex::encode(Sha256::digest(&p.raw)),
+        "user": user,
+    });
+    if p.missing() == 0 {
+        apply_full(core, &d, &p, vec![event]).await?;
+        return Ok(UpdateResponse {
+            message: "all acknowledgements received; manifest updated".into(),
+            missing_acknowledgments: 0,
+            missing_users: vec![],
+        });
+    }
+    let txn = Txn::new()
+        .require(keys::PENDING_UPDATE, Some(rev))
+        .put(keys::PENDING_UPDATE, encode(&p)?);
+    commit(core, store.as_ref(), txn, vec![event]).await?;
+    Ok(UpdateResponse {
+        message: format!("{} more acknowledgement(s) needed", p.missing()),
+        missing_acknowledgments: p.missing(),
+        missing_users: p.missing_users(),
+    })
+}
+
+/// `POST /api/v2/update-cancel`.
+pub async fn cancel(core: &Core, peer: Option<&[u8]>) -> Result<(), ApiError> {
+    let _guard = core.manifest_lock.lock().await;
+    let d = running(core)?;
+    let user = authenticate(&d.manifest, peer)?;
+    authorize(&d.manifest, &user, Action::UpdateManifest, &[])?;
+    let store = store_of(core)?;
+    let (p, rev) = pending(store.as_ref())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no update is pending".into()))?;
+    let mut txn = Txn::new().require(keys::PENDING_UPDATE, Some(rev));
+    txn.deletes.push(keys::PENDING_UPDATE.into());
+    let event = serde_json::json!({
+        "type": "manifest-update-cancelled",
+        "time": crate::translog::now_unix(),
+        "manifestSha256": hex::encode(Sha256::digest(&p.raw)),
+        "user": user,
+    });
+    commit(core, store.as_ref(), txn, vec![event]).await?;
+    tracing::info!(user, "pending manifest update cancelled");
+    Ok(())
+}
+
+/// `GET /api/v2/update-manifest`.
+pub async fn get_pending(core: &Core) -> Result<PendingResponse, ApiError> {
+    running(core)?;
+    let store = store_of(core)?;
+    let (p, _) = pending(store.as_ref())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no update is pending".into()))?;
+    Ok(PendingResponse {
+        manifest: quarry_api::bytes::b64(&p.raw),
+        message: format!(
+            "{} user(s) still need to acknowledge the update",
+            p.missing()
+        ),
+        missing_users: p.missing_users(),
+    })
+}
+
+/// `GET /api/v2/update`: the update-related entries of the transparency log, as JSON lines.
+pub fn update_log(core: &Core) -> Vec<String> {
+    core.view()
+        .log
+        .entries(0)
+        .into_iter()
+        .filter(|e| {
+            e.event["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("manifest") || t == "package-update" || t == "secret-set")
+        })
+        .map(|e| e.event.to_string())
+        .collect()
+}
+
+async fn package_update(
+    core: &Core,
+    d: &Arc<Deployment>,
+    user: &str,
+    raw: &[u8],
+) -> Result<UpdateResponse, ApiError> {
+    let update = quarry_api::manifest::parse_package_update(raw)
+        .map_err(|e| ApiError::BadRequest(format!("invalid package update: {e}")))?;
+    let names: Vec<String> = update.security_versions.keys().cloned().collect();
+    authorize(&d.manifest, user, Action::UpdateSecurityVersion, &names)?;
+    let mut next = (**d).clone();
+    let mut txn = Txn::new();
+    let mut events = Vec::new();
+    for (name, svn) in &update.security_versions {
+        let pkg = next
+            .manifest
+            .packages
+            .get_mut(name)
+            .ok_or_else(|| ApiError::BadRequest(format!("/Packages/{name}: no such package")))?;
+        let current = pkg.security_version.ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "/Packages/{name}: the package is pinned by UniqueID and has no SecurityVersion; use a full manifest update"
+            ))
+        })?;
+        if *svn < current {
+            return Err(ApiError::BadRequest(format!(
+                "/Packages/{name}/SecurityVersion: {svn} is lower than the current {current}"
+            )));
+        }
+        pkg.security_version = Some(*svn);
+        txn = txn.put(&format!("{}{name}", keys::SVN_PREFIX), svn.to_be_bytes().to_vec());
+        events.push(serde_json::json!({
+            "type": "package-update",
+            "time": crate::translog::now_unix(),
+            "package": name,
+            "securityVersion": svn,
+            "user": user,
+        }));
+    }
+    let (mesh, reissued) = rotate_mesh(core, &next)?;
+    txn = txn.put(keys::MESH, mesh.to_bytes().expose().to_vec());
+    for (name, v) in &reissued {
+        txn = txn.put(
+            &format!("{}{name}", keys::SECRET_PREFIX),
+            serde_json::to_vec(v).map_err(|e| ApiError::Internal(e.to_string()))?,
+        );
+    }
+    next.mesh = mesh;
+    next.secrets.extend(reissued);
+    let store = store_of(core)?;
+    commit(core, store.as_ref(), txn, events).await?;
+    core.set_running(next);
+    tracing::info!(user, packages = ?names, "SecurityVersion raised; mesh CA rotated");
+    Ok(UpdateResponse {
+        message: "SecurityVersion updated".into(),
+        missing_acknowledgments: 0,
+        missing_users: vec![],
+    })
+}
+
+/// A new mesh CA and the shared certificate secrets re-issued under it.
+fn rotate_mesh(
+    core: &Core,
+    d: &Deployment,
+) -> Result<(Arc<CaKey>, BTreeMap<String, SecretValue>), ApiError> {
+    let view = core.view();
+    let mesh = Arc::new(CaKey::new_mesh(&view.identity.root)?);
+    let mut out = BTreeMap::new();
+    for (name, spec) in &d.manifest.secrets {
+        if spec.shared && !spec.user_defined && secrets::cert_key_kind(spec.kind).is_some() {
+            let v = tokio::task::block_in_place(|| secrets::generate(spec, &mesh))?;
+            out.insert(name.clone(), v);
+        }
+    }
+    Ok((mesh, out))
+}
+
+fn same_definition(a: &SecretSpec, b: &SecretSpec) -> bool {
+    a.kind == b.kind
+        && a.size == b.size
+        && a.shared == b.shared
+        && a.user_defined == b.user_defined
+        && a.valid_for_days == b.valid_for_days
+}
+
+/// Applies a full update: new manifest, new mesh CA, secrets carried over or regenerated as
+/// MarbleRun does, previous values kept for `.Previous.Secrets`.
+async fn apply_full(
+    core: &Core,
+    d: &Arc<Deployment>,
+    p: &Pending,
+    mut events: Vec<serde_json::Value>,
+) -> Result<(), ApiError> {
+    let checked = quarry_api::manifest::parse(&p.raw)
+        .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
+    let manifest = checked.manifest;
+    let view = core.view();
+    let store = store_of(core)?;
+    let mesh = Arc::new(CaKey::new_mesh(&view.identity.root)?);
+    let rotate = manifest.config.rotate_root_secret;
+    let mut values: BTreeMap<String, SecretValue> = BTreeMap::new();
+    for (name, spec) in &manifest.secrets {
+        let old = d
+            .manifest
+            .secrets
+            .get(name)
+            .filter(|o| same_definition(o, spec))
+            .and_then(|_| d.secrets.get(name));
+        if spec.user_defined {
+            if let Some(v) = old {
+                values.insert(name.clone(), v.clone());
+            } else if let Some(private) = &spec.initial_private {
+                values.insert(
+                    name.clone(),
+                    SecretValue {
+                        kind: spec.kind.as_str().into(),
+                        cert: None,
+                        public: spec.initial_public.clone().unwrap_or_else(|| private.clone()),
+                        private: private.clone(),
+                    },
+                );
+            }
+        } else if spec.shared {
+            let keep = old.is_some() && secrets::cert_key_kind(spec.kind).is_none() && !rotate;
+            let v = match (keep, old) {
+                (true, Some(v)) => v.clone(),
+                _ => {
+                    let spec = spec.clone();
+                    tokio::task::block_in_place(|| secrets::generate(&spec, &mesh))?
+                }
+            };
+            values.insert(name.clone(), v);
+        }
+    }
+    let signature = view.identity.root.sign(&p.raw)?;
+    let mut txn = Txn::new()
+        .put(keys::MANIFEST, p.raw.clone())
+        .put(keys::MANIFEST_SIGNATURE, signature.clone())
+        .put(keys::MESH, mesh.to_bytes().expose().to_vec());
+    for (k, _) in store.scan(keys::SECRET_PREFIX).await? {
+        txn.deletes.push(k);
+    }
+    for (k, _) in store.scan(keys::PREVIOUS_SECRET_PREFIX).await? {
+        txn.deletes.push(k);
+    }
+    for (k, _) in store.scan(keys::SVN_PREFIX).await? {
+        txn.deletes.push(k);
+    }
+    txn.deletes.push(keys::PENDING_UPDATE.into());
+    // Deletes apply after puts in the store: keep the keys we write out of the delete list.
+    let mut puts: Vec<(String, Vec<u8>)> = Vec::new();
+    for (name, v) in &values {
+        puts.push((
+            format!("{}{name}", keys::SECRET_PREFIX),
+            serde_json::to_vec(v).map_err(|e| ApiError::Internal(e.to_string()))?,
+        ));
+    }
+    for (name, v) in &d.secrets {
+        puts.push((
+            format!("{}{name}", keys::PREVIOUS_SECRET_PREFIX),
+            serde_json::to_vec(v).map_err(|e| ApiError::Internal(e.to_string()))?,
+        ));
+    }
+    let root_secret = if rotate {
+        let s = crate::store::seal::new_dek().map_err(ApiError::Internal)?;
+        puts.push((keys::ROOT_SECRET.into(), s.expose().to_vec()));
+        Arc::new(s)
+    } else {
+        d.root_secret.clone()
+    };
+    let written: BTreeSet<&String> = puts.iter().map(|(k, _)| k).collect();
+    txn.deletes.retain(|k| !written.contains(k));
+    txn.puts.extend(puts);
+    let fingerprint: [u8; 32] = Sha256::digest(&p.raw).into();
+    events.push(serde_json::json!({
+        "type": "manifest-update",
+        "time": crate::translog::now_unix(),
+        "manifestSha256": hex::encode(fingerprint),
+        "acknowledgedBy": p.acks,
+        "rotateRootSecret": rotate,
+    }));
+    commit(core, store.as_ref(), txn, events).await?;
+    core.set_running(Deployment {
+        manifest,
+        raw: p.raw.clone(),
+        fingerprint,
+        signature,
+        mesh,
+        secrets: values,
+        previous: d.secrets.clone(),
+        root_secret,
+    });
+    tracing::info!(fingerprint = %hex::encode(fingerprint), "manifest updated; mesh CA rotated");
+    Ok(())
+}
+
+async fn commit(
+    core: &Core,
+    store: &dyn Store,
+    txn: Txn,
+    events: Vec<serde_json::Value>,
+) -> Result<(), ApiError> {
+    match core.view().log.commit_with_events(store, txn, events).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::Conflict(k)) => Err(ApiError::WrongState(format!(
+            "the state changed concurrently ({k}); retry"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn encode(p: &Pending) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(p).map_err(|e| ApiError::Internal(e.to_string()))
+}

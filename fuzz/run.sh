@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs one fuzz target for a bounded time: fuzz/run.sh TARGET SECONDS
+# Targets: manifest, evidence, api_body. Needs a nightly toolchain and cargo-fuzz
+# (`cargo install cargo-fuzz`). The corpus (fuzz/corpus/TARGET) is seeded from the test
+# data; new inputs libFuzzer finds are added to it, crashes land in fuzz/artifacts/TARGET.
+set -euo pipefail
+cd "$(dirname "$0")"
+target="${1:?usage: fuzz/run.sh TARGET SECONDS}"
+secs="${2:-30}"
+shared="${QUARRY_SHARED_DIR:-../../shared}/testdata"
+mkdir -p "corpus/$target"
+# Seed: the checked-in seeds, plus the shared test data (real manifests and evidence).
+cp -n seeds/"$target"/* "corpus/$target/" 2>/dev/null || true
+case "$target" in
+  manifest) cp -n "$shared"/marblerun-manifests/*.json "$shared"/marblerun-manifests/*.yaml "corpus/$target/" 2>/dev/null || true ;;
+  evidence)
+    # The first byte selects the type: 0 SGX, 1 TDX, 2 SNP, 3 simulated.
+    for pair in sgx:0 tdx:1 snp:2; do
+      dir="${pair%%:*}"; sel="${pair##*:}"
+      for f in "$shared"/attestation/"$dir"/*.bin; do
+        [ -e "$f" ] || continue
+        out="corpus/$target/$dir-$(basename "$f")"
+        [ -e "$out" ] || { printf "\\$(printf %03o "$sel")"; cat "$f"; } > "$out"
+      done
+    done ;;
+esac
+exec cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10

@@ -1,0 +1,746 @@
+//! The mutation: an AdmissionReview for a Pod in, the same review with a response (an
+//! RFC 6902 JSON patch, or a refusal) out. Pure: no I/O, no clock.
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::config::{InjectorConfig, Tee, TrustSource};
+use crate::patch::{pointer_token, Patch};
+use crate::pod::{ContainerView, PodView};
+use crate::review::{AdmissionResponse, AdmissionReview, Status, API_VERSION};
+
+/// Label that opts a pod in; its value is the marble type (a key of the manifest's `Marbles`).
+pub const LABEL_MARBLE_TYPE: &str = "quarry/marble-type";
+/// Annotation choosing how a container is wrapped: `entrypoint` (default) or `native-sidecar`.
+pub const ANN_INJECTION: &str = "quarry/injection";
+/// Annotation listing the containers to wrap (comma-separated); needed when a pod has several.
+pub const ANN_CONTAINERS: &str = "quarry/containers";
+/// Annotation prefix: `quarry/marble-type.<container>` overrides the label for one container.
+pub const ANN_MARBLE_TYPE_PREFIX: &str = "quarry/marble-type.";
+/// Annotation (or prefix `quarry/entrypoint.<container>`): the image's ENTRYPOINT (+CMD) as
+/// a JSON array, for entrypoint mode when the container sets no `command`.
+pub const ANN_ENTRYPOINT: &str = "quarry/entrypoint";
+/// Annotation: comma-separated DNS names for the marble certificates (default derived from
+/// the marble type and namespace).
+pub const ANN_DNS_NAMES: &str = "quarry/dns-names";
+/// Annotation: where the marble UUID comes from: `pod-uid` (default) or `generated`.
+pub const ANN_UUID: &str = "quarry/uuid";
+/// Annotation: `disabled` skips the TEE resource requests (SGX device plugin).
+pub const ANN_RESOURCE_INJECTION: &str = "quarry/resource-injection";
+/// Annotation the injector sets on the pods it mutated (value: the mode).
+pub const ANN_INJECTED: &str = "quarry/injected";
+
+/// Where the injected pieces are mounted in every container that runs the sidecar.
+pub const MOUNT_ROOT: &str = "/quarry";
+const BIN_DIR: &str = "/quarry/bin";
+const TRUST_DIR: &str = "/quarry/trust";
+const ID_DIR: &str = "/quarry/id";
+const RUN_DIR: &str = "/quarry/run";
+const SIM_DIR: &str = "/quarry/sim";
+const ROOT_CA_FILE: &str = "root-ca.pem";
+
+const VOL_BIN: &str = "quarry-bin";
+const VOL_TRUST: &str = "quarry-trust";
+const VOL_ID: &str = "quarry-id";
+const VOL_RUN: &str = "quarry-run";
+const VOL_SIM: &str = "quarry-sim";
+const INSTALL_CONTAINER: &str = "quarry-install";
+
+/// Why a labelled pod is refused (the webhook fails closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The object could not be decoded as a Pod.
+    #[error("the object is not a Pod the injector can read: {0}")]
+    NotAPod(String),
+    /// The marble type is empty.
+    #[error("label {LABEL_MARBLE_TYPE} (or annotation {ANN_MARBLE_TYPE_PREFIX}{container}) must name a marble type")]
+    EmptyMarbleType {
+        /// Container the type was looked up for.
+        container: String,
+    },
+    /// An annotation has a value the injector does not know.
+    #[error("annotation {annotation} has unknown value {value:?} (allowed: {allowed})")]
+    UnknownAnnotationValue {
+        /// The annotation key.
+        annotation: &'static str,
+        /// Its value.
+        value: String,
+        /// The allowed values.
+        allowed: &'static str,
+    },
+    /// Several containers and no choice among them.
+    #[error(
+        "the pod has {count} containers; annotation {ANN_CONTAINERS} must list the ones to wrap"
+    )]
+    AmbiguousContainers {
+        /// Number of containers.
+        count: usize,
+    },
+    /// A listed container does not exist.
+    #[error("annotation {ANN_CONTAINERS} names container {0:?}, which the pod does not have")]
+    UnknownContainer(String),
+    /// Entrypoint mode cannot know what to run.
+    #[error("container {container:?} sets no command, so the image's entrypoint is unknown to the injector; set the container's command, or annotation {annotation} to the image's ENTRYPOINT (followed by its CMD unless the container sets args) as a JSON array")]
+    EntrypointUnknown {
+        /// The container.
+        container: String,
+        /// The annotation that would give it.
+        annotation: String,
+    },
+    /// The entrypoint annotation is not a non-empty JSON array of strings.
+    #[error("annotation {annotation} must be a non-empty JSON array of strings: {reason}")]
+    InvalidEntrypoint {
+        /// The annotation key.
+        annotation: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Native-sidecar mode would move secrets across a TEE boundary.
+    #[error("{ANN_INJECTION}: native-sidecar shares materialised secrets between containers through a tmpfs, which would leave the enclave with TEE {0}; use {ANN_INJECTION}: entrypoint")]
+    NativeSidecarOutsideTee(Tee),
+    /// One pod UID cannot identify several marbles.
+    #[error("{ANN_UUID}: pod-uid gives one UUID per pod, but {count} containers are wrapped; use {ANN_UUID}: generated")]
+    PodUidForSeveralMarbles {
+        /// Wrapped containers.
+        count: usize,
+    },
+    /// A name the injector adds exists already.
+    #[error("the pod already has {kind} {name:?}, which the injector would add (injected twice?)")]
+    NameTaken {
+        /// What kind of name.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A derived container name would exceed Kubernetes' 63 characters.
+    #[error("container name {0:?} is too long to derive the sidecar container names (at most 47 characters)")]
+    NameTooLong(String),
+}
+
+/// How a container is wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The container's command becomes `marble-sidecar run -- CMD ARGS…` (binary copied in
+    /// by an init container). Works for every TEE; env reaches the service directly.
+    Entrypoint,
+    /// An init container runs `marble-sidecar activate` into a memory-backed volume the
+    /// service reads; with `mesh_proxy`, a native sidecar (restartPolicy Always) runs the
+    /// proxies and renewals. Only for pods that are one TEE (confidential VM pods).
+    NativeSidecar,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Entrypoint => "entrypoint",
+            Mode::NativeSidecar => "native-sidecar",
+        }
+    }
+}
+
+/// Answer an AdmissionReview: admit unlabelled pods unchanged, patch labelled pods, refuse
+/// labelled pods that cannot be wrapped. The result always carries a response.
+pub fn mutate(review: AdmissionReview, config: &InjectorConfig) -> AdmissionReview {
+    let Some(request) = review.request else {
+        return answer(deny(
+            String::new(),
+            "the AdmissionReview has no request".into(),
+        ));
+    };
+    let uid = request.uid.clone();
+    let response = if request.operation != "CREATE" && !request.operation.is_empty() {
+        allow(uid, None, Vec::new())
+    } else {
+        match &request.object {
+            None => deny(uid, Refusal::NotAPod("no object".into()).to_string()),
+            Some(object) => match plan(object, &request.namespace, config) {
+                Ok(None) => allow(uid, None, Vec::new()),
+                Ok(Some((patch, warnings))) => allow(uid, Some(patch), warnings),
+                Err(refusal) => deny(uid, refusal.to_string()),
+            },
+        }
+    };
+    answer(response)
+}
+
+/// The patch for one pod, `None` when it is not labelled.
+fn plan(
+    object: &Value,
+    namespace: &str,
+    config: &InjectorConfig,
+) -> Result<Option<(Patch, Vec<String>)>, Refusal> {
+    let pod = PodView::parse(object).map_err(Refusal::NotAPod)?;
+    let Some(pod_type) = pod.label(LABEL_MARBLE_TYPE) else {
+        return Ok(None);
+    };
+    if pod.annotation(ANN_INJECTED).is_some() {
+        return Err(Refusal::NameTaken {
+            kind: "annotation",
+            name: ANN_INJECTED.into(),
+        });
+    }
+    let mode = match pod.annotation(ANN_INJECTION).map(str::trim) {
+        None | Some("") | Some("entrypoint") => Mode::Entrypoint,
+        Some("native-sidecar") => Mode::NativeSidecar,
+        Some(other) => {
+            return Err(Refusal::UnknownAnnotationValue {
+                annotation: ANN_INJECTION,
+                value: other.into(),
+                allowed: "entrypoint, native-sidecar",
+            })
+        }
+    };
+    if mode == Mode::NativeSidecar && !config.tee.pod_is_one_tee() {
+        return Err(Refusal::NativeSidecarOutsideTee(config.tee));
+    }
+    let wrapped = wrapped_containers(&pod)?;
+    let generated_uuid = match pod.annotation(ANN_UUID).map(str::trim) {
+        None | Some("") => wrapped.len() > 1,
+        Some("pod-uid") if wrapped.len() > 1 => {
+            return Err(Refusal::PodUidForSeveralMarbles {
+                count: wrapped.len(),
+            })
+        }
+        Some("pod-uid") => false,
+        Some("generated") => true,
+        Some(other) => {
+            return Err(Refusal::UnknownAnnotationValue {
+                annotation: ANN_UUID,
+                value: other.into(),
+                allowed: "pod-uid, generated",
+            })
+        }
+    };
+    let resources = match pod.annotation(ANN_RESOURCE_INJECTION).map(str::trim) {
+        None | Some("") | Some("enabled") => true,
+        Some("disabled") => false,
+        Some(other) => {
+            return Err(Refusal::UnknownAnnotationValue {
+                annotation: ANN_RESOURCE_INJECTION,
+                value: other.into(),
+                allowed: "enabled, disabled",
+            })
+        }
+    };
+    check_free_names(&pod, &wrapped)?;
+    let namespace = if namespace.is_empty() {
+        pod.metadata.namespace.clone().unwrap_or_default()
+    } else {
+        namespace.to_string()
+    };
+
+    let ctx = Ctx {
+        config,
+        pod: &pod,
+        namespace,
+        generated_uuid,
+    };
+    let mut patch = Patch::default();
+    let mut init = Vec::new();
+    if mode == Mode::Entrypoint {
+        init.push(ctx.install_container());
+    }
+    for &index in &wrapped {
+        let container = &pod.spec.containers[index];
+        let marble_type = marble_type(&pod, pod_type, &container.name)?;
+        let env = ctx.sidecar_env(&container.name, &marble_type);
+        match mode {
+            Mode::Entrypoint => {
+                let argv = wrapped_argv(&pod, container, wrapped.len())?;
+                ctx.wrap_entrypoint(&mut patch, index, container, argv, env, resources);
+            }
+            Mode::NativeSidecar => {
+                init.extend(ctx.native_sidecars(container, &env));
+                ctx.mount_run_dir(&mut patch, index, container);
+            }
+        }
+    }
+    patch.prepend(
+        "/spec/initContainers",
+        pod.spec.init_containers.is_some(),
+        init,
+    );
+    patch.append(
+        "/spec/volumes",
+        pod.spec.volumes.is_some(),
+        ctx.volumes(mode),
+    );
+    ctx.pod_level(&mut patch, mode, resources);
+
+    let mut warnings = Vec::new();
+    if config.tee == Tee::Simulated {
+        warnings.push(
+            "Quarry: marbles use the simulated TEE (development only; evidence proves nothing)"
+                .into(),
+        );
+    }
+    Ok(Some((patch, warnings)))
+}
+
+/// Indices of the containers to wrap.
+fn wrapped_containers(pod: &PodView) -> Result<Vec<usize>, Refusal> {
+    let containers = &pod.spec.containers;
+    let Some(list) = pod
+        .annotation(ANN_CONTAINERS)
+        .filter(|l| !l.trim().is_empty())
+    else {
+        return match containers.len() {
+            1 => Ok(vec![0]),
+            0 => Err(Refusal::NotAPod("the pod has no containers".into())),
+            count => Err(Refusal::AmbiguousContainers { count }),
+        };
+    };
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let index = containers
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| Refusal::UnknownContainer(name.into()))?;
+        if !out.contains(&index) {
+            out.push(index);
+        }
+    }
+    Ok(out)
+}
+
+fn marble_type(pod: &PodView, label: &str, container: &str) -> Result<String, Refusal> {
+    let key = format!("{ANN_MARBLE_TYPE_PREFIX}{container}");
+    let value = pod.annotation(&key).unwrap_or(label).trim();
+    if value.is_empty() {
+        return Err(Refusal::EmptyMarbleType {
+            container: container.into(),
+        });
+    }
+    Ok(value.to_string())
+}
+
+/// What the wrapped container runs: its command + args, or the entrypoint annotation.
+fn wrapped_argv(
+    pod: &PodView,
+    container: &ContainerView,
+    wrapped: usize,
+) -> Result<Vec<String>, Refusal> {
+    let args = container.args.clone().unwrap_or_default();
+    if let Some(command) = container.command.as_ref().filter(|c| !c.is_empty()) {
+        return Ok(command.iter().cloned().chain(args).collect());
+    }
+    let specific = format!("{ANN_ENTRYPOINT}.{}", container.name);
+    let (key, text) = match pod.annotation(&specific) {
+        Some(t) => (specific, t),
+        None => match pod.annotation(ANN_ENTRYPOINT).filter(|_| wrapped == 1) {
+            Some(t) => (ANN_ENTRYPOINT.to_string(), t),
+            None => {
+                return Err(Refusal::EntrypointUnknown {
+                    container: container.name.clone(),
+                    annotation: specific,
+                })
+            }
+        },
+    };
+    let invalid = |reason: String| Refusal::InvalidEntrypoint {
+        annotation: key.clone(),
+        reason,
+    };
+    let entry: Vec<String> = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    if entry.is_empty() || entry[0].trim().is_empty() {
+        return Err(invalid(
+            "the array is empty or its first element is blank".into(),
+        ));
+    }
+    Ok(entry.into_iter().chain(args).collect())
+}
+
+fn check_free_names(pod: &PodView, wrapped: &[usize]) -> Result<(), Refusal> {
+    let taken = |kind: &'static str, name: &str| Refusal::NameTaken {
+        kind,
+        name: name.into(),
+    };
+    let volumes = pod.spec.volumes.iter().flatten().map(|v| v.name.as_str());
+    for name in volumes {
+        if [VOL_BIN, VOL_TRUST, VOL_ID, VOL_RUN, VOL_SIM].contains(&name) {
+            return Err(taken("volume", name));
+        }
+    }
+    let mut ours = vec![INSTALL_CONTAINER.to_string()];
+    for &i in wrapped {
+        let name = &pod.spec.containers[i].name;
+        if name.len() > 47 {
+            return Err(Refusal::NameTooLong(name.clone()));
+        }
+        ours.push(format!("quarry-activate-{name}"));
+        ours.push(format!("quarry-proxy-{name}"));
+    }
+    let existing = pod.spec.containers.iter().map(|c| c.name.as_str()).chain(
+        pod.spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str()),
+    );
+    for name in existing {
+        if ours.iter().any(|o| o == name) {
+            return Err(taken("container", name));
+        }
+    }
+    for &i in wrapped {
+        let c = &pod.spec.containers[i];
+        for m in c.volume_mounts.iter().flatten() {
+            let path = m.mount_path.trim_end_matches('/');
+            if path == MOUNT_ROOT || path.starts_with("/quarry/") {
+                return Err(taken("volume mount path", &m.mount_path));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything the per-container builders need.
+struct Ctx<'a> {
+    config: &'a InjectorConfig,
+    pod: &'a PodView,
+    namespace: String,
+    generated_uuid: bool,
+}
+
+impl Ctx<'_> {
+    /// The env of contract §9 for a container that runs `marble-sidecar`.
+    fn sidecar_env(&self, container: &str, marble_type: &str) -> Vec<(String, String)> {
+        let c = self.config;
+        let uuid_file = if self.generated_uuid {
+            format!("{ID_DIR}/{container}.uuid")
+        } else {
+            format!("{ID_DIR}/uuid")
+        };
+        let mut env = vec![
+            ("QUARRY_COORDINATOR_ADDR".into(), c.coordinator_addr.clone()),
+            ("QUARRY_MARBLE_TYPE".into(), marble_type.into()),
+            ("QUARRY_MARBLE_UUID_FILE".into(), uuid_file),
+            ("QUARRY_TEE".into(), c.tee.as_str().into()),
+            (
+                "QUARRY_COORDINATOR_ROOT_CA".into(),
+                format!("{TRUST_DIR}/{ROOT_CA_FILE}"),
+            ),
+        ];
+        let dns = self.dns_names(marble_type);
+        if !dns.is_empty() {
+            env.push(("QUARRY_MARBLE_DNS_NAMES".into(), dns));
+        }
+        if c.tee == Tee::Simulated {
+            env.push(("QUARRY_SIM_PLATFORM".into(), SIM_DIR.into()));
+        }
+        env
+    }
+
+    /// `quarry/dns-names`, or `<type>`, `<type>.<ns>`, `<type>.<ns>.svc`,
+    /// `<type>.<ns>.svc.<cluster domain>` when the type is a DNS label.
+    fn dns_names(&self, marble_type: &str) -> String {
+        if let Some(names) = self.pod.annotation(ANN_DNS_NAMES) {
+            return names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        let t = marble_type.to_ascii_lowercase();
+        let label_ok = t.len() <= 63
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !t.starts_with('-')
+            && !t.ends_with('-');
+        if !label_ok {
+            return String::new();
+        }
+        if self.namespace.is_empty() {
+            return t;
+        }
+        let ns = &self.namespace;
+        let domain = &self.config.cluster_domain;
+        format!("{t},{t}.{ns},{t}.{ns}.svc,{t}.{ns}.svc.{domain}")
+    }
+
+    /// Mounts of a container that runs `marble-sidecar` (its own run dir via subPath).
+    fn sidecar_mounts(&self, container: &str, with_bin: bool) -> Vec<Value> {
+        let mut m = vec![
+            json!({"name": VOL_TRUST, "mountPath": TRUST_DIR, "readOnly": true}),
+            json!({"name": VOL_ID, "mountPath": ID_DIR, "readOnly": !self.generated_uuid}),
+            json!({"name": VOL_RUN, "mountPath": RUN_DIR, "subPath": container}),
+        ];
+        if with_bin {
+            m.push(json!({"name": VOL_BIN, "mountPath": BIN_DIR, "readOnly": true}));
+        }
+        if self.config.tee == Tee::Simulated {
+            m.push(json!({"name": VOL_SIM, "mountPath": SIM_DIR, "readOnly": true}));
+        }
+        m
+    }
+
+    /// Init container copying `marble-sidecar` into the shared `quarry-bin` volume.
+    fn install_container(&self) -> Value {
+        let c = self.config;
+        json!({
+            "name": INSTALL_CONTAINER,
+            "image": c.sidecar_image,
+            "imagePullPolicy": c.sidecar_pull_policy,
+            "command": ["cp", c.sidecar_binary, format!("{BIN_DIR}/marble-sidecar")],
+            "volumeMounts": [{"name": VOL_BIN, "mountPath": BIN_DIR}],
+            "securityContext": hardened(None),
+            "resources": small_resources(),
+        })
+    }
+
+    /// Entrypoint mode: rewrite one container.
+    fn wrap_entrypoint(
+        &self,
+        patch: &mut Patch,
+        index: usize,
+        container: &ContainerView,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        resources: bool,
+    ) {
+        let base = format!("/spec/containers/{index}");
+        let mut command = vec![
+            format!("{BIN_DIR}/marble-sidecar"),
+            "run".to_string(),
+            "--".to_string(),
+        ];
+        command.extend(argv);
+        patch.add(&format!("{base}/command"), json!(command));
+        if container.args.is_some() {
+            patch.remove(&format!("{base}/args"));
+        }
+        add_env(patch, &base, container, &env);
+        patch.append(
+            &format!("{base}/volumeMounts"),
+            container.volume_mounts.is_some(),
+            self.sidecar_mounts(&container.name, true),
+        );
+        if resources && self.config.tee == Tee::GramineSgx {
+            add_limits(patch, &base, container, &self.config.sgx_resources);
+        }
+    }
+
+    /// Native-sidecar mode: the activation init container and, with `mesh_proxy`, the
+    /// long-running proxy as a native sidecar.
+    fn native_sidecars(&self, container: &ContainerView, env: &[(String, String)]) -> Vec<Value> {
+        let c = self.config;
+        let env_json: Vec<Value> = env
+            .iter()
+            .map(|(k, v)| json!({"name": k, "value": v}))
+            .collect();
+        let sc = hardened(container.security_context.as_ref());
+        let mut out = vec![json!({
+            "name": format!("quarry-activate-{}", container.name),
+            "image": c.sidecar_image,
+            "imagePullPolicy": c.sidecar_pull_policy,
+            "command": [c.sidecar_binary, "activate", "--out", RUN_DIR],
+            "env": env_json,
+            "volumeMounts": self.sidecar_mounts(&container.name, false),
+            "securityContext": sc,
+            "resources": small_resources(),
+        })];
+        if c.mesh_proxy {
+            out.push(json!({
+                "name": format!("quarry-proxy-{}", container.name),
+                "image": c.sidecar_image,
+                "imagePullPolicy": c.sidecar_pull_policy,
+                "restartPolicy": "Always",
+                "command": [c.sidecar_binary, "proxy", "--state-dir", RUN_DIR],
+                "env": env_json,
+                "volumeMounts": self.sidecar_mounts(&container.name, false),
+                "securityContext": sc,
+                "resources": small_resources(),
+            }));
+        }
+        out
+    }
+
+    /// Native-sidecar mode: the service reads its files from the run dir.
+    fn mount_run_dir(&self, patch: &mut Patch, index: usize, container: &ContainerView) {
+        let base = format!("/spec/containers/{index}");
+        add_env(
+            patch,
+            &base,
+            container,
+            &[("QUARRY_ENV_FILE".into(), format!("{RUN_DIR}/env"))],
+        );
+        patch.append(
+            &format!("{base}/volumeMounts"),
+            container.volume_mounts.is_some(),
+            vec![json!({"name": VOL_RUN, "mountPath": RUN_DIR, "subPath": container.name, "readOnly": true})],
+        );
+    }
+
+    fn volumes(&self, mode: Mode) -> Vec<Value> {
+        let c = self.config;
+        let items = json!([{"key": c.trust_key, "path": ROOT_CA_FILE}]);
+        let trust = match &c.trust {
+            TrustSource::ConfigMap(name) => {
+                json!({"name": VOL_TRUST, "configMap": {"name": name, "items": items}})
+            }
+            TrustSource::Secret(name) => {
+                json!({"name": VOL_TRUST, "secret": {"secretName": name, "items": items}})
+            }
+        };
+        let id = if self.generated_uuid {
+            json!({"name": VOL_ID, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+        } else {
+            json!({"name": VOL_ID, "downwardAPI": {"items": [
+                {"path": "uuid", "fieldRef": {"fieldPath": "metadata.uid"}}
+            ]}})
+        };
+        let mut v = vec![
+            trust,
+            id,
+            json!({"name": VOL_RUN, "emptyDir": {"medium": "Memory", "sizeLimit": c.secrets_size_limit}}),
+        ];
+        if mode == Mode::Entrypoint {
+            v.push(json!({"name": VOL_BIN, "emptyDir": {"sizeLimit": "256Mi"}}));
+        }
+        if let Some(secret) = &c.sim_platform_secret {
+            v.push(json!({"name": VOL_SIM, "secret": {"secretName": secret}}));
+        }
+        v
+    }
+
+    /// Tolerations, runtime class and the injected marker.
+    fn pod_level(&self, patch: &mut Patch, mode: Mode, resources: bool) {
+        let c = self.config;
+        if c.tee == Tee::GramineSgx && resources {
+            let present = self
+                .pod
+                .spec
+                .tolerations
+                .iter()
+                .flatten()
+                .any(|t| t.get("key").and_then(Value::as_str) == Some("sgx.intel.com/epc"));
+            if !present {
+                patch.append(
+                    "/spec/tolerations",
+                    self.pod.spec.tolerations.is_some(),
+                    vec![json!({"key": "sgx.intel.com/epc", "operator": "Exists", "effect": "NoSchedule"})],
+                );
+            }
+        }
+        if matches!(c.tee, Tee::Tdx | Tee::Snp) && self.pod.spec.runtime_class_name.is_none() {
+            if let Some(rc) = &c.runtime_class {
+                patch.add("/spec/runtimeClassName", json!(rc));
+            }
+        }
+        if self.pod.metadata.annotations.is_some() {
+            patch.add(
+                &format!("/metadata/annotations/{}", pointer_token(ANN_INJECTED)),
+                json!(mode.as_str()),
+            );
+        } else {
+            patch.add(
+                "/metadata/annotations",
+                json!({ ANN_INJECTED: mode.as_str() }),
+            );
+        }
+    }
+}
+
+/// Append env vars the container does not set itself (the pod's own values win).
+fn add_env(patch: &mut Patch, base: &str, container: &ContainerView, env: &[(String, String)]) {
+    let existing: Vec<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    let new: Vec<Value> = env
+        .iter()
+        .filter(|(k, _)| !existing.contains(&k.as_str()))
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    patch.append(&format!("{base}/env"), container.env.is_some(), new);
+}
+
+/// Add resource limits the container does not set itself.
+fn add_limits(
+    patch: &mut Patch,
+    base: &str,
+    container: &ContainerView,
+    limits: &[(String, String)],
+) {
+    let Some(resources) = &container.resources else {
+        let map: serde_json::Map<String, Value> =
+            limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        patch.add(&format!("{base}/resources"), json!({"limits": map}));
+        return;
+    };
+    let Some(existing) = &resources.limits else {
+        let map: serde_json::Map<String, Value> =
+            limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        patch.add(&format!("{base}/resources/limits"), Value::Object(map));
+        return;
+    };
+    for (k, v) in limits {
+        if !existing.contains_key(k) {
+            patch.add(
+                &format!("{base}/resources/limits/{}", pointer_token(k)),
+                json!(v),
+            );
+        }
+    }
+}
+
+/// Security context of the injected containers; keeps the service's user and group so the
+/// files written for it (0600) stay readable by it.
+fn hardened(service: Option<&crate::pod::SecurityContextView>) -> Value {
+    let mut sc = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+    });
+    if let Some(s) = service {
+        if let Some(uid) = s.run_as_user {
+            sc["runAsUser"] = json!(uid);
+        }
+        if let Some(gid) = s.run_as_group {
+            sc["runAsGroup"] = json!(gid);
+        }
+    }
+    sc
+}
+
+fn small_resources() -> Value {
+    json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}})
+}
+
+fn allow(uid: String, patch: Option<Patch>, warnings: Vec<String>) -> AdmissionResponse {
+    let patch = patch
+        .filter(|p| !p.is_empty())
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p.to_json().to_string()));
+    AdmissionResponse {
+        uid,
+        allowed: true,
+        status: None,
+        patch_type: patch.as_ref().map(|_| "JSONPatch".to_string()),
+        patch,
+        warnings,
+    }
+}
+
+fn deny(uid: String, message: String) -> AdmissionResponse {
+    AdmissionResponse {
+        uid,
+        allowed: false,
+        status: Some(Status {
+            code: 403,
+            message: format!("quarry-injector: {message}"),
+        }),
+        patch_type: None,
+        patch: None,
+        warnings: Vec::new(),
+    }
+}
+
+fn answer(response: AdmissionResponse) -> AdmissionReview {
+    AdmissionReview {
+        api_version: API_VERSION.to_string(),
+        kind: "AdmissionReview".to_string(),
+        request: None,
+        response: Some(response),
+    }
+}

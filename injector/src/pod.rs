@@ -1,0 +1,117 @@
+//! A read-only typed view of the Pod fields the injector looks at. Unknown fields are
+//! ignored here and left untouched in the object: the injector only emits a patch.
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The parts of a Pod the injector reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PodView {
+    #[serde(default)]
+    pub(crate) metadata: MetaView,
+    #[serde(default)]
+    pub(crate) spec: SpecView,
+}
+
+/// `metadata`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MetaView {
+    #[serde(default)]
+    pub(crate) namespace: Option<String>,
+    #[serde(default)]
+    pub(crate) labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub(crate) annotations: Option<BTreeMap<String, String>>,
+}
+
+/// `spec`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SpecView {
+    #[serde(default)]
+    pub(crate) containers: Vec<ContainerView>,
+    #[serde(default)]
+    pub(crate) init_containers: Option<Vec<Named>>,
+    #[serde(default)]
+    pub(crate) volumes: Option<Vec<Named>>,
+    #[serde(default)]
+    pub(crate) tolerations: Option<Vec<Value>>,
+    #[serde(default)]
+    pub(crate) runtime_class_name: Option<String>,
+}
+
+/// One entry of `containers`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ContainerView {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) command: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) args: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) env: Option<Vec<Named>>,
+    #[serde(default)]
+    pub(crate) volume_mounts: Option<Vec<MountView>>,
+    #[serde(default)]
+    pub(crate) resources: Option<ResourcesView>,
+    #[serde(default)]
+    pub(crate) security_context: Option<SecurityContextView>,
+}
+
+/// Anything with a `name`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Named {
+    #[serde(default)]
+    pub(crate) name: String,
+}
+
+/// One entry of `volumeMounts`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MountView {
+    #[serde(default)]
+    pub(crate) mount_path: String,
+}
+
+/// `resources`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ResourcesView {
+    #[serde(default)]
+    pub(crate) limits: Option<BTreeMap<String, Value>>,
+}
+
+/// The user and group a container runs as (copied to the sidecar containers that write
+/// files the service must read).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SecurityContextView {
+    #[serde(default)]
+    pub(crate) run_as_user: Option<i64>,
+    #[serde(default)]
+    pub(crate) run_as_group: Option<i64>,
+}
+
+impl PodView {
+    /// Decode the object of an AdmissionRequest.
+    pub(crate) fn parse(object: &Value) -> Result<PodView, String> {
+        PodView::deserialize(object).map_err(|e| e.to_string())
+    }
+
+    /// A label value.
+    pub(crate) fn label(&self, key: &str) -> Option<&str> {
+        self.metadata.labels.as_ref()?.get(key).map(String::as_str)
+    }
+
+    /// An annotation value.
+    pub(crate) fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+}

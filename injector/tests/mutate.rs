@@ -1,0 +1,495 @@
+//! Fixture tests: AdmissionReview in (tests/fixtures/*.json), JSON patch out, the patch
+//! applied to the request's pod with the `json-patch` crate, the resulting pod checked.
+//! `UPDATE_GOLDEN=1 cargo test -p quarry-injector` rewrites the `*.patch.json` files.
+use base64::Engine as _;
+use quarry_injector::{mutate, AdmissionResponse, AdmissionReview, InjectorConfig, Tee};
+use serde_json::{json, Value};
+
+const SIDECAR: &str = "registry.example/quarry/marble-sidecar@sha256:abababababababababababababababababababababababababababababababab";
+const COORDINATOR: &str = "quarry-mesh.quarry.svc.cluster.local:2001";
+
+fn fixture(name: &str) -> AdmissionReview {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("fixture readable");
+    serde_json::from_str(&text).expect("fixture is an AdmissionReview")
+}
+
+fn config(tee: Tee) -> InjectorConfig {
+    let mut c = InjectorConfig::new(COORDINATOR, tee, SIDECAR);
+    if tee == Tee::Simulated {
+        c.sim_platform_secret = Some("quarry-sim-platform".into());
+    }
+    c
+}
+
+fn with_annotation(mut review: AdmissionReview, key: &str, value: Option<&str>) -> AdmissionReview {
+    let object = review
+        .request
+        .as_mut()
+        .and_then(|r| r.object.as_mut())
+        .expect("fixture has an object");
+    let annotations = object["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .entry("annotations")
+        .or_insert_with(|| json!({}));
+    match value {
+        Some(v) => annotations[key] = json!(v),
+        None => {
+            annotations.as_object_mut().expect("map").remove(key);
+        }
+    }
+    review
+}
+
+/// Admit: returns the response, the patch and the pod after applying it.
+fn admit(review: AdmissionReview, config: &InjectorConfig) -> (AdmissionResponse, Value, Value) {
+    let uid = review.request.as_ref().expect("request").uid.clone();
+    let mut pod = review
+        .request
+        .as_ref()
+        .and_then(|r| r.object.clone())
+        .expect("object");
+    let out = mutate(review, config);
+    assert_eq!(out.api_version, "admission.k8s.io/v1");
+    assert_eq!(out.kind, "AdmissionReview");
+    let response = out.response.expect("a response");
+    assert_eq!(response.uid, uid, "the response echoes the request uid");
+    assert!(response.allowed, "refused: {:?}", response.status);
+    let Some(b64) = &response.patch else {
+        return (response, Value::Null, pod);
+    };
+    assert_eq!(response.patch_type.as_deref(), Some("JSONPatch"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("patch is base64");
+    let patch_value: Value = serde_json::from_slice(&bytes).expect("patch is JSON");
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch_value.clone()).expect("RFC 6902 patch");
+    json_patch::patch(&mut pod, &patch).expect("the patch applies to the pod");
+    (response, patch_value, pod)
+}
+
+fn refusal(review: AdmissionReview, config: &InjectorConfig) -> String {
+    let out = mutate(review, config).response.expect("a response");
+    assert!(!out.allowed, "admitted, expected a refusal");
+    assert!(out.patch.is_none() && out.patch_type.is_none());
+    let status = out.status.expect("a refusal has a status");
+    assert_eq!(status.code, 403);
+    status.message
+}
+
+fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
+    pod["spec"][list]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no {list} entry {name}"))
+}
+
+fn env<'a>(c: &'a Value, name: &str) -> Vec<&'a str> {
+    c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["name"] == name)
+        .filter_map(|e| e["value"].as_str())
+        .collect()
+}
+
+fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    container(pod, "volumes", name)
+}
+
+fn mount<'a>(c: &'a Value, path: &str) -> &'a Value {
+    c["volumeMounts"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["mountPath"] == path))
+        .unwrap_or_else(|| panic!("no mount at {path} in {}", c["name"]))
+}
+
+fn golden(name: &str, patch: &Value) {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let pretty = serde_json::to_string_pretty(patch).expect("serialisable") + "\n";
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &pretty).expect("golden written");
+    }
+    let expected =
+        std::fs::read_to_string(&path).expect("golden file (UPDATE_GOLDEN=1 creates it)");
+    assert_eq!(pretty, expected, "patch differs from {name}");
+}
+
+#[test]
+fn entrypoint_mode_wraps_the_command_and_sets_the_contract_env() {
+    let mut cfg = config(Tee::Tdx);
+    cfg.runtime_class = Some("kata-qemu-tdx".into());
+    let (resp, patch, pod) = admit(fixture("entrypoint-command.json"), &cfg);
+    golden("entrypoint-command.patch.json", &patch);
+    assert!(resp.warnings.is_empty());
+
+    let app = container(&pod, "containers", "storage-service");
+    assert_eq!(
+        app["command"],
+        json!([
+            "/quarry/bin/marble-sidecar",
+            "run",
+            "--",
+            "/app/storage-service",
+            "--profile",
+            "API"
+        ])
+    );
+    assert!(app.get("args").is_none(), "args moved behind --");
+    assert_eq!(env(app, "QUARRY_COORDINATOR_ADDR"), [COORDINATOR]);
+    assert_eq!(env(app, "QUARRY_MARBLE_TYPE"), ["storage-service"]);
+    assert_eq!(env(app, "QUARRY_MARBLE_UUID_FILE"), ["/quarry/id/uuid"]);
+    assert_eq!(
+        env(app, "QUARRY_COORDINATOR_ROOT_CA"),
+        ["/quarry/trust/root-ca.pem"]
+    );
+    assert_eq!(
+        env(app, "QUARRY_MARBLE_DNS_NAMES"),
+        ["storage-service,storage-service.ocm,storage-service.ocm.svc,storage-service.ocm.svc.cluster.local"]
+    );
+    assert_eq!(
+        env(app, "QUARRY_TEE"),
+        ["tdx"],
+        "the pod's own value is kept, once"
+    );
+    assert_eq!(env(app, "LOG_FORMAT"), ["json"]);
+    assert!(env(app, "QUARRY_SIM_PLATFORM").is_empty());
+    assert_eq!(mount(app, "/quarry/bin")["readOnly"], true);
+    assert_eq!(mount(app, "/quarry/run")["subPath"], "storage-service");
+    assert_eq!(mount(app, "/quarry/trust")["readOnly"], true);
+
+    let install = &pod["spec"]["initContainers"][0];
+    assert_eq!(install["name"], "quarry-install");
+    assert_eq!(install["image"], SIDECAR);
+    assert_eq!(
+        install["command"],
+        json!([
+            "cp",
+            "/usr/local/bin/marble-sidecar",
+            "/quarry/bin/marble-sidecar"
+        ])
+    );
+    assert!(install.get("restartPolicy").is_none());
+
+    assert_eq!(
+        volume(&pod, "quarry-id")["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+        "metadata.uid"
+    );
+    assert_eq!(volume(&pod, "quarry-run")["emptyDir"]["medium"], "Memory");
+    assert_eq!(
+        volume(&pod, "quarry-trust")["configMap"]["name"],
+        "quarry-root-ca"
+    );
+    assert_eq!(
+        volume(&pod, "quarry-trust")["configMap"]["items"][0]["path"],
+        "root-ca.pem"
+    );
+    assert_eq!(pod["spec"]["runtimeClassName"], "kata-qemu-tdx");
+    assert_eq!(
+        pod["metadata"]["annotations"]["quarry/injected"],
+        "entrypoint"
+    );
+    assert!(
+        pod["spec"].get("tolerations").is_none(),
+        "no SGX toleration for TDX"
+    );
+}
+
+#[test]
+fn entrypoint_from_the_annotation_when_the_container_sets_no_command() {
+    let (_, _, pod) = admit(
+        fixture("entrypoint-no-command.json"),
+        &config(Tee::GramineSgx),
+    );
+    let nats = container(&pod, "containers", "nats");
+    assert_eq!(
+        nats["command"],
+        json!([
+            "/quarry/bin/marble-sidecar",
+            "run",
+            "--",
+            "nats-server",
+            "-c",
+            "/quarry/run/nats-server.conf"
+        ])
+    );
+    assert!(nats.get("args").is_none());
+    assert_eq!(env(nats, "QUARRY_TEE"), ["gramine-sgx"]);
+    assert_eq!(
+        nats["resources"]["limits"]["sgx.intel.com/epc"], "512Mi",
+        "the pod's EPC size wins"
+    );
+    assert_eq!(nats["resources"]["limits"]["sgx.intel.com/enclave"], "1");
+    assert_eq!(nats["resources"]["limits"]["sgx.intel.com/provision"], "1");
+    assert_eq!(nats["resources"]["limits"]["memory"], "256Mi");
+    assert_eq!(mount(nats, "/data")["name"], "data", "existing mounts kept");
+    let tolerations = pod["spec"]["tolerations"].as_array().expect("tolerations");
+    assert_eq!(tolerations.len(), 2);
+    assert_eq!(tolerations[1]["key"], "sgx.intel.com/epc");
+    assert_eq!(volume(&pod, "data")["emptyDir"], json!({}));
+    assert_eq!(
+        pod["metadata"]["annotations"]["quarry/entrypoint"],
+        "[\"nats-server\"]"
+    );
+}
+
+#[test]
+fn resource_injection_can_be_disabled_per_pod() {
+    let review = with_annotation(
+        fixture("entrypoint-command.json"),
+        "quarry/resource-injection",
+        Some("disabled"),
+    );
+    let (_, _, pod) = admit(review, &config(Tee::GramineSgx));
+    let app = container(&pod, "containers", "storage-service");
+    assert!(app.get("resources").is_none());
+    assert!(pod["spec"].get("tolerations").is_none());
+}
+
+#[test]
+fn unknown_entrypoint_is_refused_naming_the_annotation() {
+    let review = with_annotation(
+        fixture("entrypoint-no-command.json"),
+        "quarry/entrypoint",
+        None,
+    );
+    let message = refusal(review, &config(Tee::GramineSgx));
+    assert!(
+        message.contains("container \"nats\" sets no command"),
+        "{message}"
+    );
+    assert!(message.contains("quarry/entrypoint.nats"), "{message}");
+}
+
+#[test]
+fn malformed_entrypoint_annotations_are_refused() {
+    for bad in ["[]", "nats-server", "[\"\"]", "[1]"] {
+        let review = with_annotation(
+            fixture("entrypoint-no-command.json"),
+            "quarry/entrypoint",
+            Some(bad),
+        );
+        let message = refusal(review, &config(Tee::Tdx));
+        assert!(
+            message.contains("annotation quarry/entrypoint must be a non-empty JSON array"),
+            "{bad}: {message}"
+        );
+    }
+}
+
+#[test]
+fn native_sidecar_mode_activates_into_a_memory_volume_before_other_init_containers() {
+    let (_, _, pod) = admit(fixture("native-sidecar.json"), &config(Tee::Snp));
+    let inits = pod["spec"]["initContainers"]
+        .as_array()
+        .expect("init containers");
+    let names: Vec<&str> = inits.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["quarry-activate-app", "migrate"]);
+    let activate = &inits[0];
+    assert_eq!(
+        activate["command"],
+        json!([
+            "/usr/local/bin/marble-sidecar",
+            "activate",
+            "--out",
+            "/quarry/run"
+        ])
+    );
+    assert!(
+        activate.get("restartPolicy").is_none(),
+        "activation runs to completion"
+    );
+    assert_eq!(
+        activate["securityContext"]["runAsUser"], 65532,
+        "files 0600 stay readable by the service"
+    );
+    assert_eq!(activate["securityContext"]["runAsGroup"], 65532);
+    assert_eq!(env(activate, "QUARRY_MARBLE_TYPE"), ["well-known-service"]);
+    assert_eq!(
+        env(activate, "QUARRY_MARBLE_DNS_NAMES"),
+        ["well-known-service.ocm.svc,wk.example.org"]
+    );
+    assert_eq!(env(activate, "QUARRY_TEE"), ["snp"]);
+    assert_eq!(mount(activate, "/quarry/run")["subPath"], "app");
+
+    let app = container(&pod, "containers", "app");
+    assert!(
+        app.get("command").is_none(),
+        "the service's command is untouched"
+    );
+    assert_eq!(env(app, "QUARRY_ENV_FILE"), ["/quarry/run/env"]);
+    let run = mount(app, "/quarry/run");
+    assert_eq!(
+        (run["readOnly"].as_bool(), run["subPath"].as_str()),
+        (Some(true), Some("app"))
+    );
+    assert!(pod["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .all(|v| v["name"] != "quarry-bin"));
+    assert_eq!(
+        pod["metadata"]["annotations"]["quarry/injected"],
+        "native-sidecar"
+    );
+}
+
+#[test]
+fn native_sidecar_with_mesh_proxy_adds_a_restart_always_init_container() {
+    let mut cfg = config(Tee::Tdx);
+    cfg.mesh_proxy = true;
+    let (_, _, pod) = admit(fixture("native-sidecar.json"), &cfg);
+    let inits = pod["spec"]["initContainers"]
+        .as_array()
+        .expect("init containers");
+    let names: Vec<&str> = inits.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["quarry-activate-app", "quarry-proxy-app", "migrate"]
+    );
+    assert_eq!(inits[1]["restartPolicy"], "Always");
+    assert_eq!(inits[1]["command"][1], "proxy");
+}
+
+#[test]
+fn native_sidecar_is_refused_for_sgx_because_secrets_would_leave_the_enclave() {
+    let message = refusal(fixture("native-sidecar.json"), &config(Tee::GramineSgx));
+    assert!(
+        message.contains("would leave the enclave with TEE gramine-sgx"),
+        "{message}"
+    );
+}
+
+#[test]
+fn several_marbles_in_one_pod_get_generated_uuids_and_their_own_types() {
+    let (_, _, pod) = admit(fixture("two-marbles.json"), &config(Tee::Tdx));
+    let signer = container(&pod, "containers", "signer");
+    let engine = container(&pod, "containers", "crypto-engine");
+    assert_eq!(env(signer, "QUARRY_MARBLE_TYPE"), ["signer"]);
+    assert_eq!(env(engine, "QUARRY_MARBLE_TYPE"), ["signer-crypto-engine"]);
+    assert_eq!(
+        env(signer, "QUARRY_MARBLE_UUID_FILE"),
+        ["/quarry/id/signer.uuid"]
+    );
+    assert_eq!(
+        env(engine, "QUARRY_MARBLE_UUID_FILE"),
+        ["/quarry/id/crypto-engine.uuid"]
+    );
+    assert_eq!(
+        engine["command"],
+        json!(["/quarry/bin/marble-sidecar", "run", "--", "/opt/engine"])
+    );
+    assert_eq!(
+        mount(engine, "/quarry/id")["readOnly"],
+        false,
+        "the sidecar creates the UUID file"
+    );
+    assert_eq!(volume(&pod, "quarry-id")["emptyDir"]["medium"], "Memory");
+    let shipper = container(&pod, "containers", "log-shipper");
+    assert!(
+        shipper.get("env").is_none() && shipper.get("command").is_none(),
+        "unlisted containers untouched"
+    );
+    let installs = pod["spec"]["initContainers"].as_array().expect("inits");
+    assert_eq!(
+        installs.len(),
+        1,
+        "one binary copy serves every wrapped container"
+    );
+}
+
+#[test]
+fn pod_uid_cannot_identify_several_marbles() {
+    let review = with_annotation(fixture("two-marbles.json"), "quarry/uuid", Some("pod-uid"));
+    let message = refusal(review, &config(Tee::Tdx));
+    assert!(message.contains("2 containers are wrapped"), "{message}");
+}
+
+#[test]
+fn several_containers_without_a_choice_are_refused() {
+    let review = with_annotation(fixture("two-marbles.json"), "quarry/containers", None);
+    let message = refusal(review, &config(Tee::Tdx));
+    assert!(message.contains("the pod has 3 containers"), "{message}");
+    let review = with_annotation(
+        fixture("two-marbles.json"),
+        "quarry/containers",
+        Some("signer,nope"),
+    );
+    let message = refusal(review, &config(Tee::Tdx));
+    assert!(message.contains("container \"nope\""), "{message}");
+}
+
+#[test]
+fn unknown_annotation_values_are_refused() {
+    for (key, value) in [
+        ("quarry/injection", "sidecar"),
+        ("quarry/uuid", "random"),
+        ("quarry/resource-injection", "off"),
+    ] {
+        let review = with_annotation(fixture("entrypoint-command.json"), key, Some(value));
+        let message = refusal(review, &config(Tee::Tdx));
+        assert!(
+            message.contains(&format!("annotation {key} has unknown value {value:?}")),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn simulated_tee_mounts_the_platform_and_warns() {
+    let (resp, _, pod) = admit(fixture("entrypoint-command.json"), &config(Tee::Simulated));
+    let app = container(&pod, "containers", "storage-service");
+    assert_eq!(env(app, "QUARRY_SIM_PLATFORM"), ["/quarry/sim"]);
+    assert_eq!(
+        volume(&pod, "quarry-sim")["secret"]["secretName"],
+        "quarry-sim-platform"
+    );
+    assert!(resp.warnings.iter().any(|w| w.contains("simulated TEE")));
+}
+
+#[test]
+fn an_injected_pod_is_not_injected_twice() {
+    let cfg = config(Tee::Tdx);
+    let mut review = fixture("entrypoint-command.json");
+    let (_, _, pod) = admit(review.clone(), &cfg);
+    if let Some(r) = review.request.as_mut() {
+        r.object = Some(pod);
+    }
+    let message = refusal(review, &cfg);
+    assert!(
+        message.contains("already has annotation \"quarry/injected\""),
+        "{message}"
+    );
+}
+
+#[test]
+fn unlabelled_pods_and_other_operations_pass_unchanged() {
+    let (resp, patch, _) = admit(fixture("unlabelled.json"), &config(Tee::Tdx));
+    assert!(patch.is_null() && resp.patch_type.is_none());
+    let mut review = fixture("entrypoint-command.json");
+    if let Some(r) = review.request.as_mut() {
+        r.operation = "UPDATE".into();
+    }
+    let (_, patch, _) = admit(review, &config(Tee::Tdx));
+    assert!(patch.is_null());
+}
+
+#[test]
+fn undecodable_objects_and_empty_reviews_are_refused() {
+    let mut review = fixture("entrypoint-command.json");
+    if let Some(r) = review.request.as_mut() {
+        r.object = Some(
+            json!({"metadata": {"labels": {"quarry/marble-type": "x"}}, "spec": {"containers": "nope"}}),
+        );
+    }
+    let message = refusal(review, &config(Tee::Tdx));
+    assert!(
+        message.contains("not a Pod the injector can read"),
+        "{message}"
+    );
+    let out = mutate(AdmissionReview::default(), &config(Tee::Tdx));
+    assert!(!out.response.expect("response").allowed);
+}

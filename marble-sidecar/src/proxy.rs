@@ -1,0 +1,240 @@
+//! The sidecar's TLS proxies (contract §9). Every mesh edge is sidecar-to-sidecar mTLS 1.3
+//! while the service speaks plaintext on loopback:
+//!
+//! * ingress ([`ingress`]): accept → TLS (client certificate chaining to the deployment root)
+//!   → peer identity (the SPIFFE ID) → allow-list → connect to `Forward` → copy;
+//! * egress ([`egress`]): accept on loopback → connect to `Address` → TLS (server certificate
+//!   chaining to the root *and* naming the expected marble type) → copy.
+//!
+//! Identity checks run inside the certificate verifiers, so a refused peer gets a TLS alert and
+//! the service never sees a byte of it. Sessions are never resumed: every connection is a full
+//! handshake against the current certificates and policy. The marble's certificate lives in a
+//! [`CertStore`] that renewal replaces without touching open connections.
+pub mod allow;
+pub mod copy;
+pub mod egress;
+pub mod ingress;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use quarry_api::http::MeshConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Longest time a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time connecting to a forward or egress destination may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the proxies could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A certificate or key from the activation is unusable.
+    #[error("mesh certificate: {0}")]
+    Certificate(String),
+    /// The TLS configuration could not be built.
+    #[error("mesh TLS setup: {0}")]
+    Tls(String),
+    /// A listener could not be bound.
+    #[error("binding the {what} listener {addr}: {source}")]
+    Bind {
+        /// `ingress` or `egress`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// The marble's current certificate chain and key, replaceable while connections are open.
+pub struct CertStore {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// A store holding `key`.
+    pub fn new(key: Arc<CertifiedKey>) -> CertStore {
+        CertStore {
+            current: RwLock::new(key),
+        }
+    }
+
+    /// The certificate used for new handshakes.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the certificate for every later handshake; open connections keep theirs.
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        match self.current.write() {
+            Ok(mut guard) => *guard = key,
+            Err(poisoned) => *poisoned.into_inner() = key,
+        }
+    }
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore").finish_non_exhaustive()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CertStore {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Everything the proxies authenticate with: the marble's certificate, the deployment root CA
+/// and the trust domain.
+#[derive(Debug, Clone)]
+pub struct MeshIdentity {
+    /// The marble's certificate (hot-swappable).
+    pub certs: Arc<CertStore>,
+    /// The deployment root CA, the only trust anchor.
+    pub roots: Arc<rustls::RootCertStore>,
+    /// SPIFFE trust domain of this deployment.
+    pub trust_domain: String,
+    /// The crypto provider (ring).
+    pub provider: Arc<CryptoProvider>,
+}
+
+impl MeshIdentity {
+    /// From the activation response's PEM chain and root CA, and the marble's key.
+    pub fn new(
+        chain_pem: &str,
+        key: PrivateKeyDer<'static>,
+        root_ca_pem: &str,
+        trust_domain: &str,
+    ) -> Result<MeshIdentity, ProxyError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certified = certified_key(&provider, chain_pem, key)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in pem_certs(root_ca_pem)? {
+            roots
+                .add(cert)
+                .map_err(|e| ProxyError::Certificate(format!("root CA: {e}")))?;
+        }
+        Ok(MeshIdentity {
+            certs: Arc::new(CertStore::new(certified)),
+            roots: Arc::new(roots),
+            trust_domain: trust_domain.to_string(),
+            provider,
+        })
+    }
+}
+
+/// A certificate chain (PEM, leaf first) with its private key, ready for rustls.
+pub fn certified_key(
+    provider: &CryptoProvider,
+    chain_pem: &str,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, ProxyError> {
+    let chain = pem_certs(chain_pem)?;
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| ProxyError::Certificate(format!("private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified
+        .keys_match()
+        .map_err(|e| ProxyError::Certificate(format!("the key does not match the leaf: {e}")))?;
+    Ok(Arc::new(certified))
+}
+
+fn pem_certs(text: &str) -> Result<Vec<CertificateDer<'static>>, ProxyError> {
+    let certs = rustls_pemfile::certs(&mut text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ProxyError::Certificate(format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(ProxyError::Certificate("no PEM CERTIFICATE".into()));
+    }
+    Ok(certs)
+}
+
+/// The running proxies; dropping this stops accepting (open connections run to completion).
+#[derive(Debug)]
+pub struct Proxies {
+    tasks: tokio::task::JoinSet<()>,
+    inbound: Vec<SocketAddr>,
+    outbound: Vec<SocketAddr>,
+}
+
+impl Proxies {
+    /// Binds every listener of `config` (failing on the first that cannot be bound) and starts
+    /// serving them.
+    pub async fn start(
+        config: &MeshConfig,
+        identity: &MeshIdentity,
+    ) -> Result<Proxies, ProxyError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut inbound = Vec::new();
+        for entry in &config.inbound {
+            let port = ingress::Ingress::bind(entry, identity).await?;
+            inbound.push(port.local_addr());
+            tasks.spawn(port.serve());
+        }
+        let mut outbound = Vec::new();
+        for entry in &config.outbound {
+            let port = egress::Egress::bind(entry, identity).await?;
+            outbound.push(port.local_addr());
+            tasks.spawn(port.serve());
+        }
+        tracing::info!(
+            inbound = ?inbound,
+            outbound = ?outbound,
+            "mesh proxies listening"
+        );
+        Ok(Proxies {
+            tasks,
+            inbound,
+            outbound,
+        })
+    }
+
+    /// Bound addresses of the ingress ports, in manifest order.
+    pub fn inbound_addrs(&self) -> &[SocketAddr] {
+        &self.inbound
+    }
+
+    /// Bound addresses of the egress ports, in manifest order.
+    pub fn outbound_addrs(&self) -> &[SocketAddr] {
+        &self.outbound
+    }
+
+    /// Serves until every listener stops (which only happens when a task panics).
+    pub async fn wait(mut self) {
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "a mesh proxy listener stopped");
+            }
+        }
+    }
+}
+
+/// Waits before accepting again after an accept error (e.g. out of file descriptors).
+async fn accept_backoff(what: &'static str, addr: SocketAddr, error: &std::io::Error) {
+    tracing::warn!(proxy = what, %addr, %error, "accept failed; retrying");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

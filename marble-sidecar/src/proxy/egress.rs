@@ -1,0 +1,235 @@
+//! Egress: a loopback port the service connects to in plaintext. accept (loopback only) →
+//! connect to `Address` → TLS 1.3 with the marble's certificate, the server's chaining to the
+//! deployment root and naming a marble of the expected type (the host name is not what
+//! identifies it) → copy.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quarry_api::http::MeshOutboundConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+
+use super::allow;
+use super::{MeshIdentity, ProxyError, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
+
+/// One bound egress port.
+pub struct Egress {
+    listener: TcpListener,
+    connector: TlsConnector,
+    address: String,
+    server_name: ServerName<'static>,
+    marble: String,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("listen", &self.local_addr())
+            .field("address", &self.address)
+            .field("marble", &self.marble)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Egress {
+    /// Builds the TLS configuration of `entry` and binds its loopback listener.
+    pub async fn bind(entry: &MeshOutboundConfig, id: &MeshIdentity) -> Result<Egress, ProxyError> {
+        // Plaintext in: never reachable from outside the pod, whatever the manifest says.
+        if !entry.listen.ip().is_loopback() {
+            return Err(ProxyError::Bind {
+                what: "egress",
+                addr: entry.listen,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "egress listeners must be loopback addresses",
+                ),
+            });
+        }
+        let config = client_config(entry, id)?;
+        let listener =
+            TcpListener::bind(entry.listen)
+                .await
+                .map_err(|source| ProxyError::Bind {
+                    what: "egress",
+                    addr: entry.listen,
+                    source,
+                })?;
+        Ok(Egress {
+            listener,
+            connector: TlsConnector::from(Arc::new(config)),
+            address: entry.address.clone(),
+            server_name: server_name(&entry.address),
+            marble: entry.marble.clone(),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Accepts connections forever, each in its own task.
+    pub async fn serve(self) {
+        let me = Arc::new(self);
+        loop {
+            match me.listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(me.clone().connection(tcp, peer));
+                }
+                Err(e) => super::accept_backoff("egress", me.local_addr(), &e).await,
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, mut local: TcpStream, peer: SocketAddr) {
+        let listen = self.local_addr();
+        let target = self.marble.as_str();
+        // Connect to the server's mesh port.
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(proxy = "egress", %listen, marble = target, address = %self.address, error = %e, "cannot reach the server");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(proxy = "egress", %listen, marble = target, address = %self.address, "connecting to the server timed out");
+                return;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        // TLS; the verifier checks the chain and the server's marble type.
+        let handshake = self.connector.connect(self.server_name.clone(), tcp);
+        let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::warn!(proxy = "egress", %listen, marble = target, address = %self.address, error = %e, "handshake with the server failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(proxy = "egress", %listen, marble = target, address = %self.address, "handshake with the server timed out");
+                return;
+            }
+        };
+        tracing::debug!(proxy = "egress", %listen, marble = target, "connection established");
+        // Copy.
+        super::copy::relay("egress", peer, target, &mut local, &mut tls).await;
+    }
+}
+
+/// The TLS 1.3 client configuration of one egress port.
+fn client_config(
+    entry: &MeshOutboundConfig,
+    id: &MeshIdentity,
+) -> Result<rustls::ClientConfig, ProxyError> {
+    let verifier = MeshServerVerifier::new(id, &entry.marble)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(id.provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ProxyError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(id.certs.clone());
+    // Every connection is a full handshake: the server is always verified afresh.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+/// SNI for `host:port`; mesh servers are identified by SPIFFE ID, not by this name.
+fn server_name(address: &str) -> ServerName<'static> {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::from(std::net::IpAddr::from([127, 0, 0, 1])))
+}
+
+/// Server certificate verifier of an egress port: the chain must reach the deployment root
+/// (webpki, serverAuth), and the leaf must carry the SPIFFE ID of a marble of the expected
+/// type in this trust domain. The host name is deliberately not checked.
+#[derive(Debug)]
+pub struct MeshServerVerifier {
+    signatures: Arc<WebPkiServerVerifier>,
+    roots: Arc<rustls::RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    trust_domain: String,
+    expected: String,
+}
+
+impl MeshServerVerifier {
+    /// A verifier trusting `id.roots` only, expecting a server of type `expected`.
+    pub fn new(id: &MeshIdentity, expected: &str) -> Result<Self, ProxyError> {
+        let signatures =
+            WebPkiServerVerifier::builder_with_provider(id.roots.clone(), id.provider.clone())
+                .build()
+                .map_err(|e| ProxyError::Tls(format!("server verifier: {e}")))?;
+        Ok(MeshServerVerifier {
+            signatures,
+            roots: id.roots.clone(),
+            provider: id.provider.clone(),
+            trust_domain: id.trust_domain.clone(),
+            expected: expected.to_string(),
+        })
+    }
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let peer = allow::peer_identity(end_entity, &self.trust_domain).map_err(|e| {
+            tracing::warn!(proxy = "egress", marble = %self.expected, error = %e, "server refused: no marble identity");
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
+        allow::check_server(&peer, &self.expected).map_err(|e| {
+            tracing::warn!(proxy = "egress", server = %peer, reason = %e, "server refused");
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.signatures.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.signatures.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.signatures.supported_verify_schemes()
+    }
+}

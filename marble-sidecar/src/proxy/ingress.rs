@@ -1,0 +1,245 @@
+//! Ingress: a mesh port. accept → TLS 1.3 (client certificate chaining to the deployment root
+//! via the mesh CA) → peer identity (single SPIFFE URI SAN in our trust domain) → allow-list →
+//! connect to `Forward` → copy. Identity and allow-list run inside the client certificate
+//! verifier, so a refused peer gets a TLS alert before `Forward` is even connected.
+//! External ports (`AllowFrom: ["*external*"]`) serve their certificate secret and ask for no
+//! client certificate.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quarry_api::http::{MeshAllow, MeshInboundConfig};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::allow::{self, Policy};
+use super::{MeshIdentity, ProxyError, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
+
+/// One bound mesh port.
+pub struct Ingress {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    forward: SocketAddr,
+    trust_domain: String,
+    external: bool,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress")
+            .field("listen", &self.local_addr())
+            .field("forward", &self.forward)
+            .field("external", &self.external)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingress {
+    /// Builds the TLS configuration of `entry` and binds its port on all interfaces.
+    pub async fn bind(entry: &MeshInboundConfig, id: &MeshIdentity) -> Result<Ingress, ProxyError> {
+        let config = server_config(entry, id)?;
+        let addr = SocketAddr::from(([0, 0, 0, 0], entry.port));
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                what: "ingress",
+                addr,
+                source,
+            })?;
+        Ok(Ingress {
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            forward: entry.forward,
+            trust_domain: id.trust_domain.clone(),
+            external: matches!(entry.allow, MeshAllow::External(_)),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Accepts connections forever, each in its own task.
+    pub async fn serve(self) {
+        let me = Arc::new(self);
+        loop {
+            match me.listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(me.clone().connection(tcp, peer));
+                }
+                Err(e) => super::accept_backoff("ingress", me.local_addr(), &e).await,
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let port = self.local_addr().port();
+        // TLS; identity and allow-list are checked by the verifier during the handshake.
+        let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(proxy = "ingress", port, %peer, error = %e, "handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(proxy = "ingress", port, %peer, "handshake timed out");
+                return;
+            }
+        };
+        let who = if self.external {
+            "external".to_string()
+        } else {
+            // The verifier already accepted this identity; re-derive it for the logs.
+            match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => match allow::peer_identity(cert, &self.trust_domain) {
+                    Ok(id) => id.to_string(),
+                    Err(e) => {
+                        tracing::warn!(proxy = "ingress", port, %peer, error = %e, "peer identity lost after handshake");
+                        return;
+                    }
+                },
+                None => {
+                    tracing::warn!(proxy = "ingress", port, %peer, "no client certificate after handshake");
+                    return;
+                }
+            }
+        };
+        // Connect to the service.
+        let mut upstream = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect(self.forward),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(proxy = "ingress", port, %peer, who, forward = %self.forward, error = %e, "cannot reach the service");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(proxy = "ingress", port, %peer, who, forward = %self.forward, "connecting to the service timed out");
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        tracing::debug!(proxy = "ingress", port, %peer, who, "connection accepted");
+        // Copy.
+        super::copy::relay("ingress", peer, &who, &mut tls, &mut upstream).await;
+    }
+}
+
+/// The TLS 1.3 server configuration of one mesh port.
+fn server_config(
+    entry: &MeshInboundConfig,
+    id: &MeshIdentity,
+) -> Result<rustls::ServerConfig, ProxyError> {
+    let builder = rustls::ServerConfig::builder_with_provider(id.provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let mut config = match Policy::from_wire(&entry.allow) {
+        Some(policy) => {
+            let verifier = MeshClientVerifier::new(id, policy, entry.port)?;
+            builder
+                .with_client_cert_verifier(Arc::new(verifier))
+                .with_cert_resolver(id.certs.clone())
+        }
+        None => {
+            let MeshAllow::External(ext) = &entry.allow else {
+                return Err(ProxyError::Tls("inconsistent allow-list".into()));
+            };
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ext.private_key.clone()));
+            let certified = super::certified_key(&id.provider, &ext.certificate_chain, key)?;
+            builder
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(super::CertStore::new(certified)))
+        }
+    };
+    // Every connection is a full handshake: the verifier (identity, allow-list) always runs.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// Client certificate verifier of a mesh port: the chain must reach the deployment root
+/// (webpki), then the certificate must name a marble of this trust domain whose type the
+/// port's policy admits.
+#[derive(Debug)]
+pub struct MeshClientVerifier {
+    chain: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+    policy: Policy,
+    port: u16,
+}
+
+impl MeshClientVerifier {
+    /// A verifier trusting `id.roots` only, admitting per `policy`.
+    pub fn new(id: &MeshIdentity, policy: Policy, port: u16) -> Result<Self, ProxyError> {
+        let chain =
+            WebPkiClientVerifier::builder_with_provider(id.roots.clone(), id.provider.clone())
+                .build()
+                .map_err(|e| ProxyError::Tls(format!("client verifier: {e}")))?;
+        Ok(MeshClientVerifier {
+            chain,
+            trust_domain: id.trust_domain.clone(),
+            policy,
+            port,
+        })
+    }
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let peer = allow::peer_identity(end_entity, &self.trust_domain).map_err(|e| {
+            tracing::warn!(proxy = "ingress", port = self.port, error = %e, "peer refused: no marble identity");
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
+        self.policy.check(&peer).map_err(|e| {
+            tracing::warn!(proxy = "ingress", port = self.port, peer = %peer, reason = %e, "peer refused by AllowFrom");
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
