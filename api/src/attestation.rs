@@ -324,9 +324,11 @@ pub fn verify_attestation(
                     "the coordinator has no manifest yet".into(),
                 ))
             }
-            Some(d) if *d != local_digest => return Err(AttestationError::Manifest(format!(
+            Some(d) if *d != local_digest => {
+                return Err(AttestationError::Manifest(format!(
                 "the local manifest (SHA-256 {local_digest}) differs from the deployed one ({d})"
-            ))),
+            )))
+            }
             Some(_) => {}
         }
     }
@@ -489,7 +491,13 @@ mod tests {
         verify_log(&entries, &st).unwrap();
         let mut forged = entries.clone();
         forged[0].event = serde_json::json!({"type": "manifest-set", "x": 1});
-        assert!(matches!(verify_log(&forged, &st), Err(AttestationError::Log(_))));
-        assert!(matches!(verify_log(&[], &st), Err(AttestationError::Log(_))));
+        assert!(matches!(
+            verify_log(&forged, &st),
+            Err(AttestationError::Log(_))
+        ));
+        assert!(matches!(
+            verify_log(&[], &st),
+            Err(AttestationError::Log(_))
+        ));
     }
 }

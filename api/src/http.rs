@@ -14,8 +14,8 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 pub struct JSend<T> {
     /// `success`, `fail` (client error) or `error` (server error).
     pub status: String,
-    /// Payload on success (and details on fail).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Payload on success (and details on fail). A missing field reads as `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<T>,
     /// Human-readable message on fail/error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,6 +351,58 @@ pub struct MeshOutboundConfig {
     pub marble: String,
     /// `host:port` of the server's mesh port.
     pub address: String,
+}
+
+/// `POST /api/v2/renew` (mesh API, mTLS with the marble's current leaf certificate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewRequest {
+    /// Fresh evidence whose report data binds the leaf's key and `nonce`.
+    pub evidence: Evidence,
+    /// Nonce from `GET /api/v2/activate/nonce` asked on a leaf-authenticated connection, hex.
+    pub nonce: String,
+}
+
+/// Response of `POST /api/v2/renew`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewResponse {
+    /// PEM: the new leaf certificate (same key, UUID and type), then the mesh CA.
+    pub certificate_chain: String,
+    /// PEM: the deployment's root CA.
+    pub root_ca: String,
+    /// The marble's SPIFFE ID (unchanged).
+    pub spiffe_id: String,
+    /// Serial of the new leaf, hex.
+    pub serial: String,
+    /// End of the new leaf's validity, Unix seconds.
+    pub not_after: i64,
+}
+
+/// `POST /api/v2/revoke` (client API, a user allowed `RevokeMarble`): exactly one of the two.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Revoke a marble instance: every certificate it holds, and it can never renew or activate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Revoke one certificate by its serial (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// Response of `POST /api/v2/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokeResponse {
+    /// Marble type of the revoked instance or certificate.
+    pub marble_type: String,
+    /// The revoked UUID (also for a serial: the instance the certificate belongs to).
+    pub uuid: String,
+    /// Serials (hex) that the CRL lists because of this revocation.
+    pub serials: Vec<String>,
+    /// True when it was revoked before; nothing changed.
+    pub already_revoked: bool,
 }
 
 #[cfg(test)]

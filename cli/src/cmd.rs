@@ -4,6 +4,7 @@ pub mod completions;
 pub mod evidence;
 pub mod manifest;
 pub mod package_info;
+pub mod recover;
 pub mod secret;
 pub mod sim;
 pub mod status;

@@ -62,6 +62,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Print the transparency log; --verify checks it against the attested root.
     Log(cmd::verify::LogArgs),
+    /// Upload a signed recovery secret to a coordinator in Recovery (state 1).
+    Recover(cmd::recover::Args),
     /// Manage a simulated TEE platform (development only).
     Sim(cmd::sim::Args),
     /// Print a shell completion script.
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Secret(a) => cmd::secret::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Log(a) => cmd::verify::run_log(a),
+        Command::Recover(a) => cmd::recover::run(a),
         Command::Sim(a) => cmd::sim::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
     };

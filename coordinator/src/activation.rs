@@ -61,6 +61,12 @@ pub async fn activate(
     })?;
     let uuid = uuid::Uuid::parse_str(&req.uuid)
         .map_err(|e| ApiError::BadRequest(format!("uuid {:?} is not a UUID: {e}", req.uuid)))?;
+    crate::revocation::ensure_not_revoked(store.as_ref(), &uuid, None)
+        .await
+        .map_err(|e| match e {
+            ApiError::Forbidden(m) => refuse(marble_type, &req.uuid, m),
+            other => other,
+        })?;
     let spki = spki_of(peer_cert)?;
     let spki_hash: [u8; 32] = Sha256::digest(&spki).into();
     let nonce = match &req.nonce {
@@ -109,6 +115,9 @@ pub async fn activate(
         )
     })?;
 
+    // Everything that can fail for reasons of the deployment's configuration runs before the
+    // activation budget is spent.
+    let mesh = crate::mesh::config(manifest, marble, &deployment)?;
     if marble.max_activations > 0 {
         spend_activation(store.as_ref(), marble_type, marble.max_activations)
             .await
@@ -144,7 +153,11 @@ pub async fn activate(
         "simulation": claims.simulation,
     });
     view.log
-        .commit_with_events(store.as_ref(), Txn::new(), vec![event])
+        .commit_with_events(
+            store.as_ref(),
+            Txn::new().require_absent(&crate::revocation::uuid_key(&uuid)),
+            vec![event],
+        )
         .await?;
     let root_der = view.identity.root.cert_der().to_vec();
     let private = private_secrets(
@@ -177,7 +190,7 @@ pub async fn activate(
         spiffe_id,
         parameters,
         simulation: claims.simulation,
-        mesh: crate::mesh::config(manifest, marble, &deployment)?,
+        mesh,
     })
 }
 

@@ -77,6 +77,10 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "QUARRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Plain-HTTP listen address of /metrics (Prometheus), /healthz and /readyz; off unless set
+    /// (the conventional port is 9100).
+    #[arg(long, env = "QUARRY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Config {

@@ -226,7 +226,13 @@ impl Core {
             }
             _ => SealMode::ProductKey,
         };
-        let file = seal::seal_dek(&dek, &self.tee.seal_keys, self.tee.sealing, mode, Some(data))?;
+        let file = seal::seal_dek(
+            &dek,
+            &self.tee.seal_keys,
+            self.tee.sealing,
+            mode,
+            Some(data),
+        )?;
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
         write_atomic(&self.data_dir.join(SEALED_KEY_FILE), &bytes).map_err(|e| e.to_string())?;
         tracing::warn!(
@@ -505,7 +511,13 @@ async fn open_state(data_dir: &Path, dek: Secret) -> Result<Inner, String> {
         None => Phase::AcceptingManifest,
         Some(raw) => Phase::Running(Arc::new(load_deployment(&store, raw.value).await?)),
     };
-    track_head(data_dir, &dek, &store, &log, Some(head::read(data_dir, &dek)?))?;
+    track_head(
+        data_dir,
+        &dek,
+        &store,
+        &log,
+        Some(head::read(data_dir, &dek)?),
+    )?;
     tracing::info!(
         records = report.records,
         revision = store.revision(),
@@ -586,12 +598,12 @@ fn normalize_sealing(data_dir: &Path, tee: &Tee, inner: &Inner, file: &SealedKey
     }
     let written = seal::seal_dek(dek, &tee.seal_keys, tee.sealing, mode, recovery)
         .and_then(|f| serde_json::to_vec_pretty(&f).map_err(|e| e.to_string()))
-        .and_then(|b| {
-            write_atomic(&data_dir.join(SEALED_KEY_FILE), &b).map_err(|e| e.to_string())
-        });
+        .and_then(|b| write_atomic(&data_dir.join(SEALED_KEY_FILE), &b).map_err(|e| e.to_string()));
     match written {
         Ok(()) => tracing::info!(seal_mode = mode.as_str(), "data encryption key re-sealed"),
-        Err(e) => tracing::warn!(error = %e, "could not re-seal the data encryption key; the previous sealed-key.json stays in use"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not re-seal the data encryption key; the previous sealed-key.json stays in use")
+        }
     }
 }
 

@@ -8,8 +8,13 @@ pub mod core;
 pub mod error;
 pub mod manifest_ops;
 pub mod mesh;
+pub mod metrics;
+pub mod openapi;
+pub mod query;
 pub mod pki;
 pub mod recovery;
+pub mod renewal;
+pub mod revocation;
 pub mod routes;
 pub mod sealing;
 pub mod secrets;
@@ -37,6 +42,7 @@ pub struct App {
     mesh: TcpListener,
     client_tls: Arc<rustls::ServerConfig>,
     mesh_tls: Arc<rustls::ServerConfig>,
+    metrics: Option<TcpListener>,
 }
 
 impl App {
@@ -59,12 +65,14 @@ impl App {
         let mesh = TcpListener::bind(config.mesh_addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding the mesh API to {}: {e}", config.mesh_addr))?;
+        let metrics = metrics::bind(config.metrics_addr).await?;
         Ok(App {
             core,
             client,
             mesh,
             client_tls,
             mesh_tls,
+            metrics,
         })
     }
 
@@ -76,6 +84,11 @@ impl App {
     /// Address of the mesh API listener.
     pub fn mesh_addr(&self) -> std::io::Result<SocketAddr> {
         self.mesh.local_addr()
+    }
+
+    /// Address of the metrics listener, when `--metrics-addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The shared coordinator state.
@@ -97,7 +110,8 @@ impl App {
             routes::mesh_router(self.core.clone()),
             "mesh",
         );
-        tokio::join!(client, mesh);
+        let metrics = metrics::serve(self.metrics, self.core.clone());
+        tokio::join!(client, mesh, metrics);
     }
 }
 

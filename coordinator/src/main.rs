@@ -23,6 +23,9 @@ async fn main() -> std::process::ExitCode {
         }
         _ => tracing::info!("coordinator listening"),
     }
+    if let Some(addr) = app.metrics_addr() {
+        tracing::info!(metrics = %addr, "metrics listening");
+    }
     tokio::select! {
         _ = app.run() => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),

@@ -93,6 +93,11 @@ impl CaKey {
             .map_err(|e| PkiError::Key(format!("signing: {e}")))
     }
 
+    /// Signs a certificate revocation list with this CA (DER).
+    pub fn sign_crl(&self, crl: &rcgen::CertificateRevocationListParams) -> Result<Vec<u8>, PkiError> {
+        Ok(crl.signed_by(&self.issuer()?)?.der().to_vec())
+    }
+
     /// Serialize for the sealed store.
     pub fn to_bytes(&self) -> Secret {
         let stored = StoredCa {

@@ -107,21 +107,30 @@ fn secret_hash(name: &str, secret: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
-fn mac(data: &RecoveryData, dek: &Secret) -> Result<ring::hmac::Tag, RecoveryError> {
+/// The MAC key (from the DEK) and the authenticated bytes of `data`.
+fn mac_input(
+    data: &RecoveryData,
+    dek: &Secret,
+) -> Result<(ring::hmac::Key, Vec<u8>), RecoveryError> {
     let key = seal::derive_key(dek, b"quarry recovery data v1").map_err(RecoveryError::Internal)?;
     let body = serde_json::to_vec(&(&data.scheme, data.threshold, &data.keys))
         .map_err(|e| RecoveryError::Internal(e.to_string()))?;
-    Ok(ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose()),
-        &body,
+    Ok((
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose()),
+        body,
     ))
+}
+
+fn mac(data: &RecoveryData, dek: &Secret) -> Result<ring::hmac::Tag, RecoveryError> {
+    let (key, body) = mac_input(data, dek)?;
+    Ok(ring::hmac::sign(&key, &body))
 }
 
 impl RecoveryData {
     /// True when the MAC verifies under `dek` (the data is unmodified and `dek` is the DEK).
     pub fn verify(&self, dek: &Secret) -> bool {
-        match (mac(self, dek), hex::decode(&self.mac)) {
-            (Ok(tag), Ok(stored)) => ring::constant_time::verify_slices_are_equal(tag.as_ref(), &stored).is_ok(),
+        match (mac_input(self, dek), hex::decode(&self.mac)) {
+            (Ok((key, body)), Ok(stored)) => ring::hmac::verify(&key, &body, &stored).is_ok(),
             _ => false,
         }
     }
@@ -136,7 +145,11 @@ impl RecoveryData {
 
     /// Checks that the manifest's recovery keys are exactly the ones of this data.
     pub fn matches_manifest(&self, manifest: &Manifest) -> Result<(), String> {
-        let der = |pem_text: &str| pem::parse(pem_text.trim()).map(|p| p.contents().to_vec()).ok();
+        let der = |pem_text: &str| {
+            pem::parse(pem_text.trim())
+                .map(|p| p.contents().to_vec())
+                .ok()
+        };
         let same = self.keys.len() == manifest.recovery_keys.len()
             && self.keys.iter().all(|(name, e)| {
                 manifest
@@ -184,7 +197,11 @@ pub fn wrap(
         .collect::<Result<_, RecoveryError>>()?;
     let t = usize::try_from(threshold).unwrap_or(usize::MAX);
     let (scheme, needed, secrets): (Scheme, usize, Vec<Zeroizing<Vec<u8>>>) = if n == 1 {
-        (Scheme::Single, 1, vec![Zeroizing::new(dek.expose().to_vec())])
+        (
+            Scheme::Single,
+            1,
+            vec![Zeroizing::new(dek.expose().to_vec())],
+        )
     } else if t == 0 || t == n {
         let mut shares = Vec::with_capacity(n);
         let mut last = Zeroizing::new(dek.expose().to_vec());
@@ -197,8 +214,8 @@ pub fn wrap(
         shares.push(last);
         (Scheme::Xor, n, shares)
     } else if (2..n).contains(&t) {
-        let shares = shamir::split(dek.expose(), t, n, &mut fill_random)
-            .map_err(RecoveryError::Internal)?;
+        let shares =
+            shamir::split(dek.expose(), t, n, &mut fill_random).map_err(RecoveryError::Internal)?;
         (Scheme::Shamir, t, shares)
     } else {
         return Err(RecoveryError::BadInput(format!(
@@ -279,7 +296,9 @@ impl Session {
             self.data = Some(data.clone());
         }
         let want = data.secret_len();
-        let plain: Zeroizing<Vec<u8>> = if secret.len() == DEK_LEN || secret.len() == SHAMIR_SHARE_LEN {
+        let plain: Zeroizing<Vec<u8>> = if secret.len() == DEK_LEN
+            || secret.len() == SHAMIR_SHARE_LEN
+        {
             Zeroizing::new(secret.to_vec())
         } else {
             let key = self.ephemeral.as_ref().ok_or_else(|| {
@@ -288,7 +307,7 @@ impl Session {
                     secret.len()
                 ))
             })?;
-            Zeroizing::new(key.decrypt(Oaep::new::<RsaSha256>(), secret).map_err(|_| {
+            Zeroizing::new(key.decrypt_blinded(&mut rand_core::OsRng, Oaep::new::<RsaSha256>(), secret).map_err(|_| {
                 RecoveryError::BadInput(
                     "the recovery secret does not decrypt with the ephemeral key (RSA-OAEP-SHA256); fetch the current key from GET /api/v2/recover/public-key".into(),
                 )
@@ -303,8 +322,10 @@ impl Session {
         }
         let digest = Sha256::digest(plain.as_slice());
         let signer = data.keys.iter().find(|(_, e)| {
-            RsaPublicKey::from_public_key_pem(e.public_key.trim())
-                .is_ok_and(|k| k.verify(Pkcs1v15Sign::new::<RsaSha256>(), &digest, signature).is_ok())
+            RsaPublicKey::from_public_key_pem(e.public_key.trim()).is_ok_and(|k| {
+                k.verify(Pkcs1v15Sign::new::<RsaSha256>(), &digest, signature)
+                    .is_ok()
+            })
         });
         let Some((name, entry)) = signer else {
             return Err(RecoveryError::Refused(format!(
@@ -344,7 +365,11 @@ impl Session {
             }
             Scheme::Shamir => {
                 let shares: Vec<&[u8]> = self.accepted.values().map(|s| s.as_slice()).collect();
-                Secret::new(shamir::combine(&shares).map_err(RecoveryError::Internal)?.to_vec())
+                Secret::new(
+                    shamir::combine(&shares)
+                        .map_err(RecoveryError::Internal)?
+                        .to_vec(),
+                )
             }
         };
         if !data.verify(&dek) {
@@ -398,7 +423,11 @@ pub fn reseal_for_manifest(
     });
     let (data, secrets) = if changed {
         match tokio::task::block_in_place(|| {
-            wrap(&dek, &manifest.recovery_keys, manifest.config.recovery_threshold)
+            wrap(
+                &dek,
+                &manifest.recovery_keys,
+                manifest.config.recovery_threshold,
+            )
         })? {
             Some((data, cts)) => (
                 Some(data),
@@ -414,8 +443,14 @@ pub fn reseal_for_manifest(
         (old.and_then(|o| o.recovery), None)
     };
     let tee = &core.tee;
-    let file = seal::seal_dek(&dek, &tee.seal_keys, tee.sealing, manifest.config.seal_mode, data)
-        .map_err(ApiError::Internal)?;
+    let file = seal::seal_dek(
+        &dek,
+        &tee.seal_keys,
+        tee.sealing,
+        manifest.config.seal_mode,
+        data,
+    )
+    .map_err(ApiError::Internal)?;
     let bytes = serde_json::to_vec_pretty(&file).map_err(|e| ApiError::Internal(e.to_string()))?;
     crate::core::write_atomic(&path, &bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
     if manifest.config.seal_mode == quarry_api::manifest::SealMode::Disabled {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::core::{Core, Phase};
 use crate::error::ApiError;
+use crate::query::Query;
 use crate::tls::PeerCert;
 
 /// The client API router.
@@ -40,7 +41,11 @@ pub fn client_router(core: Arc<Core>) -> Router {
         .route("/api/v2/log", get(log_entries))
         .route("/api/v2/log/proof", get(log_proof))
         .route("/api/v2/log/consistency", get(log_consistency))
+        .route("/api/v2/openapi.json", get(crate::openapi::document))
+        .route("/api/v2/revoke", post(crate::revocation::revoke_route))
+        .route("/api/v2/crl", get(crate::revocation::crl_route))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state("client", crate::metrics::track_http))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
 }
@@ -50,8 +55,12 @@ pub fn mesh_router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/api/v2/activate/nonce", get(activate_nonce))
         .route("/api/v2/activate", post(activate))
+        .route("/api/v2/attestation", get(attestation))
         .route("/api/v2/status", get(status))
+        .route("/api/v2/renew", post(crate::renewal::renew_route))
+        .route("/api/v2/crl", get(crate::revocation::crl_route))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state("mesh", crate::metrics::track_http))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
 }
@@ -66,7 +75,7 @@ async fn not_found() -> ApiError {
 
 /// Parses a JSON body whatever its content type (curl's `-d` sends a form type); 413 for
 /// bodies over the limit, 400 naming the line and column of malformed JSON.
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
@@ -184,8 +193,10 @@ async fn activate(
 ) -> Result<Response, ApiError> {
     let req: ActivateRequest = json_body(body)?;
     let cert = peer_cert(&peer)?;
-    let resp = crate::activation::activate(&core, req, cert).await?;
-    Ok(ok(resp))
+    let marble_type = req.marble_type.clone();
+    let result = crate::activation::activate(&core, req, cert).await;
+    crate::metrics::activation(&core, &marble_type, result.as_ref().err());
+    Ok(ok(result?))
 }
 
 #[derive(Deserialize)]
@@ -307,8 +318,9 @@ async fn secrets_get(
     Extension(peer): Extension<PeerCert>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::BadRequest(format!("malformed query: {e}")))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|e| ApiError::BadRequest(format!("malformed query: {e}")))?;
     let names: Vec<String> = pairs
         .into_iter()
         .filter(|(k, _)| k == "s")
@@ -331,7 +343,9 @@ async fn secrets_set(
 
 /// `GET /api/v2/update`.
 async fn update_log(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
-    Ok(ok(serde_json::json!({ "updateLog": crate::update::update_log(&core) })))
+    Ok(ok(
+        serde_json::json!({ "updateLog": crate::update::update_log(&core) }),
+    ))
 }
 
 /// `POST /api/v2/update`.
@@ -341,7 +355,12 @@ async fn update_propose(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ManifestSetRequest = json_body(body)?;
-    Ok(ok(crate::update::propose(&core, peer_der(&peer), req.manifest).await?))
+    Ok(ok(crate::update::propose(
+        &core,
+        peer_der(&peer),
+        req.manifest,
+    )
+    .await?))
 }
 
 /// `GET /api/v2/update-manifest`.
@@ -356,7 +375,12 @@ async fn update_acknowledge(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ManifestSetRequest = json_body(body)?;
-    Ok(ok(crate::update::acknowledge(&core, peer_der(&peer), req.manifest).await?))
+    Ok(ok(crate::update::acknowledge(
+        &core,
+        peer_der(&peer),
+        req.manifest,
+    )
+    .await?))
 }
 
 /// `POST /api/v2/update-cancel`.
@@ -365,7 +389,9 @@ async fn update_cancel(
     Extension(peer): Extension<PeerCert>,
 ) -> Result<Response, ApiError> {
     crate::update::cancel(&core, peer_der(&peer)).await?;
-    Ok(ok(serde_json::json!({"message": "Update successfully cancelled"})))
+    Ok(ok(
+        serde_json::json!({"message": "Update successfully cancelled"}),
+    ))
 }
 
 /// `POST /api/v2/recover`: one signed recovery secret (Recovery only).

@@ -98,7 +98,9 @@ impl GramineSealing {
             expand(mrenclave.expose(), measurement),
             hex::encode(measurement),
             expand(mrsigner.expose(), b"ProductKey"),
-            hex::encode(Sha256::digest([b"mrsigner".as_slice(), mrsigner.expose()].concat())),
+            hex::encode(Sha256::digest(
+                [b"mrsigner".as_slice(), mrsigner.expose()].concat(),
+            )),
         ))
     }
 }
@@ -143,7 +145,10 @@ mod tests {
         assert!(err.contains("_sgx_mrenclave"), "{err}");
         prepared(d.path(), &[1; 16], &[2; 4]);
         let err = GramineSealing::open(d.path(), &[0; 32]).err().unwrap();
-        assert!(err.contains("_sgx_mrsigner") && err.contains("4 bytes"), "{err}");
+        assert!(
+            err.contains("_sgx_mrsigner") && err.contains("4 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

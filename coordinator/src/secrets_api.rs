@@ -192,7 +192,12 @@ fn check_value(name: &str, spec: &SecretSpec, s: &UserSecret) -> Result<SecretVa
                     spec.kind.as_str()
                 )));
             }
-            let key = decode("Key", s.key.as_deref().ok_or_else(|| bad("Key is required".into()))?)?;
+            let key = decode(
+                "Key",
+                s.key
+                    .as_deref()
+                    .ok_or_else(|| bad("Key is required".into()))?,
+            )?;
             if key.is_empty() || key.len() > MAX_SECRET_BYTES {
                 return Err(bad(format!(
                     "Key must be 1..={MAX_SECRET_BYTES} bytes, got {}",
@@ -216,9 +221,16 @@ fn check_value(name: &str, spec: &SecretSpec, s: &UserSecret) -> Result<SecretVa
         }
         SecretKind::CertEcdsa | SecretKind::CertRsa | SecretKind::CertEd25519 => {
             if s.key.is_some() {
-                return Err(bad("a certificate secret takes Cert and Private, not Key".into()));
+                return Err(bad(
+                    "a certificate secret takes Cert and Private, not Key".into()
+                ));
             }
-            let cert = decode("Cert", s.cert.as_deref().ok_or_else(|| bad("Cert is required".into()))?)?;
+            let cert = decode(
+                "Cert",
+                s.cert
+                    .as_deref()
+                    .ok_or_else(|| bad("Cert is required".into()))?,
+            )?;
             let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
                 .map_err(|e| bad(format!("Cert is not a DER X.509 certificate: {e}")))?;
             let spki = parsed.public_key().raw.to_vec();

@@ -52,7 +52,8 @@ impl Tee {
         // platform unseals (MarbleRun's default).
         let mut product_info = identity.signer_id.to_vec();
         product_info.extend_from_slice(&identity.product_id.to_be_bytes());
-        let id = |info: &[u8]| hex::encode(Sha256::digest([&platform.ca_digest()[..], info].concat()));
+        let id =
+            |info: &[u8]| hex::encode(Sha256::digest([&platform.ca_digest()[..], info].concat()));
         let seal_keys = SealKeys::new(
             platform.derive_seal_key(&measurement)?,
             id(&measurement),

@@ -70,7 +70,9 @@ impl TransLog {
     /// Root over the first `size` entries (None when the log is shorter).
     pub fn root_at(&self, size: u64) -> Option<Hash> {
         let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-        let size = usize::try_from(size).ok().filter(|n| *n <= s.leaves.len())?;
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|n| *n <= s.leaves.len())?;
         Some(merkle::root(&s.leaves[..size]))
     }
 

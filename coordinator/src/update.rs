@@ -92,7 +92,11 @@ async fn pending(store: &dyn Store) -> Result<Option<(Pending, u64)>, ApiError> 
 
 /// Applies stored SecurityVersion overrides to a freshly parsed manifest.
 pub async fn apply_svn_overrides(store: &dyn Store, manifest: &mut Manifest) -> Result<(), String> {
-    for (k, v) in store.scan(keys::SVN_PREFIX).await.map_err(|e| e.to_string())? {
+    for (k, v) in store
+        .scan(keys::SVN_PREFIX)
+        .await
+        .map_err(|e| e.to_string())?
+    {
         let name = k.trim_start_matches(keys::SVN_PREFIX);
         let svn: [u8; 8] = v
             .value
@@ -108,7 +112,11 @@ pub async fn apply_svn_overrides(store: &dyn Store, manifest: &mut Manifest) -> 
 
 /// `POST /api/v2/update`: a package-only update is applied at once; a full manifest starts
 /// (or, with enough acknowledgements, completes) a multi-party update.
-pub async fn propose(core: &Core, peer: Option<&[u8]>, raw: Vec<u8>) -> Result<UpdateResponse, ApiError> {
+pub async fn propose(
+    core: &Core,
+    peer: Option<&[u8]>,
+    raw: Vec<u8>,
+) -> Result<UpdateResponse, ApiError> {
     let _guard = core.manifest_lock.lock().await;
     let d = running(core)?;
     let user = authenticate(&d.manifest, peer)?;
@@ -168,7 +176,11 @@ pub async fn propose(core: &Core, peer: Option<&[u8]>, raw: Vec<u8>) -> Result<U
 }
 
 /// `POST /api/v2/update-manifest`: acknowledge the pending update with its exact bytes.
-pub async fn acknowledge(core: &Core, peer: Option<&[u8]>, raw: Vec<u8>) -> Result<UpdateResponse, ApiError> {
+pub async fn acknowledge(
+    core: &Core,
+    peer: Option<&[u8]>,
+    raw: Vec<u8>,
+) -> Result<UpdateResponse, ApiError> {
     let _guard = core.manifest_lock.lock().await;
     let d = running(core)?;
     let user = authenticate(&d.manifest, peer)?;
@@ -265,9 +277,9 @@ pub fn update_log(core: &Core) -> Vec<String> {
         .entries(0)
         .into_iter()
         .filter(|e| {
-            e.event["type"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("manifest") || t == "package-update" || t == "secret-set")
+            e.event["type"].as_str().is_some_and(|t| {
+                t.starts_with("manifest") || t == "package-update" || t == "secret-set"
+            })
         })
         .map(|e| e.event.to_string())
         .collect()
@@ -287,11 +299,10 @@ async fn package_update(
     let mut txn = Txn::new();
     let mut events = Vec::new();
     for (name, svn) in &update.security_versions {
-        let pkg = next
-            .manifest
-            .packages
-            .get_mut(name)
-            .ok_or_else(|| ApiError::BadRequest(format!("/Packages/{name}: no such package")))?;
+        let pkg =
+            next.manifest.packages.get_mut(name).ok_or_else(|| {
+                ApiError::BadRequest(format!("/Packages/{name}: no such package"))
+            })?;
         let current = pkg.security_version.ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "/Packages/{name}: the package is pinned by UniqueID and has no SecurityVersion; use a full manifest update"
@@ -303,7 +314,10 @@ async fn package_update(
             )));
         }
         pkg.security_version = Some(*svn);
-        txn = txn.put(&format!("{}{name}", keys::SVN_PREFIX), svn.to_be_bytes().to_vec());
+        txn = txn.put(
+            &format!("{}{name}", keys::SVN_PREFIX),
+            svn.to_be_bytes().to_vec(),
+        );
         events.push(serde_json::json!({
             "type": "package-update",
             "time": crate::translog::now_unix(),
@@ -390,7 +404,10 @@ async fn apply_full(
                     SecretValue {
                         kind: spec.kind.as_str().into(),
                         cert: None,
-                        public: spec.initial_public.clone().unwrap_or_else(|| private.clone()),
+                        public: spec
+                            .initial_public
+                            .clone()
+                            .unwrap_or_else(|| private.clone()),
                         private: private.clone(),
                     },
                 );

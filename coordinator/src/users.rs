@@ -66,17 +66,20 @@ pub fn authorize(
         return Err(ApiError::Unauthorized(format!("unknown user {user}")));
     };
     let grants = |name: Option<&str>| {
-        u.roles.iter().filter_map(|r| manifest.roles.get(r)).any(|role| {
-            role.resource_type == action.resource_type()
-                && role
-                    .actions
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(action.as_str()))
-                && match name {
-                    None => true,
-                    Some(n) => role.resource_names.iter().any(|r| r == n),
-                }
-        })
+        u.roles
+            .iter()
+            .filter_map(|r| manifest.roles.get(r))
+            .any(|role| {
+                role.resource_type == action.resource_type()
+                    && role
+                        .actions
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case(action.as_str()))
+                    && match name {
+                        None => true,
+                        Some(n) => role.resource_names.iter().any(|r| r == n),
+                    }
+            })
     };
     if action == Action::UpdateManifest {
         return if grants(None) {

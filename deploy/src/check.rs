@@ -218,7 +218,10 @@ pub fn check(doc: &Table, expect: &Expect<'_>) -> Vec<Problem> {
         }),
     }
 
-    let runtime_uri = mounts.iter().find(|m| m.path == "/lib").map(|m| m.uri.clone());
+    let runtime_uri = mounts
+        .iter()
+        .find(|m| m.path == "/lib")
+        .map(|m| m.uri.clone());
     let lib_dirs: Vec<String> = get_str("loader.env.LD_LIBRARY_PATH")
         .unwrap_or_default()
         .split(':')
@@ -237,7 +240,7 @@ pub fn check(doc: &Table, expect: &Expect<'_>) -> Vec<Problem> {
             if from_runtime {
                 is_trusted(&uri)
             } else {
-                trusted.iter().any(|t| *t == uri)
+                trusted.contains(&uri)
             }
         });
         if !ok {

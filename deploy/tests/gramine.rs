@@ -23,12 +23,15 @@ fn gramine_dir() -> PathBuf {
 /// packages, plus Quarry's release values (docs/RELEASE.md).
 fn vars() -> BTreeMap<&'static str, &'static str> {
     BTreeMap::from([
-        ("gramine.libos", "/usr/lib/x86_64-linux-gnu/gramine/libsysdb.so"),
+        (
+            "gramine.libos",
+            "/usr/lib/x86_64-linux-gnu/gramine/libsysdb.so",
+        ),
         (
             "gramine.runtimedir()",
             "/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc",
         ),
-        ("arch_libdir", "/lib/x86_64-linux-gnu"),
+        ("arch_libdir", "/opt/quarry/lib"),
         ("quarry_bindir", "/opt/quarry/bin"),
         ("data_dir", "/var/lib/quarry"),
         ("collateral_dir", "/var/cache/quarry/collateral"),
@@ -44,8 +47,7 @@ fn vars() -> BTreeMap<&'static str, &'static str> {
 
 fn rendered(name: &str) -> String {
     let path = gramine_dir().join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     render(&text, &vars()).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -57,7 +59,10 @@ fn parse(name: &str, text: &str) -> toml::Table {
 /// Shared libraries `ldd` reports for a workspace binary built by `cargo build --workspace`.
 fn libraries(bin: &str) -> Vec<String> {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
     let path = dir.join(bin);
     assert!(
         path.exists(),
@@ -76,7 +81,11 @@ fn libraries(bin: &str) -> Vec<String> {
         .filter(|l| !l.starts_with("linux-vdso"))
         .map(|l| l.rsplit('/').next().unwrap_or(l).to_string())
         .collect();
-    assert!(!libs.is_empty(), "ldd found no libraries in {}", path.display());
+    assert!(
+        !libs.is_empty(),
+        "ldd found no libraries in {}",
+        path.display()
+    );
     libs
 }
 
@@ -141,8 +150,13 @@ fn debug_variants_are_debug_enclaves_and_otherwise_sound() {
 fn debug_variants_differ_from_production_only_in_debug_keys() {
     let debug_only = |k: &str| {
         k.split('.').any(|p| p.starts_with("insecure__"))
-            || ["loader.argv", "loader.log_level", "sgx.debug", "sgx.file_check_policy"]
-                .contains(&k)
+            || [
+                "loader.argv",
+                "loader.log_level",
+                "sgx.debug",
+                "sgx.file_check_policy",
+            ]
+            .contains(&k)
     };
     for (prod, debug) in [
         (
@@ -268,7 +282,7 @@ fn unmeasured_library_is_refused() {
     assert!(libs.iter().any(|l| l == "libgcc_s.so.1"), "{libs:?}");
     let doc = tampered(
         "quarry-coordinator.manifest.template",
-        "  \"file:/lib/x86_64-linux-gnu/libgcc_s.so.1\",\n",
+        "  \"file:/opt/quarry/lib/libgcc_s.so.1\",\n",
         "",
     );
     assert_eq!(

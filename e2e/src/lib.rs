@@ -320,7 +320,10 @@ pub async fn activate(
 ) -> anyhow::Result<(u16, serde_json::Value, String)> {
     use quarry_attestation::EvidenceProvider;
     let key = MarbleKey::generate()?;
-    let client = https(tls_config(root_pem, Some((key.cert.clone(), key.key.clone())))?)?;
+    let client = https(tls_config(
+        root_pem,
+        Some((key.cert.clone(), key.key.clone())),
+    )?)?;
     let (code, n) = jsend(
         client
             .get(format!("{mesh_url}/api/v2/activate/nonce"))

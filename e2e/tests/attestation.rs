@@ -211,6 +211,43 @@ fn verify_online_offline_bundle_and_log() {
         .collect();
     assert!(serials.iter().all(|s| s.len() >= 16));
 
+    // The sidecar authenticates the coordinator by the same policy instead of a pinned root.
+    let sidecar = |policy: &Path, extra: &[&str]| {
+        run(
+            Command::new(bin("marble-sidecar"))
+                .arg("run")
+                .args([
+                    "--coordinator",
+                    &coord.mesh.to_string(),
+                    "--marble-type",
+                    "web",
+                ])
+                .arg("--uuid-file")
+                .arg(t.join("web2.uuid"))
+                .args(["--tee", "simulated"])
+                .arg("--sim-platform")
+                .arg(&platform)
+                .arg("--coordinator-policy")
+                .arg(policy)
+                .args(extra)
+                .arg("--")
+                .arg(&web),
+            LIMIT,
+        )
+        .unwrap()
+    };
+    let o = sidecar(&policy_path, &["--allow-simulated-coordinator"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = sidecar(&policy_path, &[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("SIMULATED"), "{}", text(&o));
+    let o = sidecar(&wrong_path, &["--allow-simulated-coordinator"]);
+    assert!(
+        !o.status.success(),
+        "a policy the coordinator does not satisfy"
+    );
+    assert!(text(&o).contains("UniqueID"), "{}", text(&o));
+
     // Offline, with the coordinator gone.
     drop(coord);
     let b = bundle.to_str().unwrap();

@@ -152,7 +152,8 @@ async fn acknowledged_activations_survive_sigkill_at_random_moments() {
                     let kind = if (n + w) % 2 == 0 { "limited" } else { "free" };
                     n += 1;
                     // Errors (connection cut by the kill) leave the outcome unknown: fine.
-                    let Ok((code, v, uuid)) = activate(&mesh_url, &root, &provider, kind).await else {
+                    let Ok((code, v, uuid)) = activate(&mesh_url, &root, &provider, kind).await
+                    else {
                         continue;
                     };
                     let mut a = acked.lock().unwrap();
@@ -185,7 +186,10 @@ async fn acknowledged_activations_survive_sigkill_at_random_moments() {
         coord = Coordinator::start(&d.data, &d.platform, &log)
             .unwrap_or_else(|e| panic!("restart after kill {kill}: {e}"));
         let (code, size, uuids) = state_of(&coord, &root_pem).await;
-        assert_eq!(code, 3, "after kill {kill} the state did not open as running");
+        assert_eq!(
+            code, 3,
+            "after kill {kill} the state did not open as running"
+        );
         assert!(
             size >= last_log_size,
             "after kill {kill} the log went back from {last_log_size} to {size} entries"
@@ -211,7 +215,11 @@ async fn acknowledged_activations_survive_sigkill_at_random_moments() {
         "activations acknowledged after the budget was reported exhausted: {:?}",
         a.after_exhaustion
     );
-    assert!(a.uuids.len() > 50, "too few activations to mean anything: {}", a.uuids.len());
+    assert!(
+        a.uuids.len() > 50,
+        "too few activations to mean anything: {}",
+        a.uuids.len()
+    );
     eprintln!(
         "{KILLS} kills, {} acknowledged activations ({} limited, exhausted: {}), log size {last_log_size}",
         a.uuids.len(),
@@ -262,9 +270,13 @@ async fn a_full_disk_fails_commits_clearly_and_corrupts_nothing() {
     let limit_blocks = (std::fs::metadata(&state_log).unwrap().len() + 3000) / 512;
     let script = format!("trap '' XFSZ; ulimit -f {limit_blocks}; exec \"$@\"");
     let full_log = d.data.with_extension("full.log");
-    let mut coord =
-        Coordinator::start_wrapped(&["sh", "-c", &script, "sh"], &d.data, &d.platform, &full_log)
-            .unwrap();
+    let mut coord = Coordinator::start_wrapped(
+        &["sh", "-c", &script, "sh"],
+        &d.data,
+        &d.platform,
+        &full_log,
+    )
+    .unwrap();
     let mut refused = 0;
     for _ in 0..20 {
         let (code, v, uuid) = activate(&coord.mesh_url(), &root, &d.provider, "free")
@@ -283,13 +295,19 @@ async fn a_full_disk_fails_commits_clearly_and_corrupts_nothing() {
     let (code, _, _) = state_of(&coord, &root).await;
     assert_eq!(code, 3);
     let text = std::fs::read_to_string(&full_log).unwrap();
-    assert!(text.contains("File too large"), "no clear storage error logged:\n{text}");
+    assert!(
+        text.contains("File too large"),
+        "no clear storage error logged:\n{text}"
+    );
     coord.kill();
     // With space again the state opens with every acknowledged activation, and grows.
     let coord = Coordinator::start(&d.data, &d.platform, &d.data.with_extension("log")).unwrap();
     let (code, _, uuids) = state_of(&coord, &root).await;
     assert_eq!(code, 3);
-    assert!(acked.is_subset(&uuids), "acknowledged activations lost after the disk was full");
+    assert!(
+        acked.is_subset(&uuids),
+        "acknowledged activations lost after the disk was full"
+    );
     let (code, v, _) = activate(&coord.mesh_url(), &root, &d.provider, "free")
         .await
         .unwrap();
@@ -311,7 +329,16 @@ async fn a_read_only_data_dir_is_a_clear_error_and_changes_nothing() {
         .is_ok_and(|s| s.success());
     let script = "mount --bind -o ro \"$0\" \"$0\" && exec \"$@\"";
     let wrapper: Vec<&str> = if as_root {
-        vec!["unshare", "-m", "--propagation", "private", "sh", "-c", script, &data]
+        vec![
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            &data,
+        ]
     } else {
         std::process::Command::new("chmod")
             .args(["-R", "a-w", &data])
@@ -321,7 +348,11 @@ async fn a_read_only_data_dir_is_a_clear_error_and_changes_nothing() {
     };
     let started = Coordinator::start_wrapped(&wrapper, &d.data, &d.platform, &ro_log);
     let text = std::fs::read_to_string(&ro_log).unwrap_or_default();
-    let cause = if as_root { "Read-only file system" } else { "Permission denied" };
+    let cause = if as_root {
+        "Read-only file system"
+    } else {
+        "Permission denied"
+    };
     assert!(
         text.contains(cause),
         "the read-only data directory is not named as the cause:\n{text}"
@@ -341,7 +372,10 @@ async fn a_read_only_data_dir_is_a_clear_error_and_changes_nothing() {
             .status()
             .unwrap();
     }
-    assert!(before == snapshot(&d.data), "the data directory was modified");
+    assert!(
+        before == snapshot(&d.data),
+        "the data directory was modified"
+    );
     let coord = Coordinator::start(&d.data, &d.platform, &d.data.with_extension("log")).unwrap();
     let (code, _, uuids) = state_of(&coord, &root).await;
     assert_eq!(code, 3);

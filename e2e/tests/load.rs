@@ -132,7 +132,9 @@ async fn malformed_tls_and_plaintext_are_dropped_and_the_coordinator_keeps_servi
         b"GET /api/v2/status HTTP/1.1\r\nhost: c\r\n\r\n".to_vec(),
         vec![0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00],
         vec![0x16, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5],
-        (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect(),
         vec![0u8; 70_000],
     ];
     for addr in [r.coord.client, r.coord.mesh] {

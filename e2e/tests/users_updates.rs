@@ -97,7 +97,12 @@ fn manifest(web_id: &str, users: &[(&str, String)], extra_env: bool) -> serde_js
     })
 }
 
-fn activate_web(ctx: &Ctx, mesh: &str, platform: &Path, web: &Path) -> std::collections::BTreeMap<String, String> {
+fn activate_web(
+    ctx: &Ctx,
+    mesh: &str,
+    platform: &Path,
+    web: &Path,
+) -> std::collections::BTreeMap<String, String> {
     let out = ctx.dir.join("web.env");
     let o = run(
         Command::new(bin("marble-sidecar"))
@@ -129,23 +134,52 @@ fn users_roles_secrets_and_updates() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let platform = t.join("sim");
-    assert!(run(Command::new(bin("quarry")).args(["sim", "init"]).arg(&platform), LIMIT).unwrap().status.success());
-    let coord = Coordinator::start(&t.join("data"), &platform, &t.join("c.log")).unwrap();
-    let root = t.join("root.pem");
     assert!(run(
-        Command::new(bin("quarry")).args(["certificate", "root", "--coordinator", &coord.client.to_string(), "--insecure", "-o"]).arg(&root),
+        Command::new(bin("quarry"))
+            .args(["sim", "init"])
+            .arg(&platform),
         LIMIT
     )
     .unwrap()
     .status
     .success());
-    let ctx = Ctx { dir: t.to_path_buf(), addr: coord.client.to_string(), root };
+    let coord = Coordinator::start(&t.join("data"), &platform, &t.join("c.log")).unwrap();
+    let root = t.join("root.pem");
+    assert!(run(
+        Command::new(bin("quarry"))
+            .args([
+                "certificate",
+                "root",
+                "--coordinator",
+                &coord.client.to_string(),
+                "--insecure",
+                "-o"
+            ])
+            .arg(&root),
+        LIMIT
+    )
+    .unwrap()
+    .status
+    .success());
+    let ctx = Ctx {
+        dir: t.to_path_buf(),
+        addr: coord.client.to_string(),
+        root,
+    };
     let web = t.join("web-svc");
-    std::fs::write(&web, "#!/bin/sh\nenv | grep -E '^(API_KEY|SHARED|VERSION|OLD_SHARED)=' > \"$OUT\"\n").unwrap();
+    std::fs::write(
+        &web,
+        "#!/bin/sh\nenv | grep -E '^(API_KEY|SHARED|VERSION|OLD_SHARED)=' > \"$OUT\"\n",
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&web, std::fs::Permissions::from_mode(0o755)).unwrap();
     let web_id = hex::encode(Sha256::digest(std::fs::read(&web).unwrap()));
-    let users = vec![("alice", user(t, "alice")), ("bob", user(t, "bob")), ("eve", user(t, "eve"))];
+    let users = vec![
+        ("alice", user(t, "alice")),
+        ("bob", user(t, "bob")),
+        ("eve", user(t, "eve")),
+    ];
     let _intruder = user(t, "mallory");
     let m1 = ctx.write("m1.json", &manifest(&web_id, &users, false));
     let (ok, _, e) = ctx.q(None, &["manifest", "set", &m1]);
@@ -162,10 +196,16 @@ fn users_roles_secrets_and_updates() {
     let (ok, _, e) = ctx.q(Some("bob"), &["secret", "get", "private_k"]);
     assert!(!ok && e.contains("private_k"), "{e}");
     let key = [7u8; 16];
-    let wrong = ctx.write("wrong.json", &serde_json::json!({"api_key": {"Key": quarry_api::bytes::b64(&key[..8])}}));
+    let wrong = ctx.write(
+        "wrong.json",
+        &serde_json::json!({"api_key": {"Key": quarry_api::bytes::b64(&key[..8])}}),
+    );
     let (ok, _, e) = ctx.q(Some("alice"), &["secret", "set", &wrong]);
     assert!(!ok && e.contains("exactly 16 bytes"), "{e}");
-    let generated = ctx.write("gen.json", &serde_json::json!({"shared": {"Key": quarry_api::bytes::b64(&[0u8; 32])}}));
+    let generated = ctx.write(
+        "gen.json",
+        &serde_json::json!({"shared": {"Key": quarry_api::bytes::b64(&[0u8; 32])}}),
+    );
     let (ok, _, e) = ctx.q(Some("alice"), &["secret", "set", &generated]);
     assert!(!ok && e.contains("shared"), "{e}");
     let (ok, _, e) = ctx.q(Some("bob"), &["secret", "set", &wrong]);
@@ -184,13 +224,22 @@ fn users_roles_secrets_and_updates() {
     assert_eq!(env1["API_KEY"], hex::encode(key));
 
     // Package update: lower refused, identity fields refused, role enforced, raise applied.
-    let lower = ctx.write("lower.json", &serde_json::json!({"Packages": {"svc": {"SecurityVersion": 1}}}));
+    let lower = ctx.write(
+        "lower.json",
+        &serde_json::json!({"Packages": {"svc": {"SecurityVersion": 1}}}),
+    );
     let (ok, _, e) = ctx.q(Some("alice"), &["manifest", "update", "apply", &lower]);
     assert!(!ok && e.contains("lower"), "{e}");
-    let ident = ctx.write("ident.json", &serde_json::json!({"Packages": {"svc": {"SecurityVersion": 5, "ProductID": 9}}}));
+    let ident = ctx.write(
+        "ident.json",
+        &serde_json::json!({"Packages": {"svc": {"SecurityVersion": 5, "ProductID": 9}}}),
+    );
     let (ok, _, e) = ctx.q(Some("alice"), &["manifest", "update", "apply", &ident]);
     assert!(!ok && e.contains("ProductID"), "{e}");
-    let raise = ctx.write("raise.json", &serde_json::json!({"Packages": {"svc": {"SecurityVersion": 3}}}));
+    let raise = ctx.write(
+        "raise.json",
+        &serde_json::json!({"Packages": {"svc": {"SecurityVersion": 3}}}),
+    );
     let (ok, _, e) = ctx.q(Some("bob"), &["manifest", "update", "apply", &raise]);
     assert!(!ok && e.contains("UpdateSecurityVersion"), "{e}");
     let (ok, _, e) = ctx.q(Some("alice"), &["manifest", "update", "apply", &raise]);
@@ -202,12 +251,28 @@ fn users_roles_secrets_and_updates() {
     let o = run(
         Command::new(bin("marble-sidecar"))
             .arg("run")
-            .args(["--coordinator", &coord.mesh.to_string(), "--marble-type", "svc"])
-            .arg("--uuid-file").arg(t.join("svc.uuid"))
-            .args(["--tee", "simulated", "--sim-product-id", "1", "--sim-svn", "2"])
-            .arg("--sim-platform").arg(&platform)
-            .arg("--coordinator-root-ca").arg(&ctx.root)
-            .arg("--").arg(&svc),
+            .args([
+                "--coordinator",
+                &coord.mesh.to_string(),
+                "--marble-type",
+                "svc",
+            ])
+            .arg("--uuid-file")
+            .arg(t.join("svc.uuid"))
+            .args([
+                "--tee",
+                "simulated",
+                "--sim-product-id",
+                "1",
+                "--sim-svn",
+                "2",
+            ])
+            .arg("--sim-platform")
+            .arg(&platform)
+            .arg("--coordinator-root-ca")
+            .arg(&ctx.root)
+            .arg("--")
+            .arg(&svc),
         LIMIT,
     )
     .unwrap();
@@ -226,7 +291,15 @@ fn users_roles_secrets_and_updates() {
     almost.push(b' ');
     let almost_path = t.join("m2-almost.json");
     std::fs::write(&almost_path, &almost).unwrap();
-    let (ok, _, e) = ctx.q(Some("bob"), &["manifest", "update", "acknowledge", almost_path.to_str().unwrap()]);
+    let (ok, _, e) = ctx.q(
+        Some("bob"),
+        &[
+            "manifest",
+            "update",
+            "acknowledge",
+            almost_path.to_str().unwrap(),
+        ],
+    );
     assert!(!ok && e.contains("differs"), "{e}");
     let (ok, _, e) = ctx.q(Some("eve"), &["manifest", "update", "acknowledge", &m2]);
     assert!(!ok, "{e}");
@@ -235,7 +308,10 @@ fn users_roles_secrets_and_updates() {
     let (ok, out, _) = ctx.q(None, &["manifest", "get", "--json"]);
     assert!(ok);
     let got: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(got["manifestFingerprint"], hex::encode(Sha256::digest(std::fs::read(&m2).unwrap())));
+    assert_eq!(
+        got["manifestFingerprint"],
+        hex::encode(Sha256::digest(std::fs::read(&m2).unwrap()))
+    );
     // Shared symmetric key kept, previous values visible, user-defined value kept.
     let env2 = activate_web(&ctx, &coord.mesh.to_string(), &platform, &web);
     assert_eq!(env2["VERSION"], "2");
@@ -261,7 +337,14 @@ fn users_roles_secrets_and_updates() {
     // Everything is in the update log.
     let (ok, out, _) = ctx.q(None, &["manifest", "log"]);
     assert!(ok);
-    for kind in ["secret-set", "package-update", "manifest-update-proposed", "manifest-update-acknowledged", "\"manifest-update\"", "manifest-update-cancelled"] {
+    for kind in [
+        "secret-set",
+        "package-update",
+        "manifest-update-proposed",
+        "manifest-update-acknowledged",
+        "\"manifest-update\"",
+        "manifest-update-cancelled",
+    ] {
         assert!(out.contains(kind), "{kind} missing from:\n{out}");
     }
     // Secrets never reach the log.

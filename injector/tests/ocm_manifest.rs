@@ -5,7 +5,10 @@
 use serde_json::Value;
 
 fn example() -> Value {
-    let path = format!("{}/../examples/xfsc-ocm/manifest.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../examples/xfsc-ocm/manifest.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).expect("the example manifest is readable");
     serde_json::from_str(&text).expect("the example manifest is JSON")
 }
@@ -38,7 +41,10 @@ fn the_ocm_manifest_with_placeholders_is_refused_naming_the_field() {
     let bytes = serde_json::to_vec(&example()).expect("serialisable");
     let err = quarry_api::manifest::parse(&bytes).expect_err("placeholders must be refused");
     let text = err.to_string();
-    assert!(text.starts_with('/') && text.contains(": placeholder"), "names the field: {text}");
+    assert!(
+        text.starts_with('/') && text.contains(": placeholder"),
+        "names the field: {text}"
+    );
     assert!(text.contains("must be replaced"), "{text}");
 }
 
@@ -53,14 +59,33 @@ fn the_ocm_manifest_loads_once_placeholders_are_replaced() {
     };
     let m = &checked.manifest;
     for t in [
-        "issuance-service", "credential-retrieval-service", "credential-verification-service",
-        "well-known-service", "pre-authorization-bridge", "dummycontentsigner", "storage-service",
-        "status-list-service", "signer", "signer-crypto-engine", "sd-jwt-service", "didcomm-connector",
-        "universal-resolver", "gateway", "nats", "cassandra", "postgres", "redis", "vault",
+        "issuance-service",
+        "credential-retrieval-service",
+        "credential-verification-service",
+        "well-known-service",
+        "pre-authorization-bridge",
+        "dummycontentsigner",
+        "storage-service",
+        "status-list-service",
+        "signer",
+        "signer-crypto-engine",
+        "sd-jwt-service",
+        "didcomm-connector",
+        "universal-resolver",
+        "gateway",
+        "nats",
+        "cassandra",
+        "postgres",
+        "redis",
+        "vault",
     ] {
         assert!(m.marbles.contains_key(t), "marble {t} missing");
     }
-    assert!(checked.warnings.is_empty(), "warnings: {:?}", checked.warnings);
+    assert!(
+        checked.warnings.is_empty(),
+        "warnings: {:?}",
+        checked.warnings
+    );
     // No shared superuser and no dev-mode token: every credential is generated or user-defined.
     for (name, spec) in &m.secrets {
         let user_defined = name.starts_with("vault_");
@@ -76,7 +101,9 @@ fn every_mesh_edge_names_an_existing_marble_and_is_allowed_by_its_server() {
     for (client, m) in marbles {
         for out in m["Mesh"]["Outbound"].as_array().into_iter().flatten() {
             let server = out["Marble"].as_str().expect("Marble");
-            let target = marbles.get(server).unwrap_or_else(|| panic!("{client} → unknown {server}"));
+            let target = marbles
+                .get(server)
+                .unwrap_or_else(|| panic!("{client} → unknown {server}"));
             let port: u16 = out["Address"]
                 .as_str()
                 .and_then(|a| a.rsplit_once(':'))
@@ -87,7 +114,10 @@ fn every_mesh_edge_names_an_existing_marble_and_is_allowed_by_its_server() {
                 .and_then(|ins| ins.iter().find(|i| i["Port"] == port))
                 .unwrap_or_else(|| panic!("{client} → {server}:{port}: no inbound on that port"));
             let allowed = inbound["AllowFrom"].as_array().expect("AllowFrom");
-            assert!(allowed.iter().any(|a| a == client.as_str()), "{client} → {server} not allowed");
+            assert!(
+                allowed.iter().any(|a| a == client.as_str()),
+                "{client} → {server} not allowed"
+            );
             edges += 1;
         }
         for inbound in m["Mesh"]["Inbound"].as_array().into_iter().flatten() {
@@ -97,11 +127,18 @@ fn every_mesh_edge_names_an_existing_marble_and_is_allowed_by_its_server() {
                 let calls = marbles[peer]["Mesh"]["Outbound"]
                     .as_array()
                     .is_some_and(|outs| outs.iter().any(|o| o["Marble"] == client.as_str()));
-                assert!(calls, "{client} allows {peer}, which has no edge to it (allow lists stay minimal)");
+                assert!(
+                    calls,
+                    "{client} allows {peer}, which has no edge to it (allow lists stay minimal)"
+                );
             }
         }
     }
     assert!(edges >= 39, "{edges} edges");
     let storage = &marbles["storage-service"]["Mesh"]["Inbound"][0]["AllowFrom"];
-    assert_eq!(storage, &serde_json::json!([]), "storage-service DIRECT mode is never reachable by default");
+    assert_eq!(
+        storage,
+        &serde_json::json!([]),
+        "storage-service DIRECT mode is never reachable by default"
+    );
 }

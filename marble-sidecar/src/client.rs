@@ -116,6 +116,9 @@ impl TrustAnchor {
     pub fn load(trust: &CoordinatorTrust) -> Result<TrustAnchor, ClientError> {
         match trust {
             CoordinatorTrust::PinnedRoot(path) => load_roots(path).map(TrustAnchor::PinnedRoot),
+            CoordinatorTrust::Policy { .. } => Err(ClientError::Setup(
+                "a coordinator policy is verified online (attest::verify_coordinator)".into(),
+            )),
             CoordinatorTrust::DangerousAcceptAnyCoordinator => {
                 tracing::warn!(
                     "WARNING: --insecure-skip-coordinator-verify: the coordinator is NOT authenticated; \

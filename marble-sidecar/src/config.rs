@@ -176,6 +176,14 @@ pub struct CommonArgs {
     /// and match the address's host name. [env: QUARRY_COORDINATOR_ROOT_CA]
     #[arg(long, value_name = "FILE")]
     pub coordinator_root_ca: Option<PathBuf>,
+    /// Coordinator policy (JSON, see `quarry verify`): the coordinator's attestation must
+    /// satisfy it; its attested root CA is then pinned. [env: QUARRY_COORDINATOR_POLICY]
+    #[arg(long, value_name = "FILE")]
+    pub coordinator_policy: Option<PathBuf>,
+    /// With --coordinator-policy: accept a coordinator on a SIMULATED TEE (development only).
+    /// [env: QUARRY_ALLOW_SIMULATED_COORDINATOR=true|false]
+    #[arg(long)]
+    pub allow_simulated_coordinator: bool,
     /// DANGEROUS, development only: accept any coordinator certificate (the coordinator is
     /// not authenticated). [env: QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY=true|false]
     #[arg(long)]
@@ -228,6 +236,13 @@ pub struct SimulatedTee {
 pub enum CoordinatorTrust {
     /// The server certificate must chain to the root CA in this PEM file.
     PinnedRoot(PathBuf),
+    /// The coordinator's attestation must satisfy this policy file; its root is then pinned.
+    Policy {
+        /// The coordinator policy (JSON).
+        path: PathBuf,
+        /// Accept a coordinator on a simulated TEE.
+        allow_simulation: bool,
+    },
     /// Any server certificate is accepted. Development only.
     DangerousAcceptAnyCoordinator,
 }
@@ -261,10 +276,10 @@ pub enum ConfigError {
     #[error("no marble type: pass --marble-type or set QUARRY_MARBLE_TYPE (or EDG_MARBLE_TYPE)")]
     MissingMarbleType,
     /// Neither trust option was given.
-    #[error("the coordinator cannot be authenticated: pass --coordinator-root-ca FILE (or set QUARRY_COORDINATOR_ROOT_CA), or --insecure-skip-coordinator-verify for development")]
+    #[error("the coordinator cannot be authenticated: pass --coordinator-policy FILE or --coordinator-root-ca FILE (or QUARRY_COORDINATOR_POLICY / QUARRY_COORDINATOR_ROOT_CA), or --insecure-skip-coordinator-verify for development")]
     MissingTrust,
-    /// Both trust options were given.
-    #[error("--coordinator-root-ca and --insecure-skip-coordinator-verify contradict each other; choose one")]
+    /// More than one trust option was given.
+    #[error("--coordinator-policy, --coordinator-root-ca and --insecure-skip-coordinator-verify exclude each other; choose one")]
     ConflictingTrust,
     /// No evidence provider was chosen.
     #[error("no TEE provider: pass --tee or set QUARRY_TEE (this build supports: simulated)")]
@@ -368,11 +383,24 @@ impl Config {
             common.insecure_skip_coordinator_verify,
             "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY",
         )?;
-        let trust = match (root_ca, insecure) {
-            (Some(_), true) => return Err(ConfigError::ConflictingTrust),
-            (Some(s), false) => CoordinatorTrust::PinnedRoot(s.value.into()),
-            (None, true) => CoordinatorTrust::DangerousAcceptAnyCoordinator,
-            (None, false) => return Err(ConfigError::MissingTrust),
+        let policy = src.pick(
+            common.coordinator_policy.map(path_string),
+            "--coordinator-policy",
+            &["QUARRY_COORDINATOR_POLICY"],
+        );
+        let allow_simulated = src.flag(
+            common.allow_simulated_coordinator,
+            "QUARRY_ALLOW_SIMULATED_COORDINATOR",
+        )?;
+        let trust = match (root_ca, policy, insecure) {
+            (Some(s), None, false) => CoordinatorTrust::PinnedRoot(s.value.into()),
+            (None, Some(p), false) => CoordinatorTrust::Policy {
+                path: p.value.into(),
+                allow_simulation: allow_simulated,
+            },
+            (None, None, true) => CoordinatorTrust::DangerousAcceptAnyCoordinator,
+            (None, None, false) => return Err(ConfigError::MissingTrust),
+            _ => return Err(ConfigError::ConflictingTrust),
         };
 
         let tee_name = src

@@ -8,6 +8,7 @@
 //! proxies, or write everything into a directory ([`materialise::write_activation_dir`]).
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod client;
 pub mod config;
 pub mod identity;
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 use quarry_attestation::simulated::{SimIdentity, SimPlatform, SimProvider};
 use quarry_attestation::{EvidenceProvider, ProviderError};
 
-pub use config::{Cli, Config, ConfigError};
+pub use config::{Cli, Config, ConfigError, CoordinatorTrust};
 
 use crate::client::{ClientError, MeshClient, RetryPolicy, TrustAnchor};
 use crate::config::{Mode, Tee};
@@ -92,7 +93,6 @@ pub async fn execute(config: Config) -> Result<i32, Error> {
 
 /// [`execute`] with an explicit retry policy for reaching the coordinator.
 pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Error> {
-    let trust = TrustAnchor::load(&config.trust)?;
     let measured = match &config.mode {
         Mode::Run { command } => command.first().cloned(),
         Mode::Activate { measure, .. } | Mode::Proxy { measure } => measure.clone(),
@@ -100,6 +100,15 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
     let (program, provider) = evidence_provider(&config.tee, measured.as_deref())?;
     let uuid = identity::load_or_create_uuid(&config.uuid_file)?;
     let key = MarbleKey::generate(&uuid)?;
+    let trust = match &config.trust {
+        CoordinatorTrust::Policy {
+            path,
+            allow_simulation,
+        } => TrustAnchor::PinnedRoot(
+            attest::verify_coordinator(&config.coordinator, path, *allow_simulation, &key).await?,
+        ),
+        other => TrustAnchor::load(other)?,
+    };
     let mesh = MeshClient::new(
         config.coordinator.clone(),
         client::tls_config(&trust, &key)?,

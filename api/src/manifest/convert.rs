@@ -238,7 +238,7 @@ fn role(value: &Value, ptr: Ptr) -> Result<Role, ManifestError> {
     let rt = o.str("ResourceType")?.unwrap_or_default();
     let resource_type = ResourceType::parse(rt).ok_or_else(|| {
         o.at("ResourceType").err(format!(
-            "unknown resource type {rt:?} (allowed, case-sensitive: Packages, Secrets, Manifest)"
+            "unknown resource type {rt:?} (allowed, case-sensitive: Packages, Secrets, Manifest, Marbles)"
         ))
     })?;
     let actions = o.strings("Actions")?;

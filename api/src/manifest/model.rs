@@ -236,6 +236,8 @@ pub enum ResourceType {
     Secrets,
     /// The manifest (action `UpdateManifest`).
     Manifest,
+    /// Marble types (action `RevokeMarble`: revoke instances and certificates of these types).
+    Marbles,
 }
 
 impl ResourceType {
@@ -245,6 +247,7 @@ impl ResourceType {
             ResourceType::Packages => "Packages",
             ResourceType::Secrets => "Secrets",
             ResourceType::Manifest => "Manifest",
+            ResourceType::Marbles => "Marbles",
         }
     }
 
@@ -254,6 +257,7 @@ impl ResourceType {
             ResourceType::Packages,
             ResourceType::Secrets,
             ResourceType::Manifest,
+            ResourceType::Marbles,
         ]
         .into_iter()
         .find(|r| r.as_str() == text)
@@ -268,16 +272,17 @@ pub struct Role {
     /// Names of the resources (empty for `Manifest`).
     pub resource_names: Vec<String>,
     /// Actions in canonical spelling (`UpdateSecurityVersion`, `ReadSecret`, `WriteSecret`,
-    /// `UpdateManifest`).
+    /// `UpdateManifest`, `RevokeMarble`).
     pub actions: Vec<String>,
 }
 
 /// Canonical role action names.
-pub const ACTIONS: [&str; 4] = [
+pub const ACTIONS: [&str; 5] = [
     "UpdateSecurityVersion",
     "ReadSecret",
     "WriteSecret",
     "UpdateManifest",
+    "RevokeMarble",
 ];
 
 /// `TLS.<tag>`.

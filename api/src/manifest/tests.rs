@@ -517,3 +517,19 @@ fn snp_minimum_tcb_is_parsed_per_component_and_needs_tee_snp() {
         .remove("Measurement");
     assert_refused(&bad, "/Packages/vm/MinimumTCB", "needs TEE snp");
 }
+
+#[test]
+fn marbles_roles_grant_revoke_marble_on_existing_types_only() {
+    let mut v = base();
+    v["Roles"] = json!({"r": {"ResourceType": "Marbles", "ResourceNames": ["web"], "Actions": ["RevokeMarble"]}});
+    let m = parse_json(&v).expect("a RevokeMarble role loads").manifest;
+    assert_eq!(m.roles["r"].resource_type, ResourceType::Marbles);
+    assert_eq!(m.roles["r"].actions, vec!["RevokeMarble"]);
+    v["Roles"] = json!({"r": {"ResourceType": "Marbles", "ResourceNames": ["db"], "Actions": ["RevokeMarble"]}});
+    assert_refused(&v, "/Roles/r/ResourceNames/0", "not defined in Marbles");
+    v["Roles"] = json!({"r": {"ResourceType": "Marbles", "ResourceNames": ["web"], "Actions": ["ReadSecret"]}});
+    assert_refused(&v, "/Roles/r/Actions/0", "does not apply to Marbles");
+    v["Roles"] =
+        json!({"r": {"ResourceType": "Secrets", "ResourceNames": [], "Actions": ["RevokeMarble"]}});
+    assert_refused(&v, "/Roles/r/Actions/0", "does not apply to Secrets");
+}

@@ -214,6 +214,7 @@ fn check_role(m: &Manifest, role: &Role, ptr: &Ptr) -> Result<(), ManifestError>
             Some(m.secrets.keys().collect()),
         ),
         ResourceType::Manifest => (&["UpdateManifest"], None),
+        ResourceType::Marbles => (&["RevokeMarble"], Some(m.marbles.keys().collect())),
     };
     let kind = role.resource_type.as_str();
     for (i, a) in role.actions.iter().enumerate() {

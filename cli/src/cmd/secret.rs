@@ -19,12 +19,16 @@ pub struct Args {
 #[derive(clap::Subcommand, Debug)]
 pub enum SecretCommand {
     /// Read secrets (role ReadSecret); prints JSON.
-    #[command(after_help = "Example:\n  quarry secret get api_key db_password --root-ca root.pem -c reader.crt -k reader.key")]
+    #[command(
+        after_help = "Example:\n  quarry secret get api_key db_password --root-ca root.pem -c reader.crt -k reader.key"
+    )]
     Get(GetArgs),
     /// Write user-defined secrets (role WriteSecret) from a JSON file
     /// `{"name": {"Key": b64} | {"Cert": b64 DER, "Private": b64 PKCS#8}}`, or one certificate
     /// secret from a PEM file with --from-pem NAME.
-    #[command(after_help = "Examples:\n  quarry secret set secrets.json --root-ca root.pem -c writer.crt -k writer.key\n  quarry secret set tls.pem --from-pem tls_cert --root-ca root.pem -c writer.crt -k writer.key")]
+    #[command(
+        after_help = "Examples:\n  quarry secret set secrets.json --root-ca root.pem -c writer.crt -k writer.key\n  quarry secret set tls.pem --from-pem tls_cert --root-ca root.pem -c writer.crt -k writer.key"
+    )]
     Set(SetArgs),
 }
 
@@ -100,9 +104,10 @@ pub fn run(args: &Args) -> Result<(), Failure> {
 fn from_pem(bytes: &[u8]) -> Result<Value, Failure> {
     let blocks = pem::parse_many(bytes)
         .map_err(|e| Failure::new(format!("not PEM: {e}"), "pass a PEM certificate and key"))?;
-    let cert = blocks.iter().find(|b| b.tag() == "CERTIFICATE").ok_or_else(|| {
-        Failure::new("no CERTIFICATE in the PEM file", "add the certificate")
-    })?;
+    let cert = blocks
+        .iter()
+        .find(|b| b.tag() == "CERTIFICATE")
+        .ok_or_else(|| Failure::new("no CERTIFICATE in the PEM file", "add the certificate"))?;
     let mut v = json!({ "Cert": quarry_api::bytes::b64(cert.contents()) });
     if let Some(k) = blocks.iter().find(|b| b.tag() == "PRIVATE KEY") {
         v["Private"] = quarry_api::bytes::b64(k.contents()).into();

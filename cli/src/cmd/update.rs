@@ -20,13 +20,19 @@ pub struct Args {
 pub enum UpdateCommand {
     /// Propose an update: a package-only manifest (SecurityVersion bumps) applies at once,
     /// a full manifest waits for the acknowledgements of the users holding UpdateManifest.
-    #[command(after_help = "Example:\n  quarry manifest update apply new.json --root-ca root.pem -c admin.crt -k admin.key")]
+    #[command(
+        after_help = "Example:\n  quarry manifest update apply new.json --root-ca root.pem -c admin.crt -k admin.key"
+    )]
     Apply(FileArgs),
     /// Acknowledge the pending update with its exact bytes.
-    #[command(after_help = "Example:\n  quarry manifest update acknowledge new.json --root-ca root.pem -c alice.crt -k alice.key")]
+    #[command(
+        after_help = "Example:\n  quarry manifest update acknowledge new.json --root-ca root.pem -c alice.crt -k alice.key"
+    )]
     Acknowledge(FileArgs),
     /// Cancel the pending update.
-    #[command(after_help = "Example:\n  quarry manifest update cancel --root-ca root.pem -c admin.crt -k admin.key")]
+    #[command(
+        after_help = "Example:\n  quarry manifest update cancel --root-ca root.pem -c admin.crt -k admin.key"
+    )]
     Cancel(ConnArgs),
     /// Show the pending update (or write its manifest with -o).
     #[command(after_help = "Example:\n  quarry manifest update get --root-ca root.pem --json")]
@@ -84,7 +90,9 @@ pub struct LogArgs {
 pub fn run(args: &Args) -> Result<(), Failure> {
     match &args.command {
         UpdateCommand::Apply(a) => send(a, "api/v2/update", "proposing the update"),
-        UpdateCommand::Acknowledge(a) => send(a, "api/v2/update-manifest", "acknowledging the update"),
+        UpdateCommand::Acknowledge(a) => {
+            send(a, "api/v2/update-manifest", "acknowledging the update")
+        }
         UpdateCommand::Cancel(a) => {
             let client = Client::from_args(&a.conn)?;
             let v: Value = client

@@ -42,7 +42,9 @@ pub fn split(
     random: &mut dyn FnMut(&mut [u8]) -> Result<(), String>,
 ) -> Result<Vec<Zeroizing<Vec<u8>>>, String> {
     if t < 2 || t > n || n > 255 {
-        return Err(format!("cannot split into {t}-of-{n} shares (2 ≤ t ≤ n ≤ 255)"));
+        return Err(format!(
+            "cannot split into {t}-of-{n} shares (2 ≤ t ≤ n ≤ 255)"
+        ));
     }
     let mut shares: Vec<Zeroizing<Vec<u8>>> = (1..=n)
         .map(|_| Zeroizing::new(Vec::with_capacity(secret.len() + 1)))
@@ -76,7 +78,10 @@ pub fn combine(shares: &[&[u8]]) -> Result<Zeroizing<Vec<u8>>, String> {
     let xs: Vec<u8> = shares.iter().map(|s| s[len - 1]).collect();
     for (i, x) in xs.iter().enumerate() {
         if *x == 0 || xs[..i].contains(x) {
-            return Err(format!("share {} has a zero or repeated x coordinate", i + 1));
+            return Err(format!(
+                "share {} has a zero or repeated x coordinate",
+                i + 1
+            ));
         }
     }
     // Lagrange basis at 0: l_i = Π_{j≠i} x_j / (x_j − x_i)  (subtraction is XOR).

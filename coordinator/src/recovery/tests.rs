@@ -14,9 +14,7 @@ fn keys() -> &'static Vec<RsaPrivateKey> {
 }
 
 fn pem_of(k: &RsaPrivateKey) -> String {
-    k.to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap()
+    k.to_public_key().to_public_key_pem(LineEnding::LF).unwrap()
 }
 
 /// Recovery keys a, b, c (keys 0..n); key 3 is an outsider.
@@ -105,9 +103,18 @@ fn xor_n_of_n_needs_every_share() {
         .collect();
     assert_eq!(xor, dek.expose());
     let mut s = Session::default();
-    assert_eq!(remaining(s.submit(&data, &shares["c"], &sign("c", &shares["c"]))), 2);
-    assert_eq!(remaining(s.submit(&data, &shares["a"], &sign("a", &shares["a"]))), 1);
-    assert_eq!(complete(s.submit(&data, &shares["b"], &sign("b", &shares["b"]))), dek);
+    assert_eq!(
+        remaining(s.submit(&data, &shares["c"], &sign("c", &shares["c"]))),
+        2
+    );
+    assert_eq!(
+        remaining(s.submit(&data, &shares["a"], &sign("a", &shares["a"]))),
+        1
+    );
+    assert_eq!(
+        complete(s.submit(&data, &shares["b"], &sign("b", &shares["b"]))),
+        dek
+    );
 }
 
 #[test]
@@ -126,7 +133,10 @@ fn shamir_refusals_and_success() {
     assert!(m.contains("already uploaded"), "{m}");
     // Key b signs c's share: a wrong share for b.
     let m = refused(s.submit(&data, &c, &sign("b", &c)));
-    assert!(m.contains("not the recovery secret issued to key \"b\""), "{m}");
+    assert!(
+        m.contains("not the recovery secret issued to key \"b\""),
+        "{m}"
+    );
     // A share signed by a key that is not a recovery key.
     let m = refused(s.submit(&data, &b, &sign("outsider", &b)));
     assert!(m.contains("does not verify"), "{m}");
@@ -164,7 +174,10 @@ fn threshold_out_of_range_is_refused() {
     assert!(wrap(&dek, &manifest_keys(3), 4).is_err());
     let mut bad = manifest_keys(2);
     bad.insert("z".into(), "not a key".into());
-    assert!(matches!(wrap(&dek, &bad, 0), Err(RecoveryError::BadInput(_))));
+    assert!(matches!(
+        wrap(&dek, &bad, 0),
+        Err(RecoveryError::BadInput(_))
+    ));
 }
 
 #[test]
@@ -182,5 +195,8 @@ fn air_gapped_secret_encrypted_to_the_ephemeral_key() {
     let wrapped = eph
         .encrypt(&mut rand_core::OsRng, Oaep::new::<RsaSha256>(), &secret)
         .unwrap();
-    assert_eq!(complete(s.submit(&data, &wrapped, &sign("a", &secret))), dek);
+    assert_eq!(
+        complete(s.submit(&data, &wrapped, &sign("a", &secret))),
+        dek
+    );
 }

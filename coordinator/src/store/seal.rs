@@ -1,8 +1,8 @@
 //! AES-256-GCM under the data encryption key (DEK), and sealing of the DEK itself.
+use quarry_api::manifest::SealMode;
 use quarry_api::Secret;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
-use quarry_api::manifest::SealMode;
 use serde::{Deserialize, Serialize};
 
 use crate::sealing::SealKeys;
@@ -62,13 +62,15 @@ pub fn new_dek() -> Result<Secret, String> {
 
 /// A 32-byte key for one purpose derived from the DEK: HKDF-SHA256(DEK, info = `label`).
 pub fn derive_key(dek: &Secret, label: &[u8]) -> Result<Secret, String> {
-    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quarry DEK subkey v1").extract(dek.expose());
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quarry DEK subkey v1")
+        .extract(dek.expose());
     let info = [label];
     let okm = prk
         .expand(&info, ring::hkdf::HKDF_SHA256)
         .map_err(|_| "HKDF expand failed".to_string())?;
     let mut out = vec![0u8; 32];
-    okm.fill(&mut out).map_err(|_| "HKDF fill failed".to_string())?;
+    okm.fill(&mut out)
+        .map_err(|_| "HKDF fill failed".to_string())?;
     Ok(Secret::new(out))
 }
 
@@ -98,7 +100,11 @@ pub struct SealedKeyFile {
 const DEK_AAD_V1: &[u8] = b"quarry sealed DEK v1";
 
 fn aad_v2(mode: SealMode) -> Vec<u8> {
-    [b"quarry sealed DEK v2 ".as_slice(), mode.as_str().as_bytes()].concat()
+    [
+        b"quarry sealed DEK v2 ".as_slice(),
+        mode.as_str().as_bytes(),
+    ]
+    .concat()
 }
 
 impl SealedKeyFile {
@@ -174,7 +180,12 @@ mod tests {
     }
 
     fn keys() -> SealKeys {
-        SealKeys::new(new_dek().unwrap(), "u".into(), new_dek().unwrap(), "p".into())
+        SealKeys::new(
+            new_dek().unwrap(),
+            "u".into(),
+            new_dek().unwrap(),
+            "p".into(),
+        )
     }
 
     #[test]
@@ -187,7 +198,14 @@ mod tests {
             assert!(unseal_dek(&f, &keys()).is_err());
             // The mode is bound: relabelling the file does not select another key.
             let mut g = f.clone();
-            g.seal_mode = Some(if mode == SealMode::UniqueKey { "ProductKey" } else { "UniqueKey" }.into());
+            g.seal_mode = Some(
+                if mode == SealMode::UniqueKey {
+                    "ProductKey"
+                } else {
+                    "UniqueKey"
+                }
+                .into(),
+            );
             assert!(unseal_dek(&g, &sk).is_err());
         }
         let f = seal_dek(&dek, &sk, "simulated", SealMode::Disabled, None).unwrap();

@@ -1,0 +1,493 @@
+//! Prometheus metrics (the `prometheus` crate: registry, counters, histograms and the text
+//! exposition format) and the plain-HTTP operations listener of `--metrics-addr`, which
+//! serves `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Every label is bounded: marble types are those of the current manifest (anything else is
+//! `unknown`), outcomes and refusal reasons come from a fixed list, routes are the matched
+//! route templates, methods the standard ones. No UUID, serial or raw path is ever a label.
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use quarry_api::EvidenceType;
+use tokio::net::TcpListener;
+
+use crate::core::{Core, Phase};
+use crate::error::ApiError;
+use crate::store::{Store, StoreError, Txn, Versioned};
+
+/// The marble-type label of a type that the current manifest does not define.
+pub const UNKNOWN_MARBLE_TYPE: &str = "unknown";
+
+/// Every value of the `outcome` label of activations and renewals.
+pub const OUTCOMES: &[&str] = &[
+    "ok",
+    "unknown_type",
+    "evidence",
+    "binding",
+    "policy",
+    "max_activations",
+    "dns_name",
+    "nonce",
+    "revoked",
+    "state",
+    "bad_request",
+    "unauthenticated",
+    "unavailable",
+    "error",
+    "other",
+];
+
+/// Latency buckets in seconds, from 0.5 ms to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Records the outcome of one activation request (`error` is `None` on success).
+pub fn activation(core: &Core, marble_type: &str, error: Option<&ApiError>) {
+    let outcome = outcome(error);
+    METRICS
+        .activations
+        .with_label_values(&[&marble_label(core, marble_type, outcome), outcome])
+        .inc();
+}
+
+/// Records the outcome of one certificate renewal (`error` is `None` on success).
+pub fn renewal(core: &Core, marble_type: &str, error: Option<&ApiError>) {
+    let outcome = outcome(error);
+    METRICS
+        .renewals
+        .with_label_values(&[&marble_label(core, marble_type, outcome), outcome])
+        .inc();
+}
+
+/// Runs `verify` (evidence verification) and records its duration by evidence type.
+pub fn time_verification<T>(kind: EvidenceType, verify: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = verify();
+    METRICS
+        .verification
+        .with_label_values(&[kind.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    out
+}
+
+/// The bounded `outcome` label of a request result.
+pub fn outcome(error: Option<&ApiError>) -> &'static str {
+    match error {
+        None => "ok",
+        Some(ApiError::Forbidden(reason)) => refusal_reason(reason),
+        Some(ApiError::WrongState(_)) => "state",
+        Some(ApiError::BadRequest(_)) | Some(ApiError::TooLarge(_)) => "bad_request",
+        Some(ApiError::Unauthorized(_)) => "unauthenticated",
+        Some(ApiError::Unavailable(_)) => "unavailable",
+        Some(ApiError::Internal(_)) => "error",
+        Some(ApiError::NotFound(_)) => "other",
+    }
+}
+
+/// The bounded reason label of a refusal message (the text of a 403 from activation or
+/// renewal); `other` for a message of no known kind.
+pub fn refusal_reason(message: &str) -> &'static str {
+    let m = message.to_ascii_lowercase();
+    if m.starts_with("unknown marble type") {
+        "unknown_type"
+    } else if m.starts_with("evidence refused") {
+        "evidence"
+    } else if m.starts_with("binding mismatch") {
+        "binding"
+    } else if m.starts_with("package ") || m.contains("does not match the package") {
+        "policy"
+    } else if m.contains("maxactivations") {
+        "max_activations"
+    } else if m.contains("dns name") {
+        "dns_name"
+    } else if m.contains("nonce") {
+        "nonce"
+    } else if m.contains("revoked") {
+        "revoked"
+    } else {
+        "other"
+    }
+}
+
+/// axum middleware counting requests by API, matched route template, method and status.
+/// Added with `.layer(axum::middleware::from_fn_with_state("client", metrics::track_http))`.
+pub async fn track_http(State(api): State<&'static str>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = method_label(req.method());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    METRICS
+        .http_duration
+        .with_label_values(&[api, &route])
+        .observe(start.elapsed().as_secs_f64());
+    METRICS
+        .http_requests
+        .with_label_values(&[api, &route, method, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+/// Wraps a store so that every commit is timed (`quarry_store_commit_seconds`).
+pub fn timed_store<S: Store + 'static>(store: S) -> Arc<dyn Store> {
+    Arc::new(TimedStore(store))
+}
+
+/// Binds the operations listener when `--metrics-addr` is set.
+pub async fn bind(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        None => Ok(None),
+        Some(a) => Ok(Some(TcpListener::bind(a).await.map_err(|e| {
+            anyhow::anyhow!("binding the metrics listener to {a}: {e}")
+        })?)),
+    }
+}
+
+/// Serves [`router`] over plain HTTP on `listener` (returns at once without one).
+pub async fn serve(listener: Option<TcpListener>, core: Arc<Core>) {
+    let Some(listener) = listener else { return };
+    if let Err(e) = axum::serve(listener, router(core)).await {
+        tracing::error!(error = %e, "the metrics listener failed");
+    }
+}
+
+/// `/metrics` (Prometheus text format), `/healthz` (the process answers) and `/readyz`
+/// (200 in states 2 and 3, 503 in Recovery with the reason).
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(core)
+}
+
+/// Renders every metric in the Prometheus text format, after refreshing the gauges that
+/// are read from the coordinator's state.
+pub fn render(core: &Core) -> String {
+    refresh_gauges(core);
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out) {
+        tracing::error!(error = %e, "cannot encode the metrics");
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn metrics_text(State(core): State<Arc<Core>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        render(&core),
+    )
+        .into_response()
+}
+
+async fn readyz(State(core): State<Arc<Core>>) -> Response {
+    let view = core.view();
+    let code = view.phase.state().code();
+    match view.phase.as_ref() {
+        Phase::Recovery { reason } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "ready": false,
+                "state": code,
+                "reason": format!("the coordinator is in recovery (state 1): {reason}"),
+            })),
+        )
+            .into_response(),
+        _ => axum::Json(serde_json::json!({"ready": true, "state": code})).into_response(),
+    }
+}
+
+fn refresh_gauges(core: &Core) {
+    let m = &*METRICS;
+    let view = core.view();
+    m.state.set(i64::from(view.phase.state().code()));
+    m.simulation.set(i64::from(core.tee.simulation));
+    m.log_entries
+        .set(i64::try_from(view.log.head().0).unwrap_or(i64::MAX));
+    m.root_ca_expiry
+        .set(not_after(view.identity.root.cert_der()).unwrap_or(0));
+    m.mesh_ca_expiry.set(match view.phase.as_ref() {
+        Phase::Running(d) => not_after(d.mesh.cert_der()).unwrap_or(0),
+        _ => 0,
+    });
+}
+
+/// End of validity of a certificate, Unix seconds.
+fn not_after(der: &[u8]) -> Option<i64> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
+}
+
+/// The marble-type label: the type when the current manifest defines it and the request got
+/// past the type lookup, `unknown` otherwise (a client can send any string).
+fn marble_label(core: &Core, marble_type: &str, outcome: &str) -> String {
+    let view = core.view();
+    let known = matches!(view.phase.as_ref(), Phase::Running(d) if d.manifest.marbles.contains_key(marble_type));
+    bounded_marble_label(known && outcome != "unknown_type", marble_type)
+}
+
+fn bounded_marble_label(known: bool, marble_type: &str) -> String {
+    if known {
+        marble_type.to_string()
+    } else {
+        UNKNOWN_MARBLE_TYPE.to_string()
+    }
+}
+
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+// === impl TimedStore ===
+
+struct TimedStore<S>(S);
+
+#[async_trait]
+impl<S: Store> Store for TimedStore<S> {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.0.get(key).await
+    }
+
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.0.scan(prefix).await
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
+        let start = Instant::now();
+        let out = self.0.commit(txn).await;
+        METRICS
+            .store_commit
+            .observe(start.elapsed().as_secs_f64());
+        out
+    }
+}
+
+// === the registry ===
+
+struct Metrics {
+    registry: Registry,
+    state: IntGauge,
+    simulation: IntGauge,
+    activations: IntCounterVec,
+    renewals: IntCounterVec,
+    verification: HistogramVec,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    root_ca_expiry: IntGauge,
+    mesh_ca_expiry: IntGauge,
+    store_commit: Histogram,
+    log_entries: IntGauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        // The definitions are constants: they cannot fail except by a programming error,
+        // which the unit tests catch.
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
+            g
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c =
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid histogram definition");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric name");
+            h
+        };
+        let store_commit = Histogram::with_opts(
+            HistogramOpts::new(
+                "quarry_store_commit_seconds",
+                "Duration of state store commits (sealed and durable).",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid histogram definition");
+        registry
+            .register(Box::new(store_commit.clone()))
+            .expect("unique metric name");
+        Metrics {
+            state: gauge(
+                "quarry_coordinator_state",
+                "Coordinator state: 1 Recovery, 2 AcceptingManifest, 3 AcceptingMarbles.",
+            ),
+            simulation: gauge(
+                "quarry_coordinator_simulation",
+                "1 when the coordinator runs on a simulated TEE.",
+            ),
+            activations: counter(
+                "quarry_activations_total",
+                "Marble activation requests by marble type and outcome (ok or the refusal reason).",
+                &["marble_type", "outcome"],
+            ),
+            renewals: counter(
+                "quarry_renewals_total",
+                "Marble certificate renewals by marble type and outcome.",
+                &["marble_type", "outcome"],
+            ),
+            verification: histogram(
+                "quarry_evidence_verification_seconds",
+                "Duration of marble evidence verification by evidence type.",
+                &["tee"],
+            ),
+            http_requests: counter(
+                "quarry_http_requests_total",
+                "HTTP requests by API (client, mesh), route template, method and status code.",
+                &["api", "route", "method", "code"],
+            ),
+            http_duration: histogram(
+                "quarry_http_request_duration_seconds",
+                "HTTP request duration by API and route template.",
+                &["api", "route"],
+            ),
+            root_ca_expiry: gauge(
+                "quarry_root_ca_expiry_timestamp_seconds",
+                "End of validity of the coordinator root CA, Unix seconds.",
+            ),
+            mesh_ca_expiry: gauge(
+                "quarry_mesh_ca_expiry_timestamp_seconds",
+                "End of validity of the current mesh CA, Unix seconds (0 without a manifest).",
+            ),
+            log_entries: gauge(
+                "quarry_transparency_log_entries",
+                "Number of entries in the transparency log.",
+            ),
+            store_commit,
+            registry,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_messages_map_to_their_bounded_reason() {
+        let cases = [
+            ("unknown marble type \"x\"", "unknown_type"),
+            ("evidence refused: bad signature: ...", "evidence"),
+            ("evidence refused: debug evidence refused: nonce", "evidence"),
+            (
+                "binding mismatch: report_data[32..64] does not match the nonce issued",
+                "binding",
+            ),
+            (
+                "package db: evidence does not match the package: SecurityVersion: expected 2, got 1",
+                "policy",
+            ),
+            (
+                "MaxActivations of marble type db exhausted (1 of 1 used)",
+                "max_activations",
+            ),
+            (
+                "requested DNS name \"evil\" is not allowed by Marbles/db/DNSNames",
+                "dns_name",
+            ),
+            ("unknown or already used nonce", "nonce"),
+            ("the nonce was issued to another TLS key", "nonce"),
+            ("the certificate was revoked", "revoked"),
+            ("something new", "other"),
+        ];
+        for (message, reason) in cases {
+            assert_eq!(refusal_reason(message), reason, "{message}");
+        }
+    }
+
+    #[test]
+    fn every_outcome_is_in_the_fixed_list_whatever_the_message() {
+        let messages = ["", "a UUID 0f8fad5b-d9cb-469f-a165-70867728950e", "nonce", "x"];
+        for m in messages {
+            for e in [
+                ApiError::Forbidden(m.into()),
+                ApiError::WrongState(m.into()),
+                ApiError::BadRequest(m.into()),
+                ApiError::Unauthorized(m.into()),
+                ApiError::NotFound(m.into()),
+                ApiError::TooLarge(1),
+                ApiError::Unavailable(m.into()),
+                ApiError::Internal(m.into()),
+            ] {
+                assert!(OUTCOMES.contains(&outcome(Some(&e))), "{e:?}");
+            }
+        }
+        assert_eq!(outcome(None), "ok");
+        assert_eq!(outcome(Some(&ApiError::WrongState("x".into()))), "state");
+    }
+
+    #[test]
+    fn unknown_marble_types_share_one_label() {
+        assert_eq!(bounded_marble_label(true, "db"), "db");
+        assert_eq!(
+            bounded_marble_label(false, "0f8fad5b-d9cb-469f-a165-70867728950e"),
+            UNKNOWN_MARBLE_TYPE
+        );
+    }
+
+    #[test]
+    fn nonstandard_methods_share_one_label() {
+        let custom = axum::http::Method::from_bytes(b"FROBNICATE").expect("valid token");
+        assert_eq!(method_label(&custom), "other");
+        assert_eq!(method_label(&axum::http::Method::POST), "POST");
+    }
+
+    #[test]
+    fn the_registry_builds_and_encodes_every_family() {
+        time_verification(EvidenceType::Simulated, || ());
+        METRICS.store_commit.observe(0.001);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&METRICS.registry.gather(), &mut out)
+            .expect("encodes");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains("quarry_evidence_verification_seconds_bucket{tee=\"simulated\""));
+        assert!(text.contains("quarry_store_commit_seconds_count"));
+        assert!(text.contains("quarry_coordinator_state"));
+    }
+}

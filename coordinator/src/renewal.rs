@@ -1,0 +1,293 @@
+//! Marble certificate renewal (contract §3, §6): `POST /api/v2/renew` on the mesh API. The
+//! TLS client certificate must be a current marble leaf (signed by the current mesh CA, which
+//! chains to the root; within its validity; neither it nor its UUID revoked), and the body
+//! carries fresh evidence binding the same key to a nonce from `GET /api/v2/activate/nonce`.
+//! The evidence is verified exactly as at activation and against the package the marble's
+//! type has *now* (the manifest may have changed); the new leaf is for the same key, UUID,
+//! type and names, with a fresh validity. Renewal spends no activation.
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use quarry_api::http::{JSend, RenewRequest, RenewResponse};
+use quarry_api::Claims;
+use sha2::{Digest, Sha256};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+
+use crate::core::{Core, Phase};
+use crate::error::ApiError;
+use crate::pki::{pem_cert, LeafRequest};
+use crate::store::{StoreError, Txn};
+use crate::tls::PeerCert;
+
+/// The marble a presented leaf certificate names, once it is known to be current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentLeaf {
+    /// Marble type (from the SPIFFE ID).
+    pub marble_type: String,
+    /// Marble instance.
+    pub uuid: uuid::Uuid,
+    /// The single URI SAN.
+    pub spiffe_id: String,
+    /// Serial, lowercase hex of the DER INTEGER content.
+    pub serial: String,
+    /// SubjectPublicKeyInfo DER of the marble key.
+    pub spki: Vec<u8>,
+    /// DNS names and IP addresses of the leaf.
+    pub names: Vec<String>,
+}
+
+/// Checks that `leaf_der` is a marble leaf issued by the mesh CA `mesh_ca_der` in
+/// `trust_domain` and valid at `now` (Unix seconds). The mesh CA is the coordinator's own
+/// current one, signed by its root, so the chain to the root holds by construction.
+pub fn check_leaf(
+    leaf_der: &[u8],
+    mesh_ca_der: &[u8],
+    trust_domain: &str,
+    now: i64,
+) -> Result<CurrentLeaf, String> {
+    let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der)
+        .map_err(|e| format!("the TLS client certificate does not parse: {e}"))?;
+    let (_, mesh) = x509_parser::parse_x509_certificate(mesh_ca_der)
+        .map_err(|e| format!("the mesh CA does not parse: {e}"))?;
+    if leaf.issuer().as_raw() != mesh.subject().as_raw()
+        || leaf.verify_signature(Some(mesh.public_key())).is_err()
+    {
+        return Err(
+            "the TLS client certificate is not a leaf of this deployment's current mesh CA (after a manifest update or for a new marble, activate instead of renewing)"
+                .into(),
+        );
+    }
+    let validity = leaf.validity();
+    if now > validity.not_after.timestamp() {
+        return Err(format!(
+            "the certificate expired at {} (Unix {}); an expired leaf cannot be renewed, the marble must activate again",
+            validity.not_after,
+            validity.not_after.timestamp()
+        ));
+    }
+    if now < validity.not_before.timestamp() {
+        return Err(format!(
+            "the certificate is not valid before {}",
+            validity.not_before
+        ));
+    }
+    let (spiffe_id, names) = sans(&leaf)?;
+    let (domain, marble_type, uuid) = quarry_api::spiffe::parse_marble_id(&spiffe_id)
+        .ok_or_else(|| format!("{spiffe_id:?} is not a marble SPIFFE ID"))?;
+    if domain != trust_domain {
+        return Err(format!(
+            "trust domain {domain:?} is not this deployment's {trust_domain:?}"
+        ));
+    }
+    Ok(CurrentLeaf {
+        marble_type,
+        uuid,
+        spiffe_id,
+        serial: hex::encode(leaf.raw_serial()),
+        spki: leaf.public_key().raw.to_vec(),
+        names,
+    })
+}
+
+/// The single URI SAN and the DNS / IP SANs of a leaf.
+fn sans(leaf: &X509Certificate<'_>) -> Result<(String, Vec<String>), String> {
+    let ext = leaf
+        .subject_alternative_name()
+        .map_err(|e| format!("subjectAltName: {e}"))?
+        .ok_or("the certificate has no subjectAltName")?;
+    let mut uris = Vec::new();
+    let mut names = Vec::new();
+    for n in &ext.value.general_names {
+        match n {
+            GeneralName::URI(u) => uris.push(u.to_string()),
+            GeneralName::DNSName(d) => names.push(d.to_string()),
+            GeneralName::IPAddress(b) => {
+                if let Ok(v4) = <[u8; 4]>::try_from(*b) {
+                    names.push(std::net::IpAddr::from(v4).to_string());
+                } else if let Ok(v6) = <[u8; 16]>::try_from(*b) {
+                    names.push(std::net::IpAddr::from(v6).to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    match uris.as_slice() {
+        [one] => Ok((one.clone(), names)),
+        _ => Err(format!(
+            "the certificate has {} URI SANs; a marble leaf has exactly one",
+            uris.len()
+        )),
+    }
+}
+
+/// Logs a refusal with its reason and turns it into a 403.
+fn refuse(marble_type: &str, uuid: &str, reason: String) -> ApiError {
+    tracing::warn!(marble_type, uuid, %reason, "renewal refused");
+    ApiError::Forbidden(reason)
+}
+
+/// `POST /api/v2/renew`. `peer_cert` is the TLS client certificate of the connection.
+pub async fn renew(
+    core: &Core,
+    req: RenewRequest,
+    peer_cert: &[u8],
+) -> Result<RenewResponse, ApiError> {
+    let view = core.view();
+    let Phase::Running(deployment) = view.phase.as_ref() else {
+        return Err(ApiError::WrongState(
+            "the coordinator is not accepting marbles (state 3 needed)".into(),
+        ));
+    };
+    let store = view
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
+    let manifest = &deployment.manifest;
+    let now = crate::translog::now_unix() as i64;
+    let current = check_leaf(
+        peer_cert,
+        deployment.mesh.cert_der(),
+        &manifest.config.trust_domain,
+        now,
+    )
+    .map_err(|e| refuse("?", "?", e))?;
+    let marble_type = current.marble_type.as_str();
+    let uuid_text = current.uuid.hyphenated().to_string();
+    let refuse = |reason: String| refuse(marble_type, &uuid_text, reason);
+    crate::revocation::ensure_not_revoked(store.as_ref(), &current.uuid, Some(&current.serial))
+        .await
+        .map_err(|e| match e {
+            ApiError::Forbidden(m) => refuse(m),
+            other => other,
+        })?;
+    let marble = manifest.marbles.get(marble_type).ok_or_else(|| {
+        refuse(format!(
+            "marble type {marble_type:?} is no longer in the manifest"
+        ))
+    })?;
+    let package = manifest.packages.get(&marble.package).ok_or_else(|| {
+        ApiError::Internal(format!("marble {marble_type} references a missing package"))
+    })?;
+    let spki_hash: [u8; 32] = Sha256::digest(&current.spki).into();
+    let nonce: [u8; 32] = hex::decode(req.nonce.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ApiError::BadRequest("nonce must be 64 hex digits".into()))?;
+    core.take_nonce(&nonce, &spki_hash)
+        .map_err(|e| refuse(e.to_string()))?;
+
+    // The same checks as activation, with no lock held during verification.
+    let verifier = core.tee.verifier.clone();
+    let evidence = req.evidence;
+    let claims: Claims =
+        tokio::task::spawn_blocking(move || verifier.verify(&evidence, SystemTime::now()))
+            .await
+            .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
+            .map_err(|e| refuse(format!("evidence refused: {e}")))?;
+    quarry_attestation::binding::check_activation_binding(&claims, &current.spki, Some(&nonce))
+        .map_err(|e| refuse(e.to_string()))?;
+    quarry_attestation::check_package(package, &claims)
+        .map_err(|e| refuse(format!("package {}: {e}", marble.package)))?;
+
+    // Names stay as issued, minus any the manifest no longer allows.
+    let names: Vec<String> = current
+        .names
+        .iter()
+        .filter(|n| {
+            let allowed = marble.dns_names.iter().any(|a| a.eq_ignore_ascii_case(n));
+            if !allowed {
+                tracing::warn!(marble_type, uuid = %uuid_text, name = %n, "name no longer allowed by the manifest; dropped from the renewed certificate");
+            }
+            allowed
+        })
+        .cloned()
+        .collect();
+    let claims_digest = claims.digest();
+    let leaf = deployment.mesh.issue_marble_leaf(&LeafRequest {
+        spki_der: &current.spki,
+        uuid: &current.uuid,
+        spiffe_id: &current.spiffe_id,
+        dns_names: &names,
+        valid_for: marble.cert_valid_for,
+        marble_type,
+        claims_digest: &claims_digest,
+        simulation: claims.simulation,
+    })?;
+    let (serial, not_after) = x509_parser::parse_x509_certificate(&leaf)
+        .map(|(_, c)| {
+            (
+                hex::encode(c.raw_serial()),
+                c.validity().not_after.timestamp(),
+            )
+        })
+        .map_err(|e| ApiError::Internal(format!("issued leaf does not parse: {e}")))?;
+    let event = serde_json::json!({
+        "type": "renewal",
+        "time": crate::translog::now_unix(),
+        "marbleType": marble_type,
+        "uuid": uuid_text,
+        "oldSerial": current.serial,
+        "newSerial": serial,
+        "claimsSha256": hex::encode(claims_digest),
+        "simulation": claims.simulation,
+    });
+    // A revocation committed since the check above wins: the renewal is not recorded.
+    let txn = Txn::new()
+        .require_absent(&crate::revocation::uuid_key(&current.uuid))
+        .require_absent(&crate::revocation::serial_key(&current.serial));
+    match view
+        .log
+        .commit_with_events(store.as_ref(), txn, vec![event])
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::Conflict(_)) => {
+            return Err(refuse(
+                "the marble was revoked while its renewal was in progress".into(),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(
+        marble_type,
+        uuid = %uuid_text,
+        old_serial = %current.serial,
+        new_serial = %serial,
+        not_after,
+        "marble certificate renewed"
+    );
+    Ok(RenewResponse {
+        certificate_chain: format!("{}{}", pem_cert(&leaf), deployment.mesh.cert_pem()),
+        root_ca: view.identity.root.cert_pem(),
+        spiffe_id: current.spiffe_id,
+        serial,
+        not_after,
+    })
+}
+
+/// Axum handler of `POST /api/v2/renew` (mesh API).
+pub async fn renew_route(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<PeerCert>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: RenewRequest = crate::routes::json_body(body)?;
+    let cert = peer.0.as_deref().map(|v| v.as_slice()).ok_or_else(|| {
+        ApiError::Unauthorized(
+            "renewal needs the marble's current leaf certificate as TLS client certificate"
+                .into(),
+        )
+    })?;
+    let resp = renew(&core, req, cert).await?;
+    Ok((StatusCode::OK, Json(JSend::success(resp))).into_response())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,443 @@
+//! Revocation (contract §3, invariant 11): users with `RevokeMarble` on a marble type (or the
+//! manifest owners, who hold `UpdateManifest`) revoke a marble instance by UUID or one of its
+//! certificates by serial. Revocations are kept in the sealed store (`revoked/<uuid>`,
+//! `revoked-serial/<hex>`) and in the transparency log; revoked UUIDs can neither activate
+//! nor renew, and the mesh CA publishes every revoked serial in a CRL (`GET /api/v2/crl`) that
+//! the sidecar proxies enforce.
+//!
+//! Which serials belong to which instance comes from the transparency log: every `activation`
+//! and `renewal` event names the marble's UUID and the serial issued. The CRL is derived on
+//! demand, so a certificate issued to a revoked UUID in a race with its revocation is listed
+//! as well.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use quarry_api::http::{JSend, RevokeRequest, RevokeResponse};
+use quarry_api::manifest::{Manifest, ResourceType};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::core::{Core, Phase, View};
+use crate::error::ApiError;
+use crate::store::{Store, StoreError, Txn};
+use crate::tls::PeerCert;
+use crate::users::{self, Action};
+
+/// Store key prefix of revoked marble UUIDs.
+pub const REVOKED_PREFIX: &str = "revoked/";
+/// Store key prefix of revoked certificate serials (hex).
+pub const REVOKED_SERIAL_PREFIX: &str = "revoked-serial/";
+/// The role action that allows revocation (on `ResourceType: Marbles`).
+pub const REVOKE_ACTION: &str = "RevokeMarble";
+/// `nextUpdate - thisUpdate` of every CRL: how long a sidecar may rely on one.
+pub const CRL_VALIDITY: Duration = Duration::from_secs(3600);
+/// A cached CRL is re-signed at least this often even when nothing changed.
+const CRL_MAX_AGE: Duration = Duration::from_secs(60);
+/// Longest serial accepted (RFC 5280: at most 20 octets).
+const MAX_SERIAL_BYTES: usize = 20;
+
+/// Store key of a revoked UUID.
+pub fn uuid_key(uuid: &uuid::Uuid) -> String {
+    format!("{REVOKED_PREFIX}{}", uuid.hyphenated())
+}
+
+/// Store key of a revoked serial (normalised lowercase hex).
+pub fn serial_key(serial_hex: &str) -> String {
+    format!("{REVOKED_SERIAL_PREFIX}{serial_hex}")
+}
+
+/// What the store keeps per revocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    /// Unix seconds of the revocation.
+    time: u64,
+    /// The user who revoked.
+    user: String,
+    /// Marble type of the instance.
+    marble_type: String,
+    /// The instance.
+    uuid: String,
+}
+
+/// One certificate the coordinator issued, as the transparency log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// The marble instance.
+    pub uuid: String,
+    /// Its type.
+    pub marble_type: String,
+    /// The leaf serial, lowercase hex.
+    pub serial: String,
+}
+
+/// Every marble leaf issued so far (activations and renewals), in log order.
+pub fn issued(view: &View) -> Vec<Issued> {
+    view.log
+        .entries(0)
+        .into_iter()
+        .filter_map(|e| {
+            let ev = &e.event;
+            let serial = match ev.get("type")?.as_str()? {
+                "activation" => ev.get("certSerial")?,
+                "renewal" => ev.get("newSerial")?,
+                _ => return None,
+            };
+            Some(Issued {
+                uuid: ev.get("uuid")?.as_str()?.to_string(),
+                marble_type: ev.get("marbleType")?.as_str()?.to_string(),
+                serial: serial.as_str()?.to_ascii_lowercase(),
+            })
+        })
+        .collect()
+}
+
+/// Refuses (403) a revoked UUID or, when given, a revoked certificate serial.
+pub async fn ensure_not_revoked(
+    store: &dyn Store,
+    uuid: &uuid::Uuid,
+    serial_hex: Option<&str>,
+) -> Result<(), ApiError> {
+    if store.get(&uuid_key(uuid)).await?.is_some() {
+        return Err(ApiError::Forbidden(format!(
+            "marble {uuid} is revoked: it can neither activate nor renew"
+        )));
+    }
+    if let Some(serial) = serial_hex {
+        if store.get(&serial_key(serial)).await?.is_some() {
+            return Err(ApiError::Forbidden(format!(
+                "certificate {serial} is revoked"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Normalises a serial given by a user: hex digits, optional `0x` prefix and `:` separators,
+/// leading zero octets dropped (as the certificate's DER INTEGER content has none).
+pub fn normalize_serial(text: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::BadRequest(format!("serial {text:?} {why}"));
+    let cleaned: String = text
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let padded = if cleaned.len() % 2 == 1 {
+        format!("0{cleaned}")
+    } else {
+        cleaned
+    };
+    let bytes = hex::decode(&padded).map_err(|_| bad("is not hex"))?;
+    let mut bytes = bytes.as_slice();
+    // A DER INTEGER keeps one 0x00 octet only before a high bit; ours never need it, but
+    // accept serials written either way.
+    while bytes.len() > 1 && bytes[0] == 0 && bytes[1] & 0x80 == 0 {
+        bytes = &bytes[1..];
+    }
+    if bytes.is_empty() || bytes.len() > MAX_SERIAL_BYTES + 1 {
+        return Err(bad("must be 1 to 20 octets"));
+    }
+    Ok(hex::encode(bytes))
+}
+
+/// Whether `user` may revoke marbles of `marble_type`: a role with `ResourceType: Marbles`,
+/// action `RevokeMarble` and the type among its `ResourceNames`, or `UpdateManifest` (the
+/// manifest owners).
+pub fn may_revoke(manifest: &Manifest, user: &str, marble_type: &str) -> bool {
+    let Some(u) = manifest.users.get(user) else {
+        return false;
+    };
+    let by_role = u
+        .roles
+        .iter()
+        .filter_map(|r| manifest.roles.get(r))
+        .any(|role| {
+            role.resource_type == ResourceType::Marbles
+                && role
+                    .actions
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(REVOKE_ACTION))
+                && role.resource_names.iter().any(|n| n == marble_type)
+        });
+    by_role || users::authorize(manifest, user, Action::UpdateManifest, &[]).is_ok()
+}
+
+/// `POST /api/v2/revoke`.
+pub async fn revoke(
+    core: &Core,
+    peer: Option<&[u8]>,
+    req: RevokeRequest,
+) -> Result<RevokeResponse, ApiError> {
+    let view = core.view();
+    let Phase::Running(deployment) = view.phase.as_ref() else {
+        return Err(ApiError::WrongState(
+            "nothing to revoke: the coordinator runs no deployment (state 3 needed)".into(),
+        ));
+    };
+    let store = view
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
+    let manifest = &deployment.manifest;
+    let user = users::authenticate(manifest, peer)?;
+    let issued = issued(&view);
+    // What is revoked: (store key, marble type, uuid, serials the CRL gains, serial if by serial).
+    let (key, marble_type, uuid, serials, by_serial) = match (&req.uuid, &req.serial) {
+        (Some(text), None) => {
+            let uuid = uuid::Uuid::parse_str(text.trim())
+                .map_err(|e| ApiError::BadRequest(format!("uuid {text:?} is not a UUID: {e}")))?;
+            let mine: Vec<&Issued> = issued
+                .iter()
+                .filter(|i| i.uuid.eq_ignore_ascii_case(&uuid.hyphenated().to_string()))
+                .collect();
+            let last = mine.last().ok_or_else(|| {
+                ApiError::NotFound(format!("no marble with UUID {uuid} was ever activated"))
+            })?;
+            let serials = mine.iter().map(|i| i.serial.clone()).collect();
+            (
+                uuid_key(&uuid),
+                last.marble_type.clone(),
+                uuid.hyphenated().to_string(),
+                serials,
+                None,
+            )
+        }
+        (None, Some(text)) => {
+            let serial = normalize_serial(text)?;
+            let cert = issued.iter().find(|i| i.serial == serial).ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "no marble certificate with serial {serial} was issued by this deployment"
+                ))
+            })?;
+            (
+                serial_key(&serial),
+                cert.marble_type.clone(),
+                cert.uuid.clone(),
+                vec![serial.clone()],
+                Some(serial),
+            )
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of {\"uuid\": …} and {\"serial\": hex}".into(),
+            ))
+        }
+    };
+    if !may_revoke(manifest, &user, &marble_type) {
+        return Err(ApiError::Forbidden(format!(
+            "user {user} may not {REVOKE_ACTION} on marble type {marble_type} (needs a role with ResourceType Marbles, Actions [{REVOKE_ACTION}], ResourceNames [{marble_type}], or UpdateManifest)"
+        )));
+    }
+    let response = |already_revoked| RevokeResponse {
+        marble_type: marble_type.clone(),
+        uuid: uuid.clone(),
+        serials: serials.clone(),
+        already_revoked,
+    };
+    if store.get(&key).await?.is_some() {
+        return Ok(response(true));
+    }
+    let now = crate::translog::now_unix();
+    let record = Record {
+        time: now,
+        user: user.clone(),
+        marble_type: marble_type.clone(),
+        uuid: uuid.clone(),
+    };
+    let mut event = serde_json::json!({
+        "type": "revocation",
+        "time": now,
+        "user": user,
+        "marbleType": marble_type,
+        "uuid": uuid,
+    });
+    if let Some(s) = &by_serial {
+        event["serial"] = s.clone().into();
+    }
+    let value = serde_json::to_vec(&record).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let txn = Txn::new().require_absent(&key).put(&key, value);
+    match view
+        .log
+        .commit_with_events(store.as_ref(), txn, vec![event])
+        .await
+    {
+        Ok(_) => {}
+        // Revoked concurrently by someone else: same outcome.
+        Err(StoreError::Conflict(_)) if store.get(&key).await?.is_some() => {
+            return Ok(response(true))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::warn!(
+        user,
+        marble_type,
+        uuid,
+        serial = by_serial.as_deref().unwrap_or("all"),
+        "marble revoked"
+    );
+    Ok(response(false))
+}
+
+/// A signed CRL and what it was made from.
+struct Cached {
+    mesh_sha256: [u8; 32],
+    log_size: u64,
+    made: Instant,
+    number: u64,
+    der: Vec<u8>,
+}
+
+fn cache() -> &'static Mutex<Vec<Cached>> {
+    static CACHE: OnceLock<Mutex<Vec<Cached>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// `GET /api/v2/crl`: DER CRL signed by the current mesh CA listing every revoked serial,
+/// re-signed whenever the log grows (every revocation is logged) and at least every minute.
+pub async fn crl(core: &Core) -> Result<Vec<u8>, ApiError> {
+    let view = core.view();
+    let Phase::Running(deployment) = view.phase.as_ref() else {
+        return Err(ApiError::WrongState(
+            "no CRL: the coordinator runs no deployment (state 3 needed)".into(),
+        ));
+    };
+    let store = view
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
+    let mesh_sha256: [u8; 32] = Sha256::digest(deployment.mesh.cert_der()).into();
+    let (log_size, _) = view.log.head();
+    let mut last_number = 0;
+    if let Ok(c) = cache().lock() {
+        if let Some(hit) = c.iter().find(|c| c.mesh_sha256 == mesh_sha256) {
+            if hit.log_size == log_size && hit.made.elapsed() < CRL_MAX_AGE {
+                return Ok(hit.der.clone());
+            }
+            last_number = hit.number;
+        }
+    }
+    let revoked = revoked_serials(store.as_ref(), &view).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let this_update = now.replace_nanosecond(0).unwrap_or(now);
+    let millis = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let number = millis.max(last_number + 1);
+    let params = rcgen::CertificateRevocationListParams {
+        this_update,
+        next_update: this_update
+            + time::Duration::try_from(CRL_VALIDITY)
+                .map_err(|e| ApiError::Internal(format!("CRL validity: {e}")))?,
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .filter_map(|(serial, time)| {
+                Some(rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&hex::decode(serial).ok()?),
+                    revocation_time: time::OffsetDateTime::from_unix_timestamp(*time as i64)
+                        .unwrap_or(this_update),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let der = deployment.mesh.sign_crl(&params)?;
+    if let Ok(mut c) = cache().lock() {
+        c.retain(|c| c.mesh_sha256 != mesh_sha256);
+        // Bounded: one entry per deployment a process served (tests run several).
+        if c.len() >= 16 {
+            c.remove(0);
+        }
+        c.push(Cached {
+            mesh_sha256,
+            log_size,
+            made: Instant::now(),
+            number,
+            der: der.clone(),
+        });
+    }
+    Ok(der)
+}
+
+/// Every revoked serial (hex) with its revocation time: those revoked one by one, and every
+/// certificate ever issued to a revoked UUID.
+pub async fn revoked_serials(
+    store: &dyn Store,
+    view: &View,
+) -> Result<BTreeMap<String, u64>, ApiError> {
+    let time_of = |bytes: &[u8]| {
+        serde_json::from_slice::<Record>(bytes)
+            .map(|r| r.time)
+            .unwrap_or(0)
+    };
+    let mut out = BTreeMap::new();
+    for (key, v) in store.scan(REVOKED_SERIAL_PREFIX).await? {
+        let serial = key.trim_start_matches(REVOKED_SERIAL_PREFIX).to_string();
+        out.insert(serial, time_of(&v.value));
+    }
+    let mut uuids = BTreeMap::new();
+    for (key, v) in store.scan(REVOKED_PREFIX).await? {
+        let uuid = key.trim_start_matches(REVOKED_PREFIX).to_ascii_lowercase();
+        uuids.insert(uuid, time_of(&v.value));
+    }
+    let mut seen = BTreeSet::new();
+    for i in issued(view) {
+        if let Some(t) = uuids.get(&i.uuid.to_ascii_lowercase()) {
+            if seen.insert(i.serial.clone()) {
+                out.entry(i.serial).or_insert(*t);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Axum handler of `POST /api/v2/revoke` (client API).
+pub async fn revoke_route(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<PeerCert>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: RevokeRequest = crate::routes::json_body(body)?;
+    let peer = peer.0.as_deref().map(|v| v.as_slice());
+    let resp = revoke(&core, peer, req).await?;
+    Ok((StatusCode::OK, Json(JSend::success(resp))).into_response())
+}
+
+/// Axum handler of `GET /api/v2/crl` (client and mesh API): `application/pkix-crl`, DER.
+pub async fn crl_route(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
+    let der = crl(&core).await?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/pkix-crl"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        der,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_normalise_to_der_integer_hex() {
+        assert_eq!(normalize_serial("0x01AB").unwrap(), "01ab");
+        assert_eq!(normalize_serial("00:7f:01").unwrap(), "7f01");
+        assert_eq!(normalize_serial("00ff").unwrap(), "00ff");
+        assert_eq!(normalize_serial("abc").unwrap(), "0abc");
+        assert!(normalize_serial("xyz").is_err());
+        assert!(normalize_serial("").is_err());
+        assert!(normalize_serial(&"11".repeat(30)).is_err());
+    }
+}
