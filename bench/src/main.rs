@@ -122,7 +122,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     activated += serialized.ok;
-    if activated < args.marbles {
+    // Refused activations (e.g. 503 under contention) are retried until the total is reached.
+    for _ in 0..5 {
+        if activated >= args.marbles {
+            break;
+        }
         progress(&args, &format!("filling to {} marbles", args.marbles));
         let fill = Scenario {
             concurrency: 100,

@@ -100,14 +100,20 @@ pub async fn activate(
     // Evidence verification is CPU work with no lock held.
     let verifier = core.tee.verifier.clone();
     let evidence = req.evidence.clone();
-    let claims: Claims =
-        tokio::task::spawn_blocking(move || verifier.verify(&evidence, SystemTime::now()))
-            .await
-            .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
-            .map_err(|e| refuse(marble_type, &req.uuid, format!("evidence refused: {e}")))?;
+    let claims: Claims = tokio::task::spawn_blocking(move || {
+        crate::metrics::time_verification(evidence.kind, || {
+            verifier.verify(&evidence, SystemTime::now())
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
+    .map_err(|e| refuse(marble_type, &req.uuid, format!("evidence refused: {e}")))?;
     quarry_attestation::binding::check_activation_binding(&claims, &spki, nonce.as_ref())
         .map_err(|e| refuse(marble_type, &req.uuid, e.to_string()))?;
     quarry_attestation::check_package(package, &claims).map_err(|e| {
+        for m in &e.0 {
+            tracing::warn!(marble_type, uuid = %req.uuid, package = %marble.package, field = m.field, expected = %m.expected, actual = %m.actual, "package field mismatch");
+        }
         refuse(
             marble_type,
             &req.uuid,
@@ -196,7 +202,8 @@ pub async fn activate(
 
 /// Logs a refusal with its reason and turns it into a 403.
 fn refuse(marble_type: &str, uuid: &str, reason: String) -> ApiError {
-    tracing::warn!(marble_type, uuid, %reason, "activation refused");
+    let kind = crate::metrics::refusal_reason(&reason);
+    tracing::warn!(marble_type, uuid, kind, %reason, "activation refused");
     ApiError::Forbidden(reason)
 }
 

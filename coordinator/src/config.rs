@@ -74,6 +74,9 @@ pub struct Config {
     /// AMD KDS base URL to fetch missing VCEKs from.
     #[arg(long, env = "QUARRY_KDS_URL")]
     pub kds_url: Option<String>,
+    /// Print the coordinator policy (JSON) a relying party pins for this binary and TEE, then exit.
+    #[arg(long)]
+    pub print_policy: bool,
     /// Log format.
     #[arg(long, env = "QUARRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -105,16 +105,19 @@ pub struct Identity {
     pub root_secret: Secret,
 }
 
+/// Outstanding activation nonces: nonce → (SHA-256 of the TLS key it was issued to, issue time).
+type NonceTable = HashMap<[u8; 32], ([u8; 32], Instant)>;
+
 /// Shared coordinator state.
 pub struct Core {
     /// The TEE runtime (evidence provider, verifier, sealing).
     pub tee: Tee,
     data_dir: PathBuf,
     inner: RwLock<Inner>,
-    nonces: Mutex<HashMap<[u8; 32], ([u8; 32], Instant)>>,
+    nonces: Mutex<NonceTable>,
     /// Serialises manifest changes (not activations).
     pub manifest_lock: tokio::sync::Mutex<()>,
-    quote_cache: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+    quote_cache: Mutex<Option<(Vec<u8>, quarry_api::Evidence)>>,
     recovery: Mutex<crate::recovery::Session>,
 }
 
@@ -381,7 +384,7 @@ impl Core {
     }
 
     /// The coordinator's evidence over SHA-256(root DER ‖ nonce), cached without a nonce.
-    pub fn quote(&self, nonce: Option<&[u8]>) -> Result<Vec<u8>, ApiError> {
+    pub fn quote(&self, nonce: Option<&[u8]>) -> Result<quarry_api::Evidence, ApiError> {
         let view = self.view();
         let root = view.identity.root.cert_der().to_vec();
         if nonce.is_none() {
@@ -407,10 +410,10 @@ impl Core {
             .map_err(|e| ApiError::Internal(format!("coordinator evidence: {e}")))?;
         if nonce.is_none() {
             if let Ok(mut c) = self.quote_cache.lock() {
-                *c = Some((root, evidence.quote.clone()));
+                *c = Some((root, evidence.clone()));
             }
         }
-        Ok(evidence.quote)
+        Ok(evidence)
     }
 }
 
@@ -446,7 +449,7 @@ async fn fresh(data_dir: &Path, tee: &Tee) -> anyhow::Result<Inner> {
     tracing::info!("new deployment identity created (root CA and root secret sealed)");
     Ok(Inner {
         phase: Arc::new(Phase::AcceptingManifest),
-        store: Some(Arc::new(store)),
+        store: Some(crate::metrics::timed_store(store)),
         identity: Arc::new(Identity { root, root_secret }),
         log,
         dek: Some(Arc::new(dek)),
@@ -527,7 +530,7 @@ async fn open_state(data_dir: &Path, dek: Secret) -> Result<Inner, String> {
     );
     Ok(Inner {
         phase: Arc::new(phase),
-        store: Some(Arc::new(store)),
+        store: Some(crate::metrics::timed_store(store)),
         identity,
         log,
         dek: Some(Arc::new(dek)),

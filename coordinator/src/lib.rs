@@ -10,8 +10,8 @@ pub mod manifest_ops;
 pub mod mesh;
 pub mod metrics;
 pub mod openapi;
-pub mod query;
 pub mod pki;
+pub mod query;
 pub mod recovery;
 pub mod renewal;
 pub mod revocation;
@@ -113,6 +113,12 @@ impl App {
         let metrics = metrics::serve(self.metrics, self.core.clone());
         tokio::join!(client, mesh, metrics);
     }
+}
+
+/// The coordinator policy for this binary and the configured TEE (`--print-policy`).
+pub fn print_policy(config: &Config) -> anyhow::Result<String> {
+    let tee = tee_from_config(config)?;
+    Ok(serde_json::to_string_pretty(&tee.policy)?)
 }
 
 fn tee_from_config(config: &Config) -> anyhow::Result<Tee> {

@@ -5,10 +5,40 @@ use clap::Parser;
 use quarry_coordinator::config::{Config, LogFormat};
 use quarry_coordinator::App;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// Upper bound of blocking threads (evidence verification, fsync): bounded so the process
+/// fits an enclave's fixed thread count.
+const MAX_BLOCKING_THREADS: usize = 48;
+
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve())
+}
+
+async fn serve() -> std::process::ExitCode {
     let config = Config::parse();
     init_logging(config.log_format);
+    if config.print_policy {
+        return match quarry_coordinator::print_policy(&config) {
+            Ok(p) => {
+                println!("{p}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot compute the policy: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let app = match App::build(&config).await {
         Ok(app) => app,
         Err(e) => {

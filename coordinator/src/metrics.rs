@@ -190,7 +190,10 @@ pub fn render(core: &Core) -> String {
 
 async fn metrics_text(State(core): State<Arc<Core>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         render(&core),
     )
         .into_response()
@@ -284,9 +287,7 @@ impl<S: Store> Store for TimedStore<S> {
     async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
         let start = Instant::now();
         let out = self.0.commit(txn).await;
-        METRICS
-            .store_commit
-            .observe(start.elapsed().as_secs_f64());
+        METRICS.store_commit.observe(start.elapsed().as_secs_f64());
         out
     }
 }
@@ -323,8 +324,8 @@ impl Metrics {
             g
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c =
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition");
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("valid counter definition");
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric name");
@@ -442,7 +443,12 @@ mod tests {
 
     #[test]
     fn every_outcome_is_in_the_fixed_list_whatever_the_message() {
-        let messages = ["", "a UUID 0f8fad5b-d9cb-469f-a165-70867728950e", "nonce", "x"];
+        let messages = [
+            "",
+            "a UUID 0f8fad5b-d9cb-469f-a165-70867728950e",
+            "nonce",
+            "x",
+        ];
         for m in messages {
             for e in [
                 ApiError::Forbidden(m.into()),

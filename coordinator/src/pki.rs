@@ -94,7 +94,10 @@ impl CaKey {
     }
 
     /// Signs a certificate revocation list with this CA (DER).
-    pub fn sign_crl(&self, crl: &rcgen::CertificateRevocationListParams) -> Result<Vec<u8>, PkiError> {
+    pub fn sign_crl(
+        &self,
+        crl: &rcgen::CertificateRevocationListParams,
+    ) -> Result<Vec<u8>, PkiError> {
         Ok(crl.signed_by(&self.issuer()?)?.der().to_vec())
     }
 
@@ -339,7 +342,7 @@ pub fn check_key_params(kind: CertKeyKind, size: u32) -> Result<(), String> {
         CertKeyKind::Ecdsa => Err(format!(
             "ECDSA size {size} is not supported (use 256 or 384; P-224 and P-521 are not offered by this build's crypto provider)"
         )),
-        CertKeyKind::Rsa if size == 0 || (2048..=8192).contains(&size) && size % 8 == 0 => Ok(()),
+        CertKeyKind::Rsa if size == 0 || (2048..=8192).contains(&size) && size.is_multiple_of(8) => Ok(()),
         CertKeyKind::Rsa => Err(format!("RSA size {size} is not supported (2048..=8192, multiple of 8)")),
         CertKeyKind::Ed25519 if size == 0 => Ok(()),
         CertKeyKind::Ed25519 => Err("Ed25519 keys take no Size".into()),

@@ -43,7 +43,10 @@ mod tests {
         assert_eq!(parse::<Proof>("index=1&size=2").expect("parses").index, 1);
         for bad in ["index=x&size=2", "size=2", ""] {
             let err = parse::<Proof>(bad).expect_err("must be refused");
-            assert!(matches!(err, ApiError::BadRequest(ref m) if m.starts_with("malformed query string")), "{bad}: {err:?}");
+            assert!(
+                matches!(err, ApiError::BadRequest(ref m) if m.starts_with("malformed query string")),
+                "{bad}: {err:?}"
+            );
         }
     }
 }

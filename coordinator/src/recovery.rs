@@ -178,6 +178,9 @@ fn fill_random(buf: &mut [u8]) -> Result<(), String> {
         .map_err(|_| "system RNG failed".to_string())
 }
 
+/// Recovery data plus the RSA-OAEP ciphertext of each key's secret, by key name.
+pub type Wrapped = (RecoveryData, BTreeMap<String, Vec<u8>>);
+
 /// Wraps `dek` for the recovery `keys` (name → PEM) with `threshold` (0 = all keys):
 /// returns the recovery data to store next to the sealed key and, per key name, the
 /// RSA-OAEP-SHA256 ciphertext to hand out once. `None` without keys. Manifest updates that
@@ -186,7 +189,7 @@ pub fn wrap(
     dek: &Secret,
     keys: &BTreeMap<String, String>,
     threshold: u64,
-) -> Result<Option<(RecoveryData, BTreeMap<String, Vec<u8>>)>, RecoveryError> {
+) -> Result<Option<Wrapped>, RecoveryError> {
     let n = keys.len();
     if n == 0 {
         return Ok(None);

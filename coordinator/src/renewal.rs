@@ -281,8 +281,7 @@ pub async fn renew_route(
     let req: RenewRequest = crate::routes::json_body(body)?;
     let cert = peer.0.as_deref().map(|v| v.as_slice()).ok_or_else(|| {
         ApiError::Unauthorized(
-            "renewal needs the marble's current leaf certificate as TLS client certificate"
-                .into(),
+            "renewal needs the marble's current leaf certificate as TLS client certificate".into(),
         )
     })?;
     let resp = renew(&core, req, cert).await?;

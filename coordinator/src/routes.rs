@@ -13,7 +13,6 @@ use quarry_api::http::{
     ActivateRequest, JSend, ManifestGetResponse, ManifestSetRequest, ManifestSetResponse,
     NonceResponse, QuoteResponse, StatusResponse, MAX_BODY_BYTES,
 };
-use quarry_api::EvidenceType;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -45,7 +44,10 @@ pub fn client_router(core: Arc<Core>) -> Router {
         .route("/api/v2/revoke", post(crate::revocation::revoke_route))
         .route("/api/v2/crl", get(crate::revocation::crl_route))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state("client", crate::metrics::track_http))
+        .layer(axum::middleware::from_fn_with_state(
+            "client",
+            crate::metrics::track_http,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
 }
@@ -60,7 +62,10 @@ pub fn mesh_router(core: Arc<Core>) -> Router {
         .route("/api/v2/renew", post(crate::renewal::renew_route))
         .route("/api/v2/crl", get(crate::revocation::crl_route))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state("mesh", crate::metrics::track_http))
+        .layer(axum::middleware::from_fn_with_state(
+            "mesh",
+            crate::metrics::track_http,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
 }
@@ -158,12 +163,8 @@ async fn quote(
     chain.push_str(&view.identity.root.cert_pem());
     Ok(ok(QuoteResponse {
         cert: chain,
-        quote: quarry_api::bytes::b64(&quote),
-        kind: if core.tee.simulation {
-            EvidenceType::Simulated
-        } else {
-            EvidenceType::SgxDcap
-        },
+        quote: quarry_api::bytes::b64(&quote.quote),
+        kind: quote.kind,
         simulation: core.tee.simulation,
     }))
 }

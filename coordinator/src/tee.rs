@@ -26,6 +26,9 @@ pub struct Tee {
     pub sealing: &'static str,
     /// The coordinator's own measurement.
     pub measurement: [u8; 32],
+    /// The coordinator policy a relying party pins for this binary and TEE
+    /// (`quarry-coordinator --print-policy`).
+    pub policy: serde_json::Value,
 }
 
 impl Tee {
@@ -64,8 +67,15 @@ impl Tee {
             SimPlatform::from_ca_pem(&platform.ca_pem()).map_err(anyhow::Error::msg)?
         ])
         .map_err(anyhow::Error::msg)?;
+        let policy = serde_json::json!({
+            "TEE": "simulated",
+            "UniqueID": hex::encode(measurement),
+            "Debug": false,
+            "SimulationPlatformCA": platform.ca_pem(),
+        });
         let provider = SimProvider::new(platform, identity)?;
         Ok(Tee {
+            policy,
             provider: Arc::new(provider),
             verifier: Arc::new(VerifierSet::new().dangerous_with_simulation(verifier)),
             simulation: true,
@@ -147,7 +157,16 @@ impl Tee {
                 )
             }
         };
+        let reference = hex::encode(own_identity(&own));
+        let policy = match cfg.tee {
+            TeeKind::Sgx => {
+                serde_json::json!({"TEE": "sgx", "UniqueID": reference, "Debug": false})
+            }
+            TeeKind::Tdx => serde_json::json!({"TEE": "tdx", "MRTD": reference, "Debug": false}),
+            _ => serde_json::json!({"TEE": "snp", "Measurement": reference, "Debug": false}),
+        };
         Ok(Tee {
+            policy,
             provider,
             verifier: Arc::new(VerifierSet::hardware(Some(source))),
             simulation: false,

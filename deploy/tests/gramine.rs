@@ -38,7 +38,7 @@ fn vars() -> BTreeMap<&'static str, &'static str> {
         ("service_dir", "/opt/hello"),
         ("service_exe", "hello"),
         ("marble_type", "hello"),
-        ("coordinator_root_ca", "/etc/quarry/root-ca.pem"),
+        ("coordinator_policy", "/etc/quarry/coordinator-policy.json"),
         ("marble_dir", "/var/lib/quarry-marble/hello"),
         ("enclave_size", "512M"),
         ("max_threads", "32"),
@@ -109,7 +109,7 @@ fn marble_expect(debug: bool, libs: &[String]) -> Expect<'_> {
         tee: "gramine-sgx",
         data_path: "/marble",
         data_key: "_sgx_mrenclave",
-        trusted_paths: &["/opt/quarry/coordinator-root-ca.pem", "/service/hello"],
+        trusted_paths: &["/opt/quarry/coordinator-policy.json", "/service/hello"],
         passthrough_allowed: &["QUARRY_COORDINATOR_ADDR", "QUARRY_MARBLE_DNS_NAMES"],
         libraries: libs,
         min_enclave_size: SIDECAR_MIN_ENCLAVE,
@@ -294,18 +294,18 @@ fn unmeasured_library_is_refused() {
 }
 
 #[test]
-fn unmeasured_service_or_pinned_root_is_refused() {
+fn unmeasured_service_or_coordinator_policy_is_refused() {
     let libs = libraries("marble-sidecar");
     let doc = tampered(
         "marble.manifest.template",
-        "  \"file:/etc/quarry/root-ca.pem\",\n",
+        "  \"file:/etc/quarry/coordinator-policy.json\",\n",
         "",
     );
     assert_eq!(
         check(&doc, &marble_expect(false, &libs)),
         vec![Problem::NotTrusted {
-            path: "/opt/quarry/coordinator-root-ca.pem".into(),
-            uri: Some("file:/etc/quarry/root-ca.pem".into())
+            path: "/opt/quarry/coordinator-policy.json".into(),
+            uri: Some("file:/etc/quarry/coordinator-policy.json".into())
         }]
     );
     let doc = tampered("marble.manifest.template", "  \"file:/opt/hello/\",\n", "");

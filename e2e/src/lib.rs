@@ -53,6 +53,26 @@ impl Coordinator {
         sim_platform: &Path,
         log: &Path,
     ) -> anyhow::Result<Coordinator> {
+        Coordinator::launch(wrapper, data_dir, sim_platform, log, &[])
+    }
+
+    /// Like [`Coordinator::start`], with `extra_args` appended to the command line.
+    pub fn start_with(
+        data_dir: &Path,
+        sim_platform: &Path,
+        log: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Coordinator> {
+        Coordinator::launch(&[], data_dir, sim_platform, log, extra_args)
+    }
+
+    fn launch(
+        wrapper: &[&str],
+        data_dir: &Path,
+        sim_platform: &Path,
+        log: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Coordinator> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -73,6 +93,7 @@ impl Coordinator {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--client-addr", "127.0.0.1:0", "--mesh-addr", "127.0.0.1:0"])
+            .args(extra_args)
             .env("QUARRY_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -113,6 +113,21 @@ fn verify_online_offline_bundle_and_log() {
         "UniqueID": sha256_file(&bin("quarry-coordinator")),
         "SimulationPlatformCA": std::fs::read_to_string(platform.join("platform-ca.pem")).unwrap(),
     });
+    // The coordinator prints the same policy for itself.
+    let printed = run(
+        Command::new(bin("quarry-coordinator"))
+            .args(["--print-policy", "--tee", "simulated", "--sim-platform"])
+            .arg(&platform),
+        LIMIT,
+    )
+    .unwrap();
+    assert!(printed.status.success(), "{}", text(&printed));
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(printed["UniqueID"], policy["UniqueID"]);
+    assert_eq!(
+        printed["SimulationPlatformCA"],
+        policy["SimulationPlatformCA"]
+    );
     let policy_path = t.join("policy.json");
     std::fs::write(&policy_path, serde_json::to_vec_pretty(&policy).unwrap()).unwrap();
     let p = policy_path.to_str().unwrap();

@@ -149,7 +149,11 @@ async fn acknowledged_activations_survive_sigkill_at_random_moments() {
             workers.push(tokio::spawn(async move {
                 let mut n = 0usize;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let kind = if (n + w) % 2 == 0 { "limited" } else { "free" };
+                    let kind = if (n + w).is_multiple_of(2) {
+                        "limited"
+                    } else {
+                        "free"
+                    };
                     n += 1;
                     // Errors (connection cut by the kill) leave the outcome unknown: fine.
                     let Ok((code, v, uuid)) = activate(&mesh_url, &root, &provider, kind).await

@@ -12,9 +12,13 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod container;
+mod keys;
 mod mutate;
 mod patch;
 mod pod;
+mod refusal;
+mod respond;
 pub mod review;
 pub mod server;
 

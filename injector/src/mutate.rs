@@ -1,33 +1,15 @@
 //! The mutation: an AdmissionReview for a Pod in, the same review with a response (an
 //! RFC 6902 JSON patch, or a refusal) out. Pure: no I/O, no clock.
-use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::config::{InjectorConfig, Tee, TrustSource};
+use crate::container::{add_env, add_limits, hardened, small_resources};
+pub use crate::keys::*;
 use crate::patch::{pointer_token, Patch};
 use crate::pod::{ContainerView, PodView};
-use crate::review::{AdmissionResponse, AdmissionReview, Status, API_VERSION};
-
-/// Label that opts a pod in; its value is the marble type (a key of the manifest's `Marbles`).
-pub const LABEL_MARBLE_TYPE: &str = "quarry/marble-type";
-/// Annotation choosing how a container is wrapped: `entrypoint` (default) or `native-sidecar`.
-pub const ANN_INJECTION: &str = "quarry/injection";
-/// Annotation listing the containers to wrap (comma-separated); needed when a pod has several.
-pub const ANN_CONTAINERS: &str = "quarry/containers";
-/// Annotation prefix: `quarry/marble-type.<container>` overrides the label for one container.
-pub const ANN_MARBLE_TYPE_PREFIX: &str = "quarry/marble-type.";
-/// Annotation (or prefix `quarry/entrypoint.<container>`): the image's ENTRYPOINT (+CMD) as
-/// a JSON array, for entrypoint mode when the container sets no `command`.
-pub const ANN_ENTRYPOINT: &str = "quarry/entrypoint";
-/// Annotation: comma-separated DNS names for the marble certificates (default derived from
-/// the marble type and namespace).
-pub const ANN_DNS_NAMES: &str = "quarry/dns-names";
-/// Annotation: where the marble UUID comes from: `pod-uid` (default) or `generated`.
-pub const ANN_UUID: &str = "quarry/uuid";
-/// Annotation: `disabled` skips the TEE resource requests (SGX device plugin).
-pub const ANN_RESOURCE_INJECTION: &str = "quarry/resource-injection";
-/// Annotation the injector sets on the pods it mutated (value: the mode).
-pub const ANN_INJECTED: &str = "quarry/injected";
+pub use crate::refusal::Refusal;
+use crate::respond::{allow, answer, deny};
+use crate::review::AdmissionReview;
 
 /// Where the injected pieces are mounted in every container that runs the sidecar.
 pub const MOUNT_ROOT: &str = "/quarry";
@@ -44,77 +26,6 @@ const VOL_ID: &str = "quarry-id";
 const VOL_RUN: &str = "quarry-run";
 const VOL_SIM: &str = "quarry-sim";
 const INSTALL_CONTAINER: &str = "quarry-install";
-
-/// Why a labelled pod is refused (the webhook fails closed).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// The object could not be decoded as a Pod.
-    #[error("the object is not a Pod the injector can read: {0}")]
-    NotAPod(String),
-    /// The marble type is empty.
-    #[error("label {LABEL_MARBLE_TYPE} (or annotation {ANN_MARBLE_TYPE_PREFIX}{container}) must name a marble type")]
-    EmptyMarbleType {
-        /// Container the type was looked up for.
-        container: String,
-    },
-    /// An annotation has a value the injector does not know.
-    #[error("annotation {annotation} has unknown value {value:?} (allowed: {allowed})")]
-    UnknownAnnotationValue {
-        /// The annotation key.
-        annotation: &'static str,
-        /// Its value.
-        value: String,
-        /// The allowed values.
-        allowed: &'static str,
-    },
-    /// Several containers and no choice among them.
-    #[error(
-        "the pod has {count} containers; annotation {ANN_CONTAINERS} must list the ones to wrap"
-    )]
-    AmbiguousContainers {
-        /// Number of containers.
-        count: usize,
-    },
-    /// A listed container does not exist.
-    #[error("annotation {ANN_CONTAINERS} names container {0:?}, which the pod does not have")]
-    UnknownContainer(String),
-    /// Entrypoint mode cannot know what to run.
-    #[error("container {container:?} sets no command, so the image's entrypoint is unknown to the injector; set the container's command, or annotation {annotation} to the image's ENTRYPOINT (followed by its CMD unless the container sets args) as a JSON array")]
-    EntrypointUnknown {
-        /// The container.
-        container: String,
-        /// The annotation that would give it.
-        annotation: String,
-    },
-    /// The entrypoint annotation is not a non-empty JSON array of strings.
-    #[error("annotation {annotation} must be a non-empty JSON array of strings: {reason}")]
-    InvalidEntrypoint {
-        /// The annotation key.
-        annotation: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Native-sidecar mode would move secrets across a TEE boundary.
-    #[error("{ANN_INJECTION}: native-sidecar shares materialised secrets between containers through a tmpfs, which would leave the enclave with TEE {0}; use {ANN_INJECTION}: entrypoint")]
-    NativeSidecarOutsideTee(Tee),
-    /// One pod UID cannot identify several marbles.
-    #[error("{ANN_UUID}: pod-uid gives one UUID per pod, but {count} containers are wrapped; use {ANN_UUID}: generated")]
-    PodUidForSeveralMarbles {
-        /// Wrapped containers.
-        count: usize,
-    },
-    /// A name the injector adds exists already.
-    #[error("the pod already has {kind} {name:?}, which the injector would add (injected twice?)")]
-    NameTaken {
-        /// What kind of name.
-        kind: &'static str,
-        /// The name.
-        name: String,
-    },
-    /// A derived container name would exceed Kubernetes' 63 characters.
-    #[error("container name {0:?} is too long to derive the sidecar container names (at most 47 characters)")]
-    NameTooLong(String),
-}
 
 /// How a container is wrapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -637,110 +548,5 @@ impl Ctx<'_> {
                 json!({ ANN_INJECTED: mode.as_str() }),
             );
         }
-    }
-}
-
-/// Append env vars the container does not set itself (the pod's own values win).
-fn add_env(patch: &mut Patch, base: &str, container: &ContainerView, env: &[(String, String)]) {
-    let existing: Vec<&str> = container
-        .env
-        .iter()
-        .flatten()
-        .map(|e| e.name.as_str())
-        .collect();
-    let new: Vec<Value> = env
-        .iter()
-        .filter(|(k, _)| !existing.contains(&k.as_str()))
-        .map(|(k, v)| json!({"name": k, "value": v}))
-        .collect();
-    patch.append(&format!("{base}/env"), container.env.is_some(), new);
-}
-
-/// Add resource limits the container does not set itself.
-fn add_limits(
-    patch: &mut Patch,
-    base: &str,
-    container: &ContainerView,
-    limits: &[(String, String)],
-) {
-    let Some(resources) = &container.resources else {
-        let map: serde_json::Map<String, Value> =
-            limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-        patch.add(&format!("{base}/resources"), json!({"limits": map}));
-        return;
-    };
-    let Some(existing) = &resources.limits else {
-        let map: serde_json::Map<String, Value> =
-            limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-        patch.add(&format!("{base}/resources/limits"), Value::Object(map));
-        return;
-    };
-    for (k, v) in limits {
-        if !existing.contains_key(k) {
-            patch.add(
-                &format!("{base}/resources/limits/{}", pointer_token(k)),
-                json!(v),
-            );
-        }
-    }
-}
-
-/// Security context of the injected containers; keeps the service's user and group so the
-/// files written for it (0600) stay readable by it.
-fn hardened(service: Option<&crate::pod::SecurityContextView>) -> Value {
-    let mut sc = json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "capabilities": {"drop": ["ALL"]},
-    });
-    if let Some(s) = service {
-        if let Some(uid) = s.run_as_user {
-            sc["runAsUser"] = json!(uid);
-        }
-        if let Some(gid) = s.run_as_group {
-            sc["runAsGroup"] = json!(gid);
-        }
-    }
-    sc
-}
-
-fn small_resources() -> Value {
-    json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}})
-}
-
-fn allow(uid: String, patch: Option<Patch>, warnings: Vec<String>) -> AdmissionResponse {
-    let patch = patch
-        .filter(|p| !p.is_empty())
-        .map(|p| base64::engine::general_purpose::STANDARD.encode(p.to_json().to_string()));
-    AdmissionResponse {
-        uid,
-        allowed: true,
-        status: None,
-        patch_type: patch.as_ref().map(|_| "JSONPatch".to_string()),
-        patch,
-        warnings,
-    }
-}
-
-fn deny(uid: String, message: String) -> AdmissionResponse {
-    AdmissionResponse {
-        uid,
-        allowed: false,
-        status: Some(Status {
-            code: 403,
-            message: format!("quarry-injector: {message}"),
-        }),
-        patch_type: None,
-        patch: None,
-        warnings: Vec::new(),
-    }
-}
-
-fn answer(response: AdmissionResponse) -> AdmissionReview {
-    AdmissionReview {
-        api_version: API_VERSION.to_string(),
-        kind: "AdmissionReview".to_string(),
-        request: None,
-        response: Some(response),
     }
 }

@@ -188,6 +188,10 @@ pub struct CommonArgs {
     /// not authenticated). [env: QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY=true|false]
     #[arg(long)]
     pub insecure_skip_coordinator_verify: bool,
+    /// How often the mesh proxies fetch the coordinator's CRL (`500ms`, `30s`, `5m`; plain
+    /// numbers are seconds). [env: QUARRY_CRL_INTERVAL] [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub crl_interval: Option<String>,
 }
 
 /// Everything the sidecar needs, resolved from flags and environment.
@@ -207,6 +211,8 @@ pub struct Config {
     pub trust: CoordinatorTrust,
     /// What to do after activation.
     pub mode: Mode,
+    /// How often the mesh proxies refresh the CRL.
+    pub crl_interval: std::time::Duration,
 }
 
 /// The evidence provider.
@@ -455,6 +461,15 @@ impl Config {
             return Err(ConfigError::MissingSimMeasure);
         }
 
+        let crl_interval = match src.pick(
+            common.crl_interval,
+            "--crl-interval",
+            &["QUARRY_CRL_INTERVAL"],
+        ) {
+            Some(s) => crate::crl::parse_interval(&s.value).map_err(|r| s.invalid(r))?,
+            None => crate::crl::DEFAULT_CRL_INTERVAL,
+        };
+
         Ok(Config {
             coordinator,
             marble_type,
@@ -463,6 +478,7 @@ impl Config {
             tee,
             trust,
             mode,
+            crl_interval,
         })
     }
 }

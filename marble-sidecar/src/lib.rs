@@ -11,9 +11,11 @@
 pub mod attest;
 pub mod client;
 pub mod config;
+pub mod crl;
 pub mod identity;
 pub mod materialise;
 pub mod proxy;
+pub mod renew;
 pub mod supervise;
 
 use std::ffi::OsString;
@@ -68,6 +70,9 @@ pub enum Error {
     /// The mesh proxies could not be started.
     #[error(transparent)]
     Proxy(#[from] proxy::ProxyError),
+    /// Certificate renewal or CRL refresh could not be set up.
+    #[error(transparent)]
+    Upkeep(#[from] renew::UpkeepError),
     /// `proxy` mode for a marble whose manifest entry has no `Mesh` section.
     #[error("marble type {0} has no Mesh section in the manifest: there is nothing to proxy")]
     NoMesh(String),
@@ -137,7 +142,17 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
     }
     let proxies = match config.mode {
         Mode::Activate { .. } => None,
-        Mode::Run { .. } | Mode::Proxy { .. } => start_proxies(&response, &key).await?,
+        Mode::Run { .. } | Mode::Proxy { .. } => {
+            let upkeep = renew::Upkeep {
+                coordinator: config.coordinator.clone(),
+                trust: trust.clone(),
+                provider: std::sync::Arc::from(provider),
+                spki: key.spki_der().to_vec(),
+                spiffe_id: response.spiffe_id.clone(),
+                crl_interval: config.crl_interval,
+            };
+            start_proxies(&response, &key, upkeep).await?
+        }
     };
     match config.mode {
         Mode::Run { command } => {
@@ -199,6 +214,7 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
 async fn start_proxies(
     response: &quarry_api::http::ActivateResponse,
     key: &MarbleKey,
+    upkeep: renew::Upkeep,
 ) -> Result<Option<proxy::Proxies>, Error> {
     let Some(mesh) = &response.mesh else {
         return Ok(None);
@@ -209,7 +225,9 @@ async fn start_proxies(
         &response.root_ca,
         &mesh.trust_domain,
     )?;
-    Ok(Some(proxy::Proxies::start(mesh, &identity).await?))
+    let mut proxies = proxy::Proxies::start(mesh, &identity).await?;
+    upkeep.start(&mut proxies, &identity)?;
+    Ok(Some(proxies))
 }
 
 /// Sets up the evidence provider; returns the resolved measured executable with it.

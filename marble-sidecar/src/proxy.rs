@@ -118,6 +118,8 @@ pub struct MeshIdentity {
     pub trust_domain: String,
     /// The crypto provider (ring).
     pub provider: Arc<CryptoProvider>,
+    /// Revoked peer certificates, refused by every port (filled from the CRL).
+    pub revoked: Arc<crate::crl::Revoked>,
 }
 
 impl MeshIdentity {
@@ -141,6 +143,7 @@ impl MeshIdentity {
             roots: Arc::new(roots),
             trust_domain: trust_domain.to_string(),
             provider,
+            revoked: crate::crl::Revoked::new(),
         })
     }
 }
@@ -221,6 +224,11 @@ impl Proxies {
     /// Bound addresses of the egress ports, in manifest order.
     pub fn outbound_addrs(&self) -> &[SocketAddr] {
         &self.outbound
+    }
+
+    /// Runs `task` beside the listeners (renewal, CRL refresh); it stops with them.
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
     }
 
     /// Serves until every listener stops (which only happens when a task panics).

@@ -1,6 +1,6 @@
 //! `quarry recover`: upload one recovery secret, signed by its recovery key, to a coordinator
 //! in Recovery (state 1).
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use quarry_api::http::{RecoverRequest, RecoverResponse};
 use rsa::pkcs1::DecodeRsaPrivateKey as _;
@@ -71,7 +71,7 @@ fn raw_or_base64(bytes: Vec<u8>) -> Vec<u8> {
     }
 }
 
-fn load_key(path: &PathBuf) -> Result<RsaPrivateKey, Failure> {
+fn load_key(path: &Path) -> Result<RsaPrivateKey, Failure> {
     let bytes = output::read_file(path, "recovery key")?;
     let text = String::from_utf8_lossy(&bytes);
     RsaPrivateKey::from_pkcs8_pem(text.trim())

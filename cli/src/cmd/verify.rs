@@ -203,7 +203,7 @@ pub fn run_log(args: &LogArgs) -> Result<(), Failure> {
     ))
 }
 
-fn load_policy(path: &PathBuf) -> Result<CoordinatorPolicy, Failure> {
+fn load_policy(path: &std::path::Path) -> Result<CoordinatorPolicy, Failure> {
     let bytes = output::read_file(path, "coordinator policy")?;
     CoordinatorPolicy::parse(&bytes).map_err(|e| {
         Failure::new(

@@ -164,6 +164,7 @@ pub struct MeshServerVerifier {
     provider: Arc<rustls::crypto::CryptoProvider>,
     trust_domain: String,
     expected: String,
+    revoked: Arc<crate::crl::Revoked>,
 }
 
 impl MeshServerVerifier {
@@ -179,6 +180,7 @@ impl MeshServerVerifier {
             provider: id.provider.clone(),
             trust_domain: id.trust_domain.clone(),
             expected: expected.to_string(),
+            revoked: id.revoked.clone(),
         })
     }
 }
@@ -207,6 +209,10 @@ impl ServerCertVerifier for MeshServerVerifier {
         allow::check_server(&peer, &self.expected).map_err(|e| {
             tracing::warn!(proxy = "egress", server = %peer, reason = %e, "server refused");
             rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
+        self.revoked.check(end_entity).map_err(|e| {
+            tracing::warn!(proxy = "egress", server = %peer, reason = %e, "server refused: certificate revoked");
+            rustls::Error::InvalidCertificate(CertificateError::Revoked)
         })?;
         Ok(ServerCertVerified::assertion())
     }

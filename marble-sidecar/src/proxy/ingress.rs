@@ -178,6 +178,7 @@ pub struct MeshClientVerifier {
     trust_domain: String,
     policy: Policy,
     port: u16,
+    revoked: Arc<crate::crl::Revoked>,
 }
 
 impl MeshClientVerifier {
@@ -192,6 +193,7 @@ impl MeshClientVerifier {
             trust_domain: id.trust_domain.clone(),
             policy,
             port,
+            revoked: id.revoked.clone(),
         })
     }
 }
@@ -217,6 +219,10 @@ impl ClientCertVerifier for MeshClientVerifier {
         self.policy.check(&peer).map_err(|e| {
             tracing::warn!(proxy = "ingress", port = self.port, peer = %peer, reason = %e, "peer refused by AllowFrom");
             rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
+        self.revoked.check(end_entity).map_err(|e| {
+            tracing::warn!(proxy = "ingress", port = self.port, peer = %peer, reason = %e, "peer refused: certificate revoked");
+            rustls::Error::InvalidCertificate(CertificateError::Revoked)
         })?;
         Ok(verified)
     }

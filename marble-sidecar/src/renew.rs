@@ -1,0 +1,490 @@
+//! Certificate renewal (contract §3, §6): while the proxies run, the sidecar renews the
+//! marble's leaf at 2/3 of its lifetime with `POST /api/v2/renew`, authenticated by the current
+//! leaf as TLS client certificate plus fresh evidence binding the same key to a new nonce, and
+//! swaps the new chain into the running proxies ([`CertStore::replace`]): open connections keep
+//! their certificate, new handshakes use the new one. Failures are retried with exponential
+//! backoff, each one logged with the time left before the certificate expires.
+//!
+//! The lifetime is counted from the later of the leaf's notBefore and the moment the sidecar
+//! received it, because the coordinator backdates notBefore for clock skew.
+//!
+//! What is renewed: the certificate the proxies present. The service's own copies (the
+//! `MARBLE_PREDEFINED_MARBLE_CERTIFICATE_CHAIN` variable and manifest Files rendered at
+//! activation) are not rewritten, and `activate --out DIR` is one-shot, so its files are not
+//! renewed either; services that use the leaf themselves must be restarted (re-activated)
+//! within `CertValidFor`, as with MarbleRun.
+use std::sync::Arc;
+use std::time::Duration;
+
+use quarry_api::evidence::activation_report_data;
+use quarry_api::http::{JSend, NonceResponse, RenewRequest, RenewResponse, MAX_BODY_BYTES};
+use quarry_attestation::EvidenceProvider;
+use rustls::sign::CertifiedKey;
+use serde::de::DeserializeOwned;
+
+use crate::client::{dangerous, TrustAnchor, NONCE_PATH};
+use crate::proxy::{CertStore, MeshIdentity, Proxies};
+
+/// Path of the renewal endpoint (mesh API).
+pub const RENEW_PATH: &str = "/api/v2/renew";
+/// Path of the CRL endpoint (mesh API).
+pub const CRL_PATH: &str = "/api/v2/crl";
+/// First wait after a failed renewal; doubles after each further failure.
+pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between two renewal attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Shortest wait before a renewal or retry.
+const MIN_DELAY: Duration = Duration::from_millis(100);
+/// Upper bound of one request to the coordinator.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why renewal or a CRL fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpkeepError {
+    /// The client could not be built.
+    #[error("building the coordinator client: {0}")]
+    Setup(String),
+    /// The request did not complete.
+    #[error("request to {url} failed: {reason}")]
+    Transport {
+        /// The URL called.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The coordinator refused.
+    #[error("refused by the coordinator: {0}")]
+    Refused(String),
+    /// The answer is not what the protocol says.
+    #[error("unexpected answer from the coordinator to {what}: {reason}")]
+    Protocol {
+        /// The request.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TEE could not produce evidence.
+    #[error("producing evidence: {0}")]
+    Evidence(String),
+    /// The renewed certificate cannot be used.
+    #[error("the renewed certificate is unusable: {0}")]
+    Certificate(String),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A mesh API client that authenticates with the marble's *current* leaf certificate. No
+/// connection is reused, so every request presents the certificate in force at that moment.
+#[derive(Debug)]
+pub struct Link {
+    http: reqwest::Client,
+    base: reqwest::Url,
+}
+
+impl Link {
+    /// A client of the mesh API at `base`, verifying the coordinator as `trust` says.
+    pub fn new(
+        base: reqwest::Url,
+        trust: &TrustAnchor,
+        certs: Arc<CertStore>,
+    ) -> Result<Link, UpkeepError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| UpkeepError::Setup(e.to_string()))?;
+        let builder = match trust {
+            TrustAnchor::PinnedRoot(roots) => builder.with_root_certificates(roots.clone()),
+            TrustAnchor::DangerousAcceptAnyCoordinator => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(dangerous::AcceptAnyCoordinator::new(
+                    provider,
+                ))),
+        };
+        let mut tls = builder.with_client_cert_resolver(certs);
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .https_only(true)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(crate::client::CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .pool_max_idle_per_host(0)
+            .user_agent(concat!("quarry-marble-sidecar/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| UpkeepError::Setup(e.to_string()))?;
+        Ok(Link { http, base })
+    }
+
+    fn url(&self, path: &str) -> Result<reqwest::Url, UpkeepError> {
+        self.base
+            .join(path)
+            .map_err(|e| UpkeepError::Setup(e.to_string()))
+    }
+
+    async fn body(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &reqwest::Url,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), UpkeepError> {
+        let transport = |e: reqwest::Error| UpkeepError::Transport {
+            url: url.to_string(),
+            reason: crate::client::error_chain(&e),
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(UpkeepError::Protocol {
+                    what: "a mesh API request",
+                    reason: format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, body))
+    }
+
+    async fn jsend<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &reqwest::Url,
+        what: &'static str,
+    ) -> Result<T, UpkeepError> {
+        let (status, body) = self.body(request, url).await?;
+        let envelope: JSend<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
+            if status.is_success() {
+                UpkeepError::Protocol {
+                    what,
+                    reason: format!("not a JSend envelope: {e}"),
+                }
+            } else {
+                UpkeepError::Refused(format!("HTTP {status}"))
+            }
+        })?;
+        match envelope.into_result() {
+            Ok(data) if status.is_success() => {
+                serde_json::from_value(data).map_err(|e| UpkeepError::Protocol {
+                    what,
+                    reason: format!("unexpected data: {e}"),
+                })
+            }
+            Ok(_) => Err(UpkeepError::Protocol {
+                what,
+                reason: format!("HTTP {status} with a success envelope"),
+            }),
+            Err(message) => Err(UpkeepError::Refused(one_line(&message))),
+        }
+    }
+
+    /// `GET /api/v2/activate/nonce` on a leaf-authenticated connection.
+    pub async fn nonce(&self) -> Result<[u8; 32], UpkeepError> {
+        let url = self.url(NONCE_PATH)?;
+        let data: NonceResponse = self
+            .jsend(self.http.get(url.clone()), &url, "the nonce request")
+            .await?;
+        hex::decode(data.nonce.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or(UpkeepError::Protocol {
+                what: "the nonce request",
+                reason: "the nonce is not 32 bytes of hex".into(),
+            })
+    }
+
+    /// `POST /api/v2/renew`.
+    pub async fn renew(&self, request: &RenewRequest) -> Result<RenewResponse, UpkeepError> {
+        let url = self.url(RENEW_PATH)?;
+        self.jsend(
+            self.http.post(url.clone()).json(request),
+            &url,
+            "the renewal request",
+        )
+        .await
+    }
+
+    /// `GET /api/v2/crl`: the DER CRL (unverified; see [`crate::crl::verify_crl`]).
+    pub async fn crl(&self) -> Result<Vec<u8>, UpkeepError> {
+        let url = self.url(CRL_PATH)?;
+        let (status, body) = self.body(self.http.get(url.clone()), &url).await?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<JSend<serde_json::Value>>(&body)
+                .ok()
+                .and_then(|e| e.into_result().err())
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(UpkeepError::Refused(one_line(&message)));
+        }
+        Ok(body)
+    }
+}
+
+/// One line, printable, bounded: coordinator text goes to the logs.
+fn one_line(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(512)
+        .collect()
+}
+
+/// notBefore and notAfter of a certificate (DER), Unix seconds.
+pub fn leaf_times(cert_der: &[u8]) -> Result<(i64, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// How long to wait before renewing a leaf valid from `not_before` to `not_after` (Unix
+/// seconds) that was received at `received_ms`, at `now_ms`: until 2/3 of its lifetime,
+/// counted from the later of notBefore and its receipt.
+pub fn renewal_delay(not_before: i64, not_after: i64, received_ms: i64, now_ms: i64) -> Duration {
+    let start = (not_before.saturating_mul(1000)).max(received_ms);
+    let end = not_after.saturating_mul(1000);
+    let at = start + (end - start).max(0) * 2 / 3;
+    Duration::from_millis(u64::try_from(at - now_ms).unwrap_or(0)).max(MIN_DELAY)
+}
+
+/// How long to wait after a failed attempt: the backoff, but never past half the time left
+/// before expiry (so several attempts happen before it).
+pub fn retry_delay(backoff: Duration, not_after: i64, now_ms: i64) -> Duration {
+    let left = not_after.saturating_mul(1000) - now_ms;
+    if left <= 0 {
+        return backoff;
+    }
+    backoff
+        .min(Duration::from_millis(u64::try_from(left / 2).unwrap_or(0)))
+        .max(MIN_DELAY)
+}
+
+/// Renews the marble's leaf for as long as the proxies run.
+pub struct Renewer {
+    link: Arc<Link>,
+    provider: Arc<dyn EvidenceProvider>,
+    spki: Vec<u8>,
+    spiffe_id: String,
+    certs: Arc<CertStore>,
+}
+
+impl std::fmt::Debug for Renewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewer")
+            .field("spiffe_id", &self.spiffe_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Renewer {
+    /// A renewer of the leaf in `certs` for the key `spki` with SPIFFE ID `spiffe_id`.
+    pub fn new(
+        link: Arc<Link>,
+        provider: Arc<dyn EvidenceProvider>,
+        spki: Vec<u8>,
+        spiffe_id: String,
+        certs: Arc<CertStore>,
+    ) -> Renewer {
+        Renewer {
+            link,
+            provider,
+            spki,
+            spiffe_id,
+            certs,
+        }
+    }
+
+    /// One renewal: nonce, evidence, request, checks, swap. Returns the new serial (hex).
+    pub async fn renew_once(&self) -> Result<String, UpkeepError> {
+        let nonce = self.link.nonce().await?;
+        let report_data = activation_report_data(&self.spki, Some(&nonce));
+        let provider = self.provider.clone();
+        let evidence = tokio::task::spawn_blocking(move || provider.evidence(&report_data))
+            .await
+            .map_err(|e| UpkeepError::Evidence(e.to_string()))?
+            .map_err(|e| UpkeepError::Evidence(e.to_string()))?;
+        let response = self
+            .link
+            .renew(&RenewRequest {
+                evidence,
+                nonce: hex::encode(nonce),
+            })
+            .await?;
+        if response.spiffe_id != self.spiffe_id {
+            return Err(UpkeepError::Certificate(format!(
+                "it names {:?}, this marble is {:?}",
+                response.spiffe_id, self.spiffe_id
+            )));
+        }
+        let chain = rustls_pemfile::certs(&mut response.certificate_chain.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| UpkeepError::Certificate(format!("not PEM: {e}")))?;
+        if chain.len() < 2 {
+            return Err(UpkeepError::Certificate(
+                "the chain must hold the leaf and the mesh CA".into(),
+            ));
+        }
+        let current = self.certs.current();
+        let renewed = CertifiedKey::new(chain, current.key.clone());
+        // The leaf must be for this marble's key, or nothing of the answer is used.
+        renewed
+            .keys_match()
+            .map_err(|e| UpkeepError::Certificate(format!("not for this marble's key: {e}")))?;
+        self.certs.replace(Arc::new(renewed));
+        Ok(response.serial)
+    }
+
+    /// Renews at 2/3 of each leaf's lifetime, retrying failures with backoff, forever.
+    pub async fn run_forever(self) {
+        let mut received = unix_now_ms();
+        loop {
+            let current = self.certs.current();
+            let Some((not_before, not_after)) = current
+                .end_entity_cert()
+                .ok()
+                .and_then(|c| leaf_times(c).ok())
+            else {
+                tracing::error!("the marble certificate does not parse; renewal stopped");
+                return;
+            };
+            let delay = renewal_delay(not_before, not_after, received, unix_now_ms());
+            tracing::info!(
+                renew_in_ms = delay.as_millis() as u64,
+                not_after,
+                "certificate renewal scheduled"
+            );
+            tokio::time::sleep(delay).await;
+            let mut backoff = INITIAL_BACKOFF;
+            loop {
+                match self.renew_once().await {
+                    Ok(serial) => {
+                        received = unix_now_ms();
+                        tracing::info!(%serial, "marble certificate renewed and swapped into the proxies");
+                        break;
+                    }
+                    Err(e) => {
+                        let now = unix_now_ms();
+                        let wait = retry_delay(backoff, not_after, now);
+                        let left_s = not_after - now / 1000;
+                        if left_s > 0 {
+                            tracing::warn!(
+                                error = %e,
+                                expires_in_s = left_s,
+                                retry_in_ms = wait.as_millis() as u64,
+                                "certificate renewal failed; retrying before the certificate expires"
+                            );
+                        } else {
+                            tracing::error!(
+                                error = %e,
+                                expired_s_ago = -left_s,
+                                retry_in_ms = wait.as_millis() as u64,
+                                "certificate renewal failed and the certificate has EXPIRED: mesh peers refuse this marble; restart it to activate again"
+                            );
+                        }
+                        tokio::time::sleep(wait).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the background upkeep (renewal and CRL refresh) needs besides the proxies' identity.
+pub struct Upkeep {
+    /// Base URL of the coordinator's mesh API.
+    pub coordinator: reqwest::Url,
+    /// How the coordinator is authenticated.
+    pub trust: TrustAnchor,
+    /// Evidence for renewals.
+    pub provider: Arc<dyn EvidenceProvider>,
+    /// The marble key's SubjectPublicKeyInfo (DER).
+    pub spki: Vec<u8>,
+    /// The marble's SPIFFE ID.
+    pub spiffe_id: String,
+    /// CRL refresh interval.
+    pub crl_interval: Duration,
+}
+
+impl std::fmt::Debug for Upkeep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upkeep")
+            .field("coordinator", &self.coordinator.as_str())
+            .field("spiffe_id", &self.spiffe_id)
+            .field("crl_interval", &self.crl_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upkeep {
+    /// Starts renewal and CRL refresh beside `proxies` (they stop with them).
+    pub fn start(self, proxies: &mut Proxies, identity: &MeshIdentity) -> Result<(), UpkeepError> {
+        let link = Arc::new(Link::new(
+            self.coordinator,
+            &self.trust,
+            identity.certs.clone(),
+        )?);
+        let renewer = Renewer::new(
+            link.clone(),
+            self.provider,
+            self.spki,
+            self.spiffe_id,
+            identity.certs.clone(),
+        );
+        proxies.spawn(renewer.run_forever());
+        proxies.spawn(crate::crl::refresh_forever(
+            link,
+            identity.certs.clone(),
+            identity.revoked.clone(),
+            self.crl_interval,
+        ));
+        tracing::info!(
+            crl_interval_ms = self.crl_interval.as_millis() as u64,
+            "certificate renewal and CRL refresh running"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_at_two_thirds_of_the_lifetime_from_receipt() {
+        // 24 h leaf received at notBefore: renew after 16 h.
+        let nb = 1_000_000;
+        let d = renewal_delay(nb, nb + 86_400, nb * 1000, nb * 1000);
+        assert_eq!(d, Duration::from_secs(57_600));
+        // Backdated notBefore (5 min) and a 6 s validity: counted from receipt, 4 s.
+        let now = 2_000_000_000;
+        let d = renewal_delay(now / 1000 - 300, now / 1000 + 6, now, now);
+        assert_eq!(d, Duration::from_secs(4));
+        // Overdue: at once (after the minimum delay).
+        assert_eq!(
+            renewal_delay(nb, nb + 10, nb * 1000, (nb + 20) * 1000),
+            MIN_DELAY
+        );
+    }
+
+    #[test]
+    fn retries_fit_before_expiry() {
+        let now = 1_000_000_000;
+        // 10 s left: a 60 s backoff is cut to 5 s.
+        assert_eq!(
+            retry_delay(MAX_BACKOFF, now / 1000 + 10, now),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            retry_delay(INITIAL_BACKOFF, now / 1000 + 100, now),
+            INITIAL_BACKOFF
+        );
+        // Expired: plain backoff.
+        assert_eq!(retry_delay(MAX_BACKOFF, now / 1000 - 1, now), MAX_BACKOFF);
+    }
+}
