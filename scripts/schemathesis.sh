@@ -28,6 +28,7 @@ work=$(mktemp -d)
 coord_pid=""
 cleanup() {
   if [ -n "$coord_pid" ]; then kill "$coord_pid" 2>/dev/null || true; wait "$coord_pid" 2>/dev/null || true; fi
+  if [ "${KEEP_LOG:-}" != "" ] && [ -f "$work/coordinator.log" ]; then cp "$work/coordinator.log" "$KEEP_LOG"; fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -182,7 +182,7 @@ fn expectation(name: &str) -> Option<Expect> {
         // Converted by yaml_to_json first; ResourceType "" is not a resource type.
         "samples__manifest-template.yaml" => Reject {
             path: "/Roles/<RoleName>/ResourceType",
-            mentions: &["Packages", "Secrets", "Manifest"],
+            mentions: &["Packages", "Secrets"],
         },
         // MarbleRun's own dry run refuses raw in Env (the rawInEnv fixture has this very line,
         // `"API_KEY": "{{ raw .Secrets.apiKey }}"`), so the sample cannot be set as it is.

@@ -5,6 +5,7 @@ pub mod evidence;
 pub mod manifest;
 pub mod package_info;
 pub mod recover;
+pub mod revoke;
 pub mod secret;
 pub mod sim;
 pub mod status;

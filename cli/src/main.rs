@@ -64,6 +64,8 @@ enum Command {
     Log(cmd::verify::LogArgs),
     /// Upload a signed recovery secret to a coordinator in Recovery (state 1).
     Recover(cmd::recover::Args),
+    /// Revoke a marble by UUID or a certificate by serial (-c CERT -k KEY of a RevokeMarble user).
+    Revoke(cmd::revoke::Args),
     /// Manage a simulated TEE platform (development only).
     Sim(cmd::sim::Args),
     /// Print a shell completion script.
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Log(a) => cmd::verify::run_log(a),
         Command::Recover(a) => cmd::recover::run(a),
+        Command::Revoke(a) => cmd::revoke::run(a),
         Command::Sim(a) => cmd::sim::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
     };

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// Nothing there (404).
     #[error("{0}")]
     NotFound(String),
+    /// The endpoint exists but not with this method (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// The coordinator is not in a state that allows this (409).
     #[error("{0}")]
     WrongState(String),
@@ -42,6 +45,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::WrongState(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -11,7 +11,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod openapi;
 pub mod pki;
-pub mod query;
+pub mod extract;
 pub mod recovery;
 pub mod renewal;
 pub mod revocation;

@@ -93,7 +93,7 @@ pub fn outcome(error: Option<&ApiError>) -> &'static str {
         Some(ApiError::Unauthorized(_)) => "unauthenticated",
         Some(ApiError::Unavailable(_)) => "unavailable",
         Some(ApiError::Internal(_)) => "error",
-        Some(ApiError::NotFound(_)) => "other",
+        Some(ApiError::NotFound(_)) | Some(ApiError::MethodNotAllowed(_)) => "other",
     }
 }
 
@@ -456,6 +456,7 @@ mod tests {
                 ApiError::BadRequest(m.into()),
                 ApiError::Unauthorized(m.into()),
                 ApiError::NotFound(m.into()),
+                ApiError::MethodNotAllowed(m.into()),
                 ApiError::TooLarge(1),
                 ApiError::Unavailable(m.into()),
                 ApiError::Internal(m.into()),

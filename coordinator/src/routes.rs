@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::core::{Core, Phase};
 use crate::error::ApiError;
-use crate::query::Query;
+use crate::extract::Query;
 use crate::tls::PeerCert;
 
 /// The client API router.
@@ -44,6 +44,7 @@ pub fn client_router(core: Arc<Core>) -> Router {
         .route("/api/v2/revoke", post(crate::revocation::revoke_route))
         .route("/api/v2/crl", get(crate::revocation::crl_route))
         .fallback(not_found)
+        .method_not_allowed_fallback(crate::extract::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             "client",
             crate::metrics::track_http,
@@ -62,6 +63,7 @@ pub fn mesh_router(core: Arc<Core>) -> Router {
         .route("/api/v2/renew", post(crate::renewal::renew_route))
         .route("/api/v2/crl", get(crate::revocation::crl_route))
         .fallback(not_found)
+        .method_not_allowed_fallback(crate::extract::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             "mesh",
             crate::metrics::track_http,

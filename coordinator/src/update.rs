@@ -49,6 +49,10 @@ pub struct UpdateResponse {
     pub missing_acknowledgments: usize,
     /// Users who have not acknowledged yet.
     pub missing_users: Vec<String>,
+    /// New recovery secrets (key name → base64), returned once when the update changed
+    /// `RecoveryKeys` or `RecoveryThreshold`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_secrets: Option<BTreeMap<String, String>>,
 }
 
 /// `GET /api/v2/update-manifest`.
@@ -153,11 +157,12 @@ pub async fn propose(
         "user": user,
     });
     if p.missing() == 0 {
-        apply_full(core, &d, &p, vec![event]).await?;
+        let recovery_secrets = apply_full(core, &d, &p, vec![event]).await?;
         return Ok(UpdateResponse {
             message: "manifest updated".into(),
             missing_acknowledgments: 0,
             missing_users: vec![],
+            recovery_secrets,
         });
     }
     let txn = Txn::new()
@@ -172,6 +177,7 @@ pub async fn propose(
         ),
         missing_acknowledgments: p.missing(),
         missing_users: p.missing_users(),
+        recovery_secrets: None,
     })
 }
 
@@ -212,11 +218,12 @@ pub async fn acknowledge(
         "user": user,
     });
     if p.missing() == 0 {
-        apply_full(core, &d, &p, vec![event]).await?;
+        let recovery_secrets = apply_full(core, &d, &p, vec![event]).await?;
         return Ok(UpdateResponse {
             message: "all acknowledgements received; manifest updated".into(),
             missing_acknowledgments: 0,
             missing_users: vec![],
+            recovery_secrets,
         });
     }
     let txn = Txn::new()
@@ -227,6 +234,7 @@ pub async fn acknowledge(
         message: format!("{} more acknowledgement(s) needed", p.missing()),
         missing_acknowledgments: p.missing(),
         missing_users: p.missing_users(),
+        recovery_secrets: None,
     })
 }
 
@@ -344,6 +352,7 @@ async fn package_update(
         message: "SecurityVersion updated".into(),
         missing_acknowledgments: 0,
         missing_users: vec![],
+        recovery_secrets: None,
     })
 }
 
@@ -373,13 +382,14 @@ fn same_definition(a: &SecretSpec, b: &SecretSpec) -> bool {
 }
 
 /// Applies a full update: new manifest, new mesh CA, secrets carried over or regenerated as
-/// MarbleRun does, previous values kept for `.Previous.Secrets`.
+/// MarbleRun does, previous values kept for `.Previous.Secrets`, the data key re-sealed for
+/// the new `SealMode` and re-wrapped when the recovery keys changed (secrets returned once).
 async fn apply_full(
     core: &Core,
     d: &Arc<Deployment>,
     p: &Pending,
     mut events: Vec<serde_json::Value>,
-) -> Result<(), ApiError> {
+) -> Result<Option<BTreeMap<String, String>>, ApiError> {
     let checked = quarry_api::manifest::parse(&p.raw)
         .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
     let manifest = checked.manifest;
@@ -471,7 +481,12 @@ async fn apply_full(
         "acknowledgedBy": p.acks,
         "rotateRootSecret": rotate,
     }));
-    commit(core, store.as_ref(), txn, events).await?;
+    let sealing = crate::recovery::reseal_for_manifest(core, &manifest, Some(&d.manifest))?;
+    if let Err(e) = commit(core, store.as_ref(), txn, events).await {
+        sealing.undo();
+        return Err(e);
+    }
+    let recovery_secrets = sealing.recovery_secrets.clone();
     core.set_running(Deployment {
         manifest,
         raw: p.raw.clone(),
@@ -483,7 +498,7 @@ async fn apply_full(
         root_secret,
     });
     tracing::info!(fingerprint = %hex::encode(fingerprint), "manifest updated; mesh CA rotated");
-    Ok(())
+    Ok(recovery_secrets)
 }
 
 async fn commit(

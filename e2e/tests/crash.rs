@@ -118,7 +118,7 @@ struct Acked {
     limited: u64,
     /// Set once the limited type was refused as exhausted.
     exhausted: bool,
-    /// A limited activation acknowledged after exhaustion had been reported (must not happen).
+    /// Limited activations started after exhaustion was reported, yet acknowledged.
     after_exhaustion: Vec<String>,
 }
 
@@ -155,6 +155,9 @@ async fn acknowledged_activations_survive_sigkill_at_random_moments() {
                         "free"
                     };
                     n += 1;
+                    // Exhaustion seen before this activation started is durable: it must
+                    // be refused (one that raced with the last unit may still succeed).
+                    let exhausted_before = acked.lock().unwrap().exhausted;
                     // Errors (connection cut by the kill) leave the outcome unknown: fine.
                     let Ok((code, v, uuid)) = activate(&mesh_url, &root, &provider, kind).await
                     else {
@@ -165,7 +168,7 @@ async fn acknowledged_activations_survive_sigkill_at_random_moments() {
                         200 => {
                             if kind == "limited" {
                                 a.limited += 1;
-                                if a.exhausted {
+                                if exhausted_before {
                                     a.after_exhaustion.push(uuid.clone());
                                 }
                             }

