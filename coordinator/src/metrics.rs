@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -63,12 +63,21 @@ pub fn activation(core: &Core, marble_type: &str, error: Option<&ApiError>) {
         .inc();
 }
 
-/// Records the outcome of one certificate renewal (`error` is `None` on success).
-pub fn renewal(core: &Core, marble_type: &str, error: Option<&ApiError>) {
-    let outcome = outcome(error);
+/// Records the outcome of one certificate renewal: `outcome` is `ok` or a refusal message.
+/// `marble_type` comes from a leaf the coordinator issued (`?` before that is checked).
+pub fn renewal(marble_type: &str, outcome: &str) {
+    let outcome = if outcome == "ok" {
+        "ok"
+    } else {
+        refusal_reason(outcome)
+    };
+    let marble_type = match marble_type {
+        "" | "?" => UNKNOWN_MARBLE_TYPE,
+        t => t,
+    };
     METRICS
         .renewals
-        .with_label_values(&[&marble_label(core, marble_type, outcome), outcome])
+        .with_label_values(&[marble_type, outcome])
         .inc();
 }
 
@@ -168,7 +177,9 @@ pub async fn serve(listener: Option<TcpListener>, core: Arc<Core>) {
 }
 
 /// `/metrics` (Prometheus text format), `/healthz` (the process answers) and `/readyz`
-/// (200 in states 2 and 3, 503 in Recovery with the reason).
+/// (200 whenever the APIs serve: in Recovery too, since recovery and a new manifest go
+/// through the client API — a Kubernetes readiness probe must keep routing to it; alert on
+/// `quarry_coordinator_state == 1` instead).
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
@@ -203,15 +214,12 @@ async fn readyz(State(core): State<Arc<Core>>) -> Response {
     let view = core.view();
     let code = view.phase.state().code();
     match view.phase.as_ref() {
-        Phase::Recovery { reason } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({
-                "ready": false,
-                "state": code,
-                "reason": format!("the coordinator is in recovery (state 1): {reason}"),
-            })),
-        )
-            .into_response(),
+        Phase::Recovery { reason } => axum::Json(serde_json::json!({
+            "ready": true,
+            "state": code,
+            "recovery": format!("the coordinator is in recovery (state 1): {reason}"),
+        }))
+        .into_response(),
         _ => axum::Json(serde_json::json!({"ready": true, "state": code})).into_response(),
     }
 }

@@ -130,6 +130,7 @@ fn sans(leaf: &X509Certificate<'_>) -> Result<(String, Vec<String>), String> {
 /// Logs a refusal with its reason and turns it into a 403.
 fn refuse(marble_type: &str, uuid: &str, reason: String) -> ApiError {
     tracing::warn!(marble_type, uuid, %reason, "renewal refused");
+    crate::metrics::renewal(marble_type, &reason);
     ApiError::Forbidden(reason)
 }
 
@@ -263,6 +264,7 @@ pub async fn renew(
         not_after,
         "marble certificate renewed"
     );
+    crate::metrics::renewal(marble_type, "ok");
     Ok(RenewResponse {
         certificate_chain: format!("{}{}", pem_cert(&leaf), deployment.mesh.cert_pem()),
         root_ca: view.identity.root.cert_pem(),

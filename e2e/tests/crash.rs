@@ -364,6 +364,14 @@ async fn a_read_only_data_dir_is_a_clear_error_and_changes_nothing() {
         text.contains(cause),
         "the read-only data directory is not named as the cause:\n{text}"
     );
+    eprintln!(
+        "read-only data dir: {}",
+        if started.is_ok() {
+            "started in Recovery"
+        } else {
+            "refused to start"
+        }
+    );
     if let Ok(mut coord) = started {
         // It may serve, in Recovery (its TLS root is then an ephemeral one), but it must not
         // run the deployment it cannot write.

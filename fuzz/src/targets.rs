@@ -59,9 +59,11 @@ fn verifiers() -> &'static [Box<dyn Verifier + Send + Sync>] {
             Box::new(quarry_attestation::dcap::DcapVerifier::tdx()),
             Box::new(quarry_attestation::snp::SnpVerifier::new()),
         ];
+        // A throw-away simulated platform: the verifier keeps its CA in memory.
         let dir = std::env::temp_dir().join(format!("quarry-fuzz-sim-{}", std::process::id()));
-        let platform = quarry_attestation::simulated::SimPlatform::load(&dir)
-            .or_else(|_| quarry_attestation::simulated::SimPlatform::create(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        let platform = quarry_attestation::simulated::SimPlatform::create(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
         if let Ok(p) = platform {
             if let Ok(v) = quarry_attestation::simulated::SimVerifier::new(&[p]) {
                 set.push(Box::new(v));

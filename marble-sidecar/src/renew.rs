@@ -108,6 +108,8 @@ impl Link {
         };
         let mut tls = builder.with_client_cert_resolver(certs);
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // A resumed session would carry the identity of the certificate it was made with.
+        tls.resumption = rustls::client::Resumption::disabled();
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .https_only(true)

@@ -12,7 +12,12 @@ use crate::output::{self, Failure};
 )]
 pub struct Args {
     /// Revoke this marble instance (all its certificates; it can never renew or activate).
-    #[arg(long, value_name = "UUID", required_unless_present = "serial", conflicts_with = "serial")]
+    #[arg(
+        long,
+        value_name = "UUID",
+        required_unless_present = "serial",
+        conflicts_with = "serial"
+    )]
     pub uuid: Option<String>,
     /// Revoke the certificate with this serial (hex, as `openssl x509 -serial` prints it).
     #[arg(long, value_name = "HEX")]

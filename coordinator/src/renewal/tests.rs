@@ -103,7 +103,12 @@ fn first_der(pem_text: &str) -> Vec<u8> {
 }
 
 fn serial_of(der: &[u8]) -> String {
-    hex::encode(x509_parser::parse_x509_certificate(der).unwrap().1.raw_serial())
+    hex::encode(
+        x509_parser::parse_x509_certificate(der)
+            .unwrap()
+            .1
+            .raw_serial(),
+    )
 }
 
 impl Fixture {
@@ -113,7 +118,12 @@ impl Fixture {
     }
 
     /// Activates `key` as `marble_type`/`uuid`; returns the leaf DER.
-    async fn activate(&self, key: &Key, marble_type: &str, uuid: &str) -> Result<Vec<u8>, ApiError> {
+    async fn activate(
+        &self,
+        key: &Key,
+        marble_type: &str,
+        uuid: &str,
+    ) -> Result<Vec<u8>, ApiError> {
         let nonce = self.core.issue_nonce(Sha256::digest(&key.spki).into())?;
         let req = ActivateRequest {
             marble_type: marble_type.into(),
@@ -137,7 +147,11 @@ impl Fixture {
         renew(&self.core, req, leaf).await
     }
 
-    async fn revoke(&self, user: &[u8], req: RevokeRequest) -> Result<quarry_api::http::RevokeResponse, ApiError> {
+    async fn revoke(
+        &self,
+        user: &[u8],
+        req: RevokeRequest,
+    ) -> Result<quarry_api::http::RevokeResponse, ApiError> {
         crate::revocation::revoke(&self.core, Some(user), req).await
     }
 
@@ -169,9 +183,18 @@ async fn renewal_issues_a_new_leaf_for_the_same_key_and_logs_it() {
     assert_eq!(new.public_key().raw, key.spki.as_slice(), "same key");
     assert_ne!(old.raw_serial(), new.raw_serial(), "new serial");
     assert_eq!(renewed.serial, serial_of(&new_leaf));
-    assert_eq!(renewed.spiffe_id, format!("spiffe://quarry.local/marble/web/{uuid}"));
+    assert_eq!(
+        renewed.spiffe_id,
+        format!("spiffe://quarry.local/marble/web/{uuid}")
+    );
     assert_eq!(renewed.not_after, new.validity().not_after.timestamp());
-    let current = check_leaf(&new_leaf, &f.mesh_ca(), "quarry.local", crate::translog::now_unix() as i64).unwrap();
+    let current = check_leaf(
+        &new_leaf,
+        &f.mesh_ca(),
+        "quarry.local",
+        crate::translog::now_unix() as i64,
+    )
+    .unwrap();
     assert_eq!(current.uuid.to_string(), uuid);
     assert_eq!(current.marble_type, "web");
     // The renewed leaf renews again.
@@ -204,16 +227,25 @@ async fn renewal_with_evidence_for_another_key_is_refused() {
         .await
         .unwrap();
     let other = marble_key();
-    forbidden(f.renew(&leaf, &other.spki).await, "SHA-256 of the TLS client key");
+    forbidden(
+        f.renew(&leaf, &other.spki).await,
+        "SHA-256 of the TLS client key",
+    );
     // A nonce issued to another key is refused too.
-    let nonce = f.core.issue_nonce(Sha256::digest(&other.spki).into()).unwrap();
+    let nonce = f
+        .core
+        .issue_nonce(Sha256::digest(&other.spki).into())
+        .unwrap();
     let req = RenewRequest {
         evidence: f.evidence(&key.spki, &nonce),
         nonce: hex::encode(nonce),
     };
     forbidden(renew(&f.core, req, &leaf).await, "another TLS key");
     // A nonce cannot be used twice.
-    let nonce = f.core.issue_nonce(Sha256::digest(&key.spki).into()).unwrap();
+    let nonce = f
+        .core
+        .issue_nonce(Sha256::digest(&key.spki).into())
+        .unwrap();
     let req = RenewRequest {
         evidence: f.evidence(&key.spki, &nonce),
         nonce: hex::encode(nonce),
@@ -253,9 +285,15 @@ async fn expired_foreign_or_self_signed_certificates_cannot_renew() {
             simulation: true,
         })
         .unwrap();
-    forbidden(f.renew(&foreign, &key.spki).await, "not a leaf of this deployment");
+    forbidden(
+        f.renew(&foreign, &key.spki).await,
+        "not a leaf of this deployment",
+    );
     // The self-signed activation certificate is no leaf either.
-    forbidden(f.renew(&key.cert, &key.spki).await, "not a leaf of this deployment");
+    forbidden(
+        f.renew(&key.cert, &key.spki).await,
+        "not a leaf of this deployment",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,13 +308,23 @@ async fn revoked_uuid_cannot_renew_or_activate_and_is_listed_in_the_crl() {
         serial: None,
     };
     // Authorisation: bob may revoke only `other`; no user certificate at all is a 401.
-    forbidden(f.revoke(&f.bob, by_uuid.clone()).await, "may not RevokeMarble on marble type web");
+    forbidden(
+        f.revoke(&f.bob, by_uuid.clone()).await,
+        "may not RevokeMarble on marble type web",
+    );
     assert!(matches!(
         crate::revocation::revoke(&f.core, None, by_uuid.clone()).await,
         Err(ApiError::Unauthorized(_))
     ));
     assert!(matches!(
-        f.revoke(&f.alice, RevokeRequest { uuid: Some(uuid::Uuid::new_v4().to_string()), serial: None }).await,
+        f.revoke(
+            &f.alice,
+            RevokeRequest {
+                uuid: Some(uuid::Uuid::new_v4().to_string()),
+                serial: None
+            }
+        )
+        .await,
         Err(ApiError::NotFound(_))
     ));
     assert!(matches!(
@@ -319,7 +367,12 @@ async fn revoked_uuid_cannot_renew_or_activate_and_is_listed_in_the_crl() {
     // The log has the revocation event.
     let log = f.core.view().log.entries(0);
     let event = &log.last().unwrap().event;
-    assert!(log.iter().any(|e| e.event["type"] == "revocation" && e.event["uuid"] == uuid.as_str() && e.event["user"] == "alice"), "{event}");
+    assert!(
+        log.iter().any(|e| e.event["type"] == "revocation"
+            && e.event["uuid"] == uuid.as_str()
+            && e.event["user"] == "alice"),
+        "{event}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,7 +387,10 @@ async fn revoking_one_serial_refuses_that_certificate_only_and_owners_may_revoke
         uuid: None,
         serial: Some(format!("0x{}", serial.to_uppercase())),
     };
-    forbidden(f.revoke(&f.alice, req.clone()).await, "may not RevokeMarble");
+    forbidden(
+        f.revoke(&f.alice, req.clone()).await,
+        "may not RevokeMarble",
+    );
     let resp = f.revoke(&f.owner, req).await.unwrap();
     assert_eq!(resp.serials, vec![serial.clone()]);
     assert_eq!(resp.uuid, uuid);
@@ -352,7 +408,14 @@ async fn revoking_one_serial_refuses_that_certificate_only_and_owners_may_revoke
     assert_eq!(listed, vec![serial]);
     // An unknown serial is a 404.
     assert!(matches!(
-        f.revoke(&f.owner, RevokeRequest { uuid: None, serial: Some("01".into()) }).await,
+        f.revoke(
+            &f.owner,
+            RevokeRequest {
+                uuid: None,
+                serial: Some("01".into())
+            }
+        )
+        .await,
         Err(ApiError::NotFound(_))
     ));
 }
