@@ -122,16 +122,9 @@ pub async fn activate(
     })?;
 
     // Everything that can fail for reasons of the deployment's configuration runs before the
-    // activation budget is spent.
+    // activation budget is spent (the budget is spent in the same transaction that logs the
+    // activation, below).
     let mesh = crate::mesh::config(manifest, marble, &deployment)?;
-    if marble.max_activations > 0 {
-        spend_activation(store.as_ref(), marble_type, marble.max_activations)
-            .await
-            .map_err(|e| match e {
-                ApiError::Forbidden(m) => refuse(marble_type, &req.uuid, m),
-                other => other,
-            })?;
-    }
 
     let trust_domain = manifest.config.trust_domain.clone();
     let spiffe_id = quarry_api::spiffe::marble_id(&trust_domain, marble_type, &uuid);
@@ -158,13 +151,12 @@ pub async fn activate(
         "certSerial": serial,
         "simulation": claims.simulation,
     });
-    view.log
-        .commit_with_events(
-            store.as_ref(),
-            Txn::new().require_absent(&crate::revocation::uuid_key(&uuid)),
-            vec![event],
-        )
-        .await?;
+    record_activation(&view.log, &store, marble_type, marble, &uuid, event)
+        .await
+        .map_err(|e| match e {
+            ApiError::Forbidden(m) => refuse(marble_type, &req.uuid, m),
+            other => other,
+        })?;
     let root_der = view.identity.root.cert_der().to_vec();
     let private = private_secrets(
         manifest,
@@ -215,37 +207,43 @@ pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, ApiError> {
     Ok(cert.public_key().raw.to_vec())
 }
 
-/// Spends one activation of `marble_type`'s budget, atomically across concurrent requests
-/// (and replicas sharing the store).
-async fn spend_activation(store: &dyn Store, marble_type: &str, max: u64) -> Result<u64, ApiError> {
+/// Spends one activation of `marble_type`'s budget (when it has one) and appends `event` to
+/// the transparency log in one transaction, refused if the UUID was revoked meanwhile. The
+/// counter is a store-evaluated bounded increment, so concurrent activations (and replicas
+/// sharing the store) never exceed `MaxActivations` and never retry against each other.
+async fn record_activation(
+    log: &crate::translog::TransLog,
+    store: &Arc<dyn Store>,
+    marble_type: &str,
+    marble: &Marble,
+    uuid: &uuid::Uuid,
+    event: serde_json::Value,
+) -> Result<(), ApiError> {
     let key = format!("{}{marble_type}", keys::ACTIVATIONS_PREFIX);
     for _ in 0..MAX_CAS_RETRIES {
-        let current = store.get(&key).await?;
-        let (count, revision) = match &current {
-            None => (0, None),
-            Some(v) => {
-                let bytes: [u8; 8] = v.value.as_slice().try_into().map_err(|_| {
-                    ApiError::Internal(format!("activation counter {key} is corrupt"))
-                })?;
-                (u64::from_be_bytes(bytes), Some(v.revision))
-            }
-        };
-        if count >= max {
-            return Err(ApiError::Forbidden(format!(
-                "MaxActivations of marble type {marble_type} exhausted ({count} of {max} used)"
-            )));
+        let mut txn = Txn::new().require_absent(&crate::revocation::uuid_key(uuid));
+        if marble.max_activations > 0 {
+            txn = txn.increment(&key, marble.max_activations);
         }
-        let txn = Txn::new()
-            .require(&key, revision)
-            .put(&key, (count + 1).to_be_bytes().to_vec());
-        match store.commit(txn).await {
-            Ok(_) => return Ok(count + 1),
+        match log.commit_with_events(store, txn, vec![event.clone()]).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::LimitReached { max, .. }) => {
+                return Err(ApiError::Forbidden(format!(
+                    "MaxActivations of marble type {marble_type} exhausted ({max} of {max} used)"
+                )))
+            }
+            Err(StoreError::Conflict(k)) if k == crate::revocation::uuid_key(uuid) => {
+                return Err(ApiError::Forbidden(format!(
+                    "marble {uuid} is revoked: it can neither activate nor renew"
+                )))
+            }
+            // A store shared with other writers (etcd) may refuse a stale read; retry.
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Err(ApiError::Unavailable(format!(
-        "activation counter of {marble_type} is under heavy contention; retry"
+        "activation of {marble_type} is under heavy contention; retry"
     )))
 }
 

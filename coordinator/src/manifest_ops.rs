@@ -89,7 +89,7 @@ pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiEr
     let sealing = crate::recovery::reseal_for_manifest(core, &manifest, None)?;
     let committed = view
         .log
-        .commit_with_events(store.as_ref(), txn, vec![event])
+        .commit_with_events(&store, txn, vec![event])
         .await;
     let recovery_secrets = match committed {
         Ok(_) => sealing.recovery_secrets.clone(),

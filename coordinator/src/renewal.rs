@@ -245,7 +245,7 @@ pub async fn renew(
         .require_absent(&crate::revocation::serial_key(&current.serial));
     match view
         .log
-        .commit_with_events(store.as_ref(), txn, vec![event])
+        .commit_with_events(&store, txn, vec![event])
         .await
     {
         Ok(_) => {}

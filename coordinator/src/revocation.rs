@@ -266,7 +266,7 @@ pub async fn revoke(
     let txn = Txn::new().require_absent(&key).put(&key, value);
     match view
         .log
-        .commit_with_events(store.as_ref(), txn, vec![event])
+        .commit_with_events(&store, txn, vec![event])
         .await
     {
         Ok(_) => {}

@@ -170,7 +170,7 @@ pub async fn write(
         }));
     }
     view.log
-        .commit_with_events(store.as_ref(), txn, events)
+        .commit_with_events(&store, txn, events)
         .await?;
     let mut next = (*d).clone();
     next.secrets.extend(values);

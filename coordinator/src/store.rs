@@ -1,6 +1,6 @@
 //! The state store: one logical key/value space with compare-and-swap transactions
-//! (contract §8). Backends: an embedded sealed log in the data directory (`file`); etcd comes
-//! later behind the same trait.
+//! (contract §8). Backends: an embedded sealed log in the data directory (`file`) and etcd v3
+//! shared by several coordinator replicas (`etcd`).
 pub mod file;
 pub mod head;
 pub mod seal;
@@ -34,6 +34,13 @@ pub struct Txn {
     pub puts: Vec<(String, Vec<u8>)>,
     /// Keys to delete.
     pub deletes: Vec<String>,
+    /// Bounded counters to increment: `(key, max)`. The value is a big-endian `u64`
+    /// (absent = 0); each entry adds one, in order, after the checks, and fails the whole
+    /// transaction with [`StoreError::LimitReached`] when the value is already `max`. Stores
+    /// evaluate it against their current state, so concurrent increments never conflict with
+    /// each other (the file store's writer; etcd: read, compare `mod_revision`, put). A key is
+    /// never both put and incremented by one transaction.
+    pub increments: Vec<(String, u64)>,
 }
 
 impl Txn {
@@ -62,6 +69,40 @@ impl Txn {
         self.puts.push((key.to_string(), value));
         self
     }
+
+    /// Add one to the big-endian `u64` counter at `key`, refusing beyond `max`.
+    pub fn increment(mut self, key: &str, max: u64) -> Txn {
+        self.increments.push((key.to_string(), max));
+        self
+    }
+
+    /// Every key the transaction reads or writes.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.checks
+            .iter()
+            .map(|c| match c {
+                Check::Absent(k) | Check::Revision(k, _) => k.as_str(),
+            })
+            .chain(self.puts.iter().map(|(k, _)| k.as_str()))
+            .chain(self.deletes.iter().map(String::as_str))
+            .chain(self.increments.iter().map(|(k, _)| k.as_str()))
+    }
+
+    /// Appends `other`'s checks, writes and increments to this transaction.
+    pub fn merge(&mut self, other: Txn) {
+        self.checks.extend(other.checks);
+        self.puts.extend(other.puts);
+        self.deletes.extend(other.deletes);
+        self.increments.extend(other.increments);
+    }
+}
+
+/// Decodes a counter value written by [`Txn::increment`].
+pub fn decode_counter(key: &str, value: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("counter {key} is not 8 bytes")))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 /// Store failures.
@@ -81,6 +122,18 @@ pub enum StoreError {
     /// The stored state is corrupted or was tampered with.
     #[error("stored state is corrupted or tampered: {0}")]
     Corrupt(String),
+    /// The backing store cannot be reached (etcd down or without quorum); nothing was
+    /// written, or the outcome was checked and found not applied. Retry later.
+    #[error("the state store is unavailable: {0}")]
+    Unavailable(String),
+    /// An increment of the transaction found its counter at the maximum.
+    #[error("counter {key} is at its limit of {max}")]
+    LimitReached {
+        /// Counter key.
+        key: String,
+        /// The limit.
+        max: u64,
+    },
 }
 
 /// The state store every coordinator component uses.

@@ -1,26 +1,90 @@
 //! The transparency log (contract §7): an RFC 6962 Merkle log of deployment events, persisted
 //! in the sealed store (`log/<index>`), its size and root bound into every attestation.
-use std::sync::RwLock;
+//!
+//! Appends are group-committed: callers queue their transaction and events, and one committer
+//! task merges the queued transactions that touch disjoint keys into a single store
+//! transaction, assigns the entries consecutive indices and commits them together, so n
+//! concurrent activations cost one durable write instead of n serialised ones. The committer
+//! is a spawned task, not a caller's future, so a client that disconnects mid-commit cannot
+//! leave the in-memory view behind the store.
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 
 use quarry_api::attestation::LogEntry;
 use quarry_api::merkle::{self, Hash};
 use quarry_api::statement::canonical_json;
+use tokio::sync::oneshot;
 
-use crate::store::{Store, StoreError, Txn};
+use crate::store::{Store, StoreError, Txn, Versioned};
 
 /// Store key prefix of log entries.
 pub const PREFIX: &str = "log/";
 
-/// The in-memory view of the log plus the lock that orders appends.
+/// Most callers merged into one store transaction.
+const MAX_BATCH: usize = 256;
+
+/// The in-memory view of the log plus the queue of appends waiting for the committer.
 pub struct TransLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     state: RwLock<State>,
-    append: tokio::sync::Mutex<()>,
+    queue: Mutex<Queue>,
 }
 
 #[derive(Default)]
 struct State {
     leaves: Vec<Hash>,
     entries: Vec<serde_json::Value>,
+    /// `roots[i]` = root over the first `i + 1` leaves, so heads are O(1).
+    roots: Vec<Hash>,
+    /// RFC 6962 compact range: roots of the perfect subtrees covering all leaves, with their
+    /// heights, left to right; one append updates it in O(log n).
+    compact: Vec<(u32, Hash)>,
+}
+
+impl State {
+    fn push(&mut self, leaf: Hash, event: serde_json::Value) {
+        self.compact.push((0, leaf));
+        while let [.., (hl, l), (hr, r)] = self.compact[..] {
+            if hl != hr {
+                break;
+            }
+            self.compact.truncate(self.compact.len() - 2);
+            self.compact.push((hl + 1, merkle::node_hash(&l, &r)));
+        }
+        let mut parts = self.compact.iter().rev();
+        let mut root = parts.next().map(|(_, h)| *h).unwrap_or(leaf);
+        for (_, left) in parts {
+            root = merkle::node_hash(left, &root);
+        }
+        self.roots.push(root);
+        self.leaves.push(leaf);
+        self.entries.push(event);
+    }
+
+    fn root(&self, size: usize) -> Option<Hash> {
+        match size {
+            0 => Some(merkle::root(&[])),
+            n => self.roots.get(n - 1).copied(),
+        }
+    }
+}
+
+/// One caller's append waiting in the queue.
+struct Pending {
+    txn: Txn,
+    /// (canonical JSON, leaf hash, event) per event.
+    events: Vec<(String, Hash, serde_json::Value)>,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Pending>,
+    /// True while a committer task drains the queue.
+    running: bool,
 }
 
 fn key(index: usize) -> String {
@@ -30,84 +94,76 @@ fn key(index: usize) -> String {
 impl TransLog {
     /// An empty log.
     pub fn new() -> TransLog {
+        TransLog::from_state(State::default())
+    }
+
+    fn from_state(state: State) -> TransLog {
         TransLog {
-            state: RwLock::new(State::default()),
-            append: tokio::sync::Mutex::new(()),
+            inner: Arc::new(Inner {
+                state: RwLock::new(state),
+                queue: Mutex::new(Queue::default()),
+            }),
         }
     }
 
     /// Loads the log from the store; entries must be contiguous from 0.
     pub async fn load(store: &dyn Store) -> Result<TransLog, String> {
         let mut state = State::default();
-        for (i, (k, v)) in store
-            .scan(PREFIX)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .enumerate()
-        {
-            if k != key(i) {
-                return Err(format!("transparency log: expected entry {i}, found {k}"));
-            }
-            let event: serde_json::Value = serde_json::from_slice(&v.value)
-                .map_err(|e| format!("transparency log entry {i} does not decode: {e}"))?;
-            let canonical = canonical_json(&event).map_err(|e| format!("log entry {i}: {e}"))?;
-            state.leaves.push(merkle::leaf_hash(canonical.as_bytes()));
-            state.entries.push(event);
-        }
-        Ok(TransLog {
-            state: RwLock::new(state),
-            append: tokio::sync::Mutex::new(()),
-        })
+        append_stored(&mut state, store).await?;
+        Ok(TransLog::from_state(state))
     }
 
     /// (size, root) of the log now.
     pub fn head(&self) -> (u64, Hash) {
-        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-        (s.leaves.len() as u64, merkle::root(&s.leaves))
+        let s = self.inner.read();
+        let n = s.leaves.len();
+        (n as u64, s.root(n).unwrap_or_else(|| merkle::root(&[])))
     }
 
     /// Root over the first `size` entries (None when the log is shorter).
     pub fn root_at(&self, size: u64) -> Option<Hash> {
-        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-        let size = usize::try_from(size)
+        let s = self.inner.read();
+        usize::try_from(size)
             .ok()
-            .filter(|n| *n <= s.leaves.len())?;
-        Some(merkle::root(&s.leaves[..size]))
+            .filter(|n| *n <= s.leaves.len())
+            .and_then(|n| s.root(n))
     }
 
     /// Commits `txn` together with `events` appended to the log, atomically.
     pub async fn commit_with_events(
         &self,
-        store: &dyn Store,
-        mut txn: Txn,
+        store: &Arc<dyn Store>,
+        txn: Txn,
         events: Vec<serde_json::Value>,
     ) -> Result<u64, StoreError> {
-        let _order = self.append.lock().await;
-        let start = self
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .leaves
-            .len();
-        let mut leaves = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let canonical = canonical_json(event)
+        let mut prepared = Vec::with_capacity(events.len());
+        for event in events {
+            let canonical = canonical_json(&event)
                 .map_err(|e| StoreError::Corrupt(format!("log event: {e}")))?;
-            leaves.push(merkle::leaf_hash(canonical.as_bytes()));
-            let k = key(start + i);
-            txn = txn.require_absent(&k).put(&k, canonical.into_bytes());
+            let leaf = merkle::leaf_hash(canonical.as_bytes());
+            prepared.push((canonical, leaf, event));
         }
-        let rev = store.commit(txn).await?;
-        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
-        s.leaves.extend(leaves);
-        s.entries.extend(events);
-        Ok(rev)
+        let (reply, outcome) = oneshot::channel();
+        let start_committer = {
+            let mut q = self.inner.lock_queue();
+            q.waiting.push_back(Pending {
+                txn,
+                events: prepared,
+                reply,
+            });
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start_committer {
+            tokio::spawn(Inner::drain(self.inner.clone(), store.clone()));
+        }
+        outcome
+            .await
+            .map_err(|_| StoreError::Corrupt("the transparency log committer stopped".into()))?
     }
 
     /// Entries from index `from` on.
     pub fn entries(&self, from: u64) -> Vec<LogEntry> {
-        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let s = self.inner.read();
         s.entries
             .iter()
             .enumerate()
@@ -119,21 +175,211 @@ impl TransLog {
             .collect()
     }
 
+    /// Entries with index in `from..to` (fewer when the log is shorter).
+    pub fn entries_range(&self, from: u64, to: u64) -> Vec<LogEntry> {
+        let s = self.inner.read();
+        let end = usize::try_from(to).unwrap_or(usize::MAX).min(s.entries.len());
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(end);
+        s.entries[start..end]
+            .iter()
+            .zip(start..)
+            .map(|(e, i)| LogEntry {
+                index: i as u64,
+                event: e.clone(),
+            })
+            .collect()
+    }
+
     /// Inclusion proof of `index` in the tree of the first `size` entries.
     pub fn inclusion(&self, index: u64, size: u64) -> Option<Vec<Hash>> {
-        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let s = self.inner.read();
         let size = usize::try_from(size)
             .ok()
             .filter(|n| *n <= s.leaves.len())?;
         merkle::inclusion_proof(&s.leaves[..size], usize::try_from(index).ok()?)
     }
 
+    /// Brings the in-memory view up to the store, for entries other writers (coordinator
+    /// replicas sharing etcd) appended. Runs only while no commit of this log is in flight
+    /// (it takes the committer's role, so a commit's indices and its publication are never
+    /// interleaved with it); when the committer is busy it does nothing, as the committer
+    /// catches up itself on its next index conflict, and this returns false: call again later.
+    pub async fn catch_up(&self, store: &Arc<dyn Store>) -> Result<bool, StoreError> {
+        let claimed = {
+            let mut q = self.inner.lock_queue();
+            !std::mem::replace(&mut q.running, true)
+        };
+        if !claimed {
+            return Ok(false);
+        }
+        let outcome = match store.scan(PREFIX).await {
+            Ok(stored) => {
+                let mut s = self.inner.state.write().unwrap_or_else(|p| p.into_inner());
+                extend_from(&mut s, stored).map_err(StoreError::Corrupt)
+            }
+            Err(e) => Err(e),
+        };
+        // Hand the committer's role back: appends queued meanwhile are committed now.
+        tokio::spawn(Inner::drain(self.inner.clone(), store.clone()));
+        outcome.map(|()| true)
+    }
+
     /// Consistency proof between the first `from` and the first `to` entries.
     pub fn consistency(&self, from: u64, to: u64) -> Option<Vec<Hash>> {
-        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let s = self.inner.read();
         let to = usize::try_from(to).ok().filter(|n| *n <= s.leaves.len())?;
         merkle::consistency_proof(&s.leaves[..to], usize::try_from(from).ok()?)
     }
+}
+
+impl Inner {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The committer: takes batches off the queue until it is empty.
+    async fn drain(self: Arc<Inner>, store: Arc<dyn Store>) {
+        loop {
+            let batch = {
+                let mut q = self.lock_queue();
+                let batch = take_batch(&mut q.waiting);
+                if batch.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                batch
+            };
+            self.commit_batch(store.as_ref(), batch).await;
+        }
+    }
+
+    /// Commits `batch` as one transaction; when that fails, commits each append on its own
+    /// so one refused caller (a conflict, a reached limit) does not fail the others.
+    async fn commit_batch(&self, store: &dyn Store, mut batch: Vec<Pending>) {
+        if batch.len() > 1 {
+            let mut merged = Txn::new();
+            for p in &batch {
+                merged.merge(p.txn.clone());
+            }
+            let events: Vec<_> = batch.iter().flat_map(|p| p.events.iter()).collect();
+            if let Ok(rev) = self.append(store, merged, &events).await {
+                for p in batch {
+                    self.publish_events(p.events);
+                    let _ = p.reply.send(Ok(rev));
+                }
+                return;
+            }
+            // Some check or limit failed (or the write did): fall through, one by one.
+        }
+        for p in batch.drain(..) {
+            let events: Vec<_> = p.events.iter().collect();
+            let outcome = self.append(store, p.txn.clone(), &events).await;
+            if outcome.is_ok() {
+                self.publish_events(p.events);
+            }
+            let _ = p.reply.send(outcome);
+        }
+    }
+
+    /// Commits `txn` with `events` at the next indices. The in-memory view is not updated
+    /// here (see [`Inner::publish_events`]); on a conflict over a log index — the store holds
+    /// entries this view has not seen — the view catches up from the store and retries once.
+    async fn append(
+        &self,
+        store: &dyn Store,
+        txn: Txn,
+        events: &[&(String, Hash, serde_json::Value)],
+    ) -> Result<u64, StoreError> {
+        for attempt in 0..2 {
+            let start = self.read().leaves.len();
+            let mut t = txn.clone();
+            for (i, (canonical, _, _)) in events.iter().enumerate() {
+                let k = key(start + i);
+                t = t.require_absent(&k).put(&k, canonical.clone().into_bytes());
+            }
+            match store.commit(t).await {
+                Err(StoreError::Conflict(k)) if attempt == 0 && k.starts_with(PREFIX) => {
+                    // Only a store written by someone else gets here (the file store has one
+                    // writer: this committer). A write whose outcome was unknown and that did
+                    // land would be appended twice; the file store has no unknown outcomes.
+                    let stored = store.scan(PREFIX).await?;
+                    let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+                    extend_from(&mut s, stored).map_err(StoreError::Corrupt)?;
+                }
+                other => return other,
+            }
+        }
+        Err(StoreError::Conflict(PREFIX.into()))
+    }
+
+    /// Adds committed events to the in-memory view (the committer is the only writer, so
+    /// the indices assigned in [`Inner::append`] are the ones they get here).
+    fn publish_events(&self, events: Vec<(String, Hash, serde_json::Value)>) {
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        for (_, leaf, event) in events {
+            s.push(leaf, event);
+        }
+    }
+}
+
+/// The longest prefix of `waiting` whose transactions touch pairwise disjoint keys (keys
+/// only incremented may repeat: increments add up), at most [`MAX_BATCH`] long.
+fn take_batch(waiting: &mut VecDeque<Pending>) -> Vec<Pending> {
+    let mut exclusive: HashSet<String> = HashSet::new();
+    let mut counted: HashSet<String> = HashSet::new();
+    let mut batch = Vec::new();
+    while let Some(next) = waiting.front() {
+        if batch.len() == MAX_BATCH {
+            break;
+        }
+        let increments: HashSet<&str> = next.txn.increments.iter().map(|(k, _)| k.as_str()).collect();
+        let clash = next.txn.keys().any(|k| {
+            if increments.contains(k) {
+                exclusive.contains(k)
+            } else {
+                exclusive.contains(k) || counted.contains(k)
+            }
+        });
+        if clash && !batch.is_empty() {
+            break;
+        }
+        for k in next.txn.keys() {
+            if increments.contains(k) {
+                counted.insert(k.to_string());
+            } else {
+                exclusive.insert(k.to_string());
+            }
+        }
+        if let Some(p) = waiting.pop_front() {
+            batch.push(p);
+        }
+    }
+    batch
+}
+
+/// Appends the store's log entries beyond `state`'s size to `state` (entries contiguous).
+async fn append_stored(state: &mut State, store: &dyn Store) -> Result<(), String> {
+    let stored = store.scan(PREFIX).await.map_err(|e| e.to_string())?;
+    extend_from(state, stored)
+}
+
+/// Appends `stored` (a scan of [`PREFIX`]) beyond `state`'s size to `state`.
+fn extend_from(state: &mut State, stored: Vec<(String, Versioned)>) -> Result<(), String> {
+    let have = state.leaves.len();
+    for (i, (k, v)) in stored.into_iter().enumerate().skip(have) {
+        if k != key(i) {
+            return Err(format!("transparency log: expected entry {i}, found {k}"));
+        }
+        let event: serde_json::Value = serde_json::from_slice(&v.value)
+            .map_err(|e| format!("transparency log entry {i} does not decode: {e}"))?;
+        let canonical = canonical_json(&event).map_err(|e| format!("log entry {i}: {e}"))?;
+        state.push(merkle::leaf_hash(canonical.as_bytes()), event);
+    }
+    Ok(())
 }
 
 impl Default for TransLog {
@@ -148,4 +394,130 @@ pub fn now_unix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::file::FileStore;
+
+    fn event(i: usize) -> serde_json::Value {
+        serde_json::json!({"type": "test", "i": i})
+    }
+
+    #[test]
+    fn incremental_roots_equal_the_recursive_definition() {
+        let mut state = State::default();
+        let mut leaves = vec![];
+        for i in 0..130 {
+            let leaf = merkle::leaf_hash(format!("{i}").as_bytes());
+            leaves.push(leaf);
+            state.push(leaf, event(i));
+            for n in [1, leaves.len() / 2 + 1, leaves.len()] {
+                assert_eq!(state.root(n), Some(merkle::root(&leaves[..n])), "size {n}");
+            }
+        }
+        assert_eq!(state.root(0), Some(merkle::root(&[])));
+        assert_eq!(state.root(131), None);
+    }
+
+    fn pending(txn: Txn) -> Pending {
+        Pending {
+            txn,
+            events: vec![],
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_disjoint_transactions_and_stops_before_the_first_overlap() {
+        let mut q: VecDeque<Pending> = [
+            Txn::new().require_absent("u/1").increment("n", 9),
+            Txn::new().require_absent("u/2").increment("n", 9),
+            Txn::new().put("a", vec![]),
+            Txn::new().require("a", Some(3)).put("a", vec![]),
+            Txn::new().put("b", vec![]),
+        ]
+        .into_iter()
+        .map(pending)
+        .collect();
+        // Increments of one counter add up; the second write of `a` waits for the next batch.
+        assert_eq!(take_batch(&mut q).len(), 3);
+        assert_eq!(take_batch(&mut q).len(), 2);
+        assert!(take_batch(&mut q).is_empty());
+        // A key one transaction increments and another writes is an overlap too.
+        let mut q: VecDeque<Pending> = [
+            Txn::new().increment("n", 9),
+            Txn::new().require("n", Some(1)).put("n", vec![]),
+        ]
+        .into_iter()
+        .map(pending)
+        .collect();
+        assert_eq!(take_batch(&mut q).len(), 1);
+    }
+
+    #[test]
+    fn concurrent_appends_are_contiguous_exact_and_reload_to_the_same_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tasks, max) = (200usize, 150u64);
+        let head = rt.block_on(async {
+            let store: Arc<dyn Store> = Arc::new(
+                FileStore::create(dir.path(), quarry_api::Secret::new(vec![7; 32])).unwrap(),
+            );
+            let log = Arc::new(TransLog::new());
+            let mut handles = vec![];
+            for i in 0..tasks {
+                let (log, store) = (log.clone(), store.clone());
+                handles.push(tokio::spawn(async move {
+                    // Every append spends one unit of a shared budget; a few also write a
+                    // key of their own that a later one requires absent.
+                    let mut txn = Txn::new().increment("budget", max);
+                    if i % 10 == 0 {
+                        txn = txn.require_absent("shared").put("shared", vec![1]);
+                    }
+                    log.commit_with_events(&store, txn, vec![event(i)]).await
+                }));
+            }
+            let mut outcomes = vec![];
+            for h in handles {
+                outcomes.push(h.await.unwrap());
+            }
+            let ok = outcomes.iter().filter(|o| o.is_ok()).count();
+            let shared_wins = outcomes
+                .iter()
+                .enumerate()
+                .filter(|(i, o)| i % 10 == 0 && o.is_ok())
+                .count();
+            assert_eq!(shared_wins, 1, "exactly one writer of `shared` wins");
+            assert!(outcomes.iter().all(|o| matches!(
+                o,
+                Ok(_) | Err(StoreError::LimitReached { .. }) | Err(StoreError::Conflict(_))
+            )));
+            assert_eq!(ok as u64, max, "the budget is spent exactly");
+            let (size, root) = log.head();
+            assert_eq!(size, max);
+            let stored = store.scan(PREFIX).await.unwrap();
+            assert_eq!(stored.len() as u64, max);
+            for (i, (k, _)) in stored.iter().enumerate() {
+                assert_eq!(k, &key(i));
+            }
+            assert_eq!(
+                store.get("budget").await.unwrap().unwrap().value,
+                max.to_be_bytes()
+            );
+            (size, root)
+        });
+        rt.block_on(async {
+            let (store, _) =
+                FileStore::open(dir.path(), quarry_api::Secret::new(vec![7; 32])).unwrap();
+            let log = TransLog::load(&store).await.unwrap();
+            assert_eq!(log.head(), head);
+            assert_eq!(log.root_at(head.0), Some(head.1));
+        });
+    }
 }

@@ -168,7 +168,7 @@ pub async fn propose(
     let txn = Txn::new()
         .require_absent(keys::PENDING_UPDATE)
         .put(keys::PENDING_UPDATE, encode(&p)?);
-    commit(core, store.as_ref(), txn, vec![event]).await?;
+    commit(core, &store, txn, vec![event]).await?;
     tracing::info!(user, missing = p.missing(), "manifest update proposed");
     Ok(UpdateResponse {
         message: format!(
@@ -229,7 +229,7 @@ pub async fn acknowledge(
     let txn = Txn::new()
         .require(keys::PENDING_UPDATE, Some(rev))
         .put(keys::PENDING_UPDATE, encode(&p)?);
-    commit(core, store.as_ref(), txn, vec![event]).await?;
+    commit(core, &store, txn, vec![event]).await?;
     Ok(UpdateResponse {
         message: format!("{} more acknowledgement(s) needed", p.missing()),
         missing_acknowledgments: p.missing(),
@@ -256,7 +256,7 @@ pub async fn cancel(core: &Core, peer: Option<&[u8]>) -> Result<(), ApiError> {
         "manifestSha256": hex::encode(Sha256::digest(&p.raw)),
         "user": user,
     });
-    commit(core, store.as_ref(), txn, vec![event]).await?;
+    commit(core, &store, txn, vec![event]).await?;
     tracing::info!(user, "pending manifest update cancelled");
     Ok(())
 }
@@ -345,7 +345,7 @@ async fn package_update(
     next.mesh = mesh;
     next.secrets.extend(reissued);
     let store = store_of(core)?;
-    commit(core, store.as_ref(), txn, events).await?;
+    commit(core, &store, txn, events).await?;
     core.set_running(next);
     tracing::info!(user, packages = ?names, "SecurityVersion raised; mesh CA rotated");
     Ok(UpdateResponse {
@@ -482,7 +482,7 @@ async fn apply_full(
         "rotateRootSecret": rotate,
     }));
     let sealing = crate::recovery::reseal_for_manifest(core, &manifest, Some(&d.manifest))?;
-    if let Err(e) = commit(core, store.as_ref(), txn, events).await {
+    if let Err(e) = commit(core, &store, txn, events).await {
         sealing.undo();
         return Err(e);
     }
@@ -503,7 +503,7 @@ async fn apply_full(
 
 async fn commit(
     core: &Core,
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     txn: Txn,
     events: Vec<serde_json::Value>,
 ) -> Result<(), ApiError> {

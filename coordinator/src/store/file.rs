@@ -330,19 +330,27 @@ impl Shared {
         broken: &mut Option<String>,
     ) -> Vec<Result<u64, StoreError>> {
         let mut outcomes: Vec<Result<u64, StoreError>> = Vec::with_capacity(batch.len());
+        // Counter values computed for the accepted commits, in order.
+        let mut resolved: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
         let mut buf = Vec::new();
         let mut index = w.next_index;
         let rev = match self.data.read() {
             Ok(data) => {
-                // Keys written (Some(revision)) or deleted (None) earlier in this batch.
-                let mut overlay: std::collections::HashMap<&str, Option<u64>> =
-                    std::collections::HashMap::new();
+                // Keys written (Some(revision, value)) or deleted (None) earlier in this batch.
+                let mut overlay: Overlay = std::collections::HashMap::new();
                 let mut rev = data.rev;
                 for req in batch {
                     if let Some(key) = failed_check(&data.map, &overlay, &req.txn.checks) {
                         outcomes.push(Err(StoreError::Conflict(key)));
                         continue;
                     }
+                    let counted = match evaluate_increments(&data.map, &overlay, &req.txn) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            outcomes.push(Err(e));
+                            continue;
+                        }
+                    };
                     let next = rev + 1;
                     let record = Record {
                         rev: next,
@@ -351,21 +359,23 @@ impl Shared {
                             .txn
                             .puts
                             .iter()
+                            .chain(&counted)
                             .map(|(k, v)| (k.clone(), quarry_api::bytes::b64(v), next))
                             .collect(),
                         dels: req.txn.deletes.clone(),
                     };
                     match self.encode(&w.log_id, index, &record, &mut buf) {
                         Ok(()) => {
-                            for (k, _) in &req.txn.puts {
-                                overlay.insert(k, Some(next));
+                            for (k, v) in req.txn.puts.iter().chain(&counted) {
+                                overlay.insert(k.clone(), Some((next, v.clone())));
                             }
                             for k in &req.txn.deletes {
-                                overlay.insert(k, None);
+                                overlay.insert(k.clone(), None);
                             }
                             rev = next;
                             index += 1;
                             outcomes.push(Ok(next));
+                            resolved.push(counted);
                         }
                         Err(e) => outcomes.push(Err(e)),
                     }
@@ -417,9 +427,11 @@ impl Shared {
                     .collect();
             }
         };
+        let mut counted = resolved.iter();
         for (req, outcome) in batch.iter().zip(&outcomes) {
             let Ok(r) = outcome else { continue };
-            for (k, v) in &req.txn.puts {
+            let counters = counted.next().map(Vec::as_slice).unwrap_or_default();
+            for (k, v) in req.txn.puts.iter().chain(counters) {
                 data.map.insert(
                     k.clone(),
                     Versioned {
@@ -560,10 +572,13 @@ impl Drop for FileStore {
     }
 }
 
+/// Keys written (`Some((revision, value))`) or deleted (`None`) by earlier commits of a batch.
+type Overlay = std::collections::HashMap<String, Option<(u64, Vec<u8>)>>;
+
 /// The key of the first check that fails against `map` with `overlay` on top.
 fn failed_check(
     map: &BTreeMap<String, Versioned>,
-    overlay: &std::collections::HashMap<&str, Option<u64>>,
+    overlay: &Overlay,
     checks: &[Check],
 ) -> Option<String> {
     checks.iter().find_map(|check| {
@@ -578,13 +593,52 @@ fn failed_check(
             Check::Revision(k, r) => (
                 k,
                 match overlay.get(k.as_str()) {
-                    Some(written) => *written == Some(*r),
+                    Some(written) => written.as_ref().map(|(rev, _)| *rev) == Some(*r),
                     None => map.get(k).is_some_and(|v| v.revision == *r),
                 },
             ),
         };
         (!ok).then(|| key.clone())
     })
+}
+
+/// The counter values `txn`'s increments produce, as puts, against `map` with `overlay` on
+/// top; several increments of one key add up in order.
+fn evaluate_increments(
+    map: &BTreeMap<String, Versioned>,
+    overlay: &Overlay,
+    txn: &Txn,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let mut values: Vec<(String, u64)> = Vec::new();
+    for (key, max) in &txn.increments {
+        let current = match values.iter().find(|(k, _)| k == key) {
+            Some((_, v)) => *v,
+            None => {
+                let stored = match overlay.get(key.as_str()) {
+                    Some(written) => written.as_ref().map(|(_, v)| v.as_slice()),
+                    None => map.get(key).map(|v| v.value.as_slice()),
+                };
+                match stored {
+                    Some(bytes) => super::decode_counter(key, bytes)?,
+                    None => 0,
+                }
+            }
+        };
+        if current >= *max {
+            return Err(StoreError::LimitReached {
+                key: key.clone(),
+                max: *max,
+            });
+        }
+        match values.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = current + 1,
+            None => values.push((key.clone(), current + 1)),
+        }
+    }
+    Ok(values
+        .into_iter()
+        .map(|(k, v)| (k, v.to_be_bytes().to_vec()))
+        .collect())
 }
 
 #[async_trait]

@@ -263,7 +263,7 @@ fn a_check_sees_the_earlier_commits_of_its_batch() {
             revision: 3,
         },
     )]);
-    let mut overlay = std::collections::HashMap::new();
+    let mut overlay: Overlay = std::collections::HashMap::new();
     assert_eq!(
         failed_check(&map, &overlay, &[Check::Revision("a".into(), 3)]),
         None
@@ -273,9 +273,9 @@ fn a_check_sees_the_earlier_commits_of_its_batch() {
         None
     );
     // An earlier commit in the batch wrote `a` at 4 and created `b`, another deleted `c`.
-    overlay.insert("a", Some(4));
-    overlay.insert("b", Some(4));
-    overlay.insert("c", None);
+    overlay.insert("a".into(), Some((4, vec![])));
+    overlay.insert("b".into(), Some((4, vec![])));
+    overlay.insert("c".into(), None);
     assert_eq!(
         failed_check(&map, &overlay, &[Check::Revision("a".into(), 3)]),
         Some("a".to_string())
@@ -309,4 +309,75 @@ fn a_dropped_store_has_written_everything_it_acknowledged() {
         assert_eq!(report.records, 50);
         assert_eq!(s.scan("k").await.unwrap().len(), 50);
     });
+}
+
+#[test]
+fn concurrent_bounded_increments_stop_exactly_at_the_limit_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, max) = (120u64, 77u64);
+    rt().block_on(async {
+        let s = std::sync::Arc::new(FileStore::create(dir.path(), key()).unwrap());
+        let mut handles = vec![];
+        for _ in 0..tasks {
+            let s = s.clone();
+            handles.push(tokio::spawn(async move {
+                s.commit(Txn::new().increment("n", max)).await
+            }));
+        }
+        let (mut ok, mut limited) = (0, 0);
+        for h in handles {
+            match h.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(StoreError::LimitReached { key, max: m }) => {
+                    assert_eq!((key.as_str(), m), ("n", max));
+                    limited += 1;
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!((ok, limited), (max, tasks - max));
+        assert_eq!(s.get("n").await.unwrap().unwrap().value, max.to_be_bytes());
+    });
+    rt().block_on(async {
+        let (s, _) = FileStore::open(dir.path(), key()).unwrap();
+        assert_eq!(s.get("n").await.unwrap().unwrap().value, max.to_be_bytes());
+        // Still refused after the reopen; a refused increment writes nothing.
+        let rev = s.revision();
+        assert!(matches!(
+            s.commit(Txn::new().increment("n", max).put("other", vec![1])).await,
+            Err(StoreError::LimitReached { .. })
+        ));
+        assert!(s.get("other").await.unwrap().is_none());
+        assert_eq!(s.revision(), rev);
+    });
+}
+
+#[test]
+fn increments_in_one_transaction_add_up_and_see_the_earlier_commits_of_the_batch() {
+    let map = BTreeMap::from([(
+        "n".to_string(),
+        Versioned {
+            value: 5u64.to_be_bytes().to_vec(),
+            revision: 1,
+        },
+    )]);
+    let mut overlay: Overlay = std::collections::HashMap::new();
+    let two = Txn::new().increment("n", 10).increment("n", 10).increment("m", 1);
+    assert_eq!(
+        evaluate_increments(&map, &overlay, &two).unwrap(),
+        vec![
+            ("n".to_string(), 7u64.to_be_bytes().to_vec()),
+            ("m".to_string(), 1u64.to_be_bytes().to_vec())
+        ]
+    );
+    overlay.insert("n".into(), Some((2, 9u64.to_be_bytes().to_vec())));
+    assert!(matches!(
+        evaluate_increments(&map, &overlay, &two),
+        Err(StoreError::LimitReached { key, max: 10 }) if key == "n"
+    ));
+    overlay.insert("n".into(), Some((2, b"short".to_vec())));
+    assert!(matches!(
+        evaluate_increments(&map, &overlay, &Txn::new().increment("n", 10)),
+        Err(StoreError::Corrupt(m)) if m.contains("counter n")
+    ));
 }
