@@ -225,7 +225,10 @@ async fn record_activation(
         if marble.max_activations > 0 {
             txn = txn.increment(&key, marble.max_activations);
         }
-        match log.commit_with_events(store, txn, vec![event.clone()]).await {
+        match log
+            .commit_with_events(store, txn, vec![event.clone()])
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(StoreError::LimitReached { max, .. }) => {
                 return Err(ApiError::Forbidden(format!(

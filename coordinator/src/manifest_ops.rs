@@ -87,10 +87,7 @@ pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiEr
     // Seal mode and recovery data go to sealed-key.json before the commit, so a committed
     // manifest always has them; a failed commit puts the previous file back.
     let sealing = crate::recovery::reseal_for_manifest(core, &manifest, None)?;
-    let committed = view
-        .log
-        .commit_with_events(&store, txn, vec![event])
-        .await;
+    let committed = view.log.commit_with_events(&store, txn, vec![event]).await;
     let recovery_secrets = match committed {
         Ok(_) => sealing.recovery_secrets.clone(),
         Err(e) => {

@@ -243,11 +243,7 @@ pub async fn renew(
     let txn = Txn::new()
         .require_absent(&crate::revocation::uuid_key(&current.uuid))
         .require_absent(&crate::revocation::serial_key(&current.serial));
-    match view
-        .log
-        .commit_with_events(&store, txn, vec![event])
-        .await
-    {
+    match view.log.commit_with_events(&store, txn, vec![event]).await {
         Ok(_) => {}
         Err(StoreError::Conflict(_)) => {
             return Err(refuse(

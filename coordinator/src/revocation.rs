@@ -264,11 +264,7 @@ pub async fn revoke(
     }
     let value = serde_json::to_vec(&record).map_err(|e| ApiError::Internal(e.to_string()))?;
     let txn = Txn::new().require_absent(&key).put(&key, value);
-    match view
-        .log
-        .commit_with_events(&store, txn, vec![event])
-        .await
-    {
+    match view.log.commit_with_events(&store, txn, vec![event]).await {
         Ok(_) => {}
         // Revoked concurrently by someone else: same outcome.
         Err(StoreError::Conflict(_)) if store.get(&key).await?.is_some() => {

@@ -169,9 +169,7 @@ pub async fn write(
             "user": user,
         }));
     }
-    view.log
-        .commit_with_events(&store, txn, events)
-        .await?;
+    view.log.commit_with_events(&store, txn, events).await?;
     let mut next = (*d).clone();
     next.secrets.extend(values);
     core.set_running(next);

@@ -178,7 +178,9 @@ impl TransLog {
     /// Entries with index in `from..to` (fewer when the log is shorter).
     pub fn entries_range(&self, from: u64, to: u64) -> Vec<LogEntry> {
         let s = self.inner.read();
-        let end = usize::try_from(to).unwrap_or(usize::MAX).min(s.entries.len());
+        let end = usize::try_from(to)
+            .unwrap_or(usize::MAX)
+            .min(s.entries.len());
         let start = usize::try_from(from).unwrap_or(usize::MAX).min(end);
         s.entries[start..end]
             .iter()
@@ -336,7 +338,12 @@ fn take_batch(waiting: &mut VecDeque<Pending>) -> Vec<Pending> {
         if batch.len() == MAX_BATCH {
             break;
         }
-        let increments: HashSet<&str> = next.txn.increments.iter().map(|(k, _)| k.as_str()).collect();
+        let increments: HashSet<&str> = next
+            .txn
+            .increments
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
         let clash = next.txn.keys().any(|k| {
             if increments.contains(k) {
                 exclusive.contains(k)

@@ -344,7 +344,8 @@ fn concurrent_bounded_increments_stop_exactly_at_the_limit_and_survive_reopen() 
         // Still refused after the reopen; a refused increment writes nothing.
         let rev = s.revision();
         assert!(matches!(
-            s.commit(Txn::new().increment("n", max).put("other", vec![1])).await,
+            s.commit(Txn::new().increment("n", max).put("other", vec![1]))
+                .await,
             Err(StoreError::LimitReached { .. })
         ));
         assert!(s.get("other").await.unwrap().is_none());
@@ -362,7 +363,10 @@ fn increments_in_one_transaction_add_up_and_see_the_earlier_commits_of_the_batch
         },
     )]);
     let mut overlay: Overlay = std::collections::HashMap::new();
-    let two = Txn::new().increment("n", 10).increment("n", 10).increment("m", 1);
+    let two = Txn::new()
+        .increment("n", 10)
+        .increment("n", 10)
+        .increment("m", 1);
     assert_eq!(
         evaluate_increments(&map, &overlay, &two).unwrap(),
         vec![
