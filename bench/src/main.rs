@@ -43,6 +43,13 @@ struct Args {
     /// Length of one ceiling measurement round, in milliseconds (3 rounds per operation).
     #[arg(long, default_value_t = 400)]
     round_ms: u64,
+    /// Open-loop comparison: after the scenarios, offer this fraction of the throughput
+    /// measured at the highest concurrency, at most that many in flight (0 = skip).
+    #[arg(long, default_value_t = 0.5)]
+    paced_fraction: f64,
+    /// Activations of the open-loop comparison.
+    #[arg(long, default_value_t = 2000)]
+    paced: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -110,6 +117,22 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         activated += r.ok;
         results.push(r);
     }
+    let paced = match results.iter().max_by_key(|r| r.concurrency) {
+        Some(top) if args.paced_fraction > 0.0 && args.paced > 0 && top.per_s > 0.0 => {
+            let rate = top.per_s * args.paced_fraction;
+            progress(
+                &args,
+                &format!(
+                    "open loop: {} activations offered at {rate:.0}/s, at most {} in flight",
+                    args.paced, top.concurrency
+                ),
+            );
+            let r = run::paced(&mesh, &coord, top.concurrency, rate, args.paced).await?;
+            activated += r.ok;
+            Some(r)
+        }
+        _ => None,
+    };
     progress(&args, "serialised comparison");
     let serialized = run::scenario(
         &mesh,
@@ -151,6 +174,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let report = Report::new(
         ceiling,
         results,
+        paced,
         serialized,
         activated,
         rss_mb,

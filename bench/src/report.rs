@@ -14,6 +14,7 @@ const GOAL_RELOAD_S: f64 = 1.0;
 pub struct Report {
     ceiling: Ceiling,
     scenarios: Vec<Outcome>,
+    paced: Option<Outcome>,
     serialized: Outcome,
     marbles: usize,
     rss_mb: f64,
@@ -30,6 +31,7 @@ impl Report {
     pub fn new(
         ceiling: Ceiling,
         scenarios: Vec<Outcome>,
+        paced: Option<Outcome>,
         serialized: Outcome,
         marbles: usize,
         rss_mb: f64,
@@ -42,6 +44,7 @@ impl Report {
         Report {
             ceiling,
             scenarios,
+            paced,
             serialized,
             marbles,
             rss_mb,
@@ -88,7 +91,7 @@ impl Report {
             "coordinator_cpu_us_per_activation": round(top.coordinator_cpu_us),
             "client_cpu_us_per_activation": round(top.client_cpu_us),
             "cpu_efficiency": round3(self.cpu_efficiency()),
-            "errors": self.scenarios.iter().map(|s| s.errors).sum::<usize>() + self.serialized.errors,
+            "errors": self.scenarios.iter().chain(&self.paced).map(|s| s.errors).sum::<usize>() + self.serialized.errors,
             "marbles": self.marbles,
             "rss_mb_10k": round(self.rss_mb),
             "rss_peak_mb_10k": round(self.rss_peak_mb),
@@ -96,6 +99,10 @@ impl Report {
             "reload_s_10k": round3(self.reload_s),
             "reload_state_ms_10k": self.reload_state_ms,
             "rss_mb_after_reload": round(self.rss_reload_mb),
+            "paced_offered_per_s": self.paced.as_ref().and_then(|p| p.offered_per_s.map(round)),
+            "paced_p50_ms": self.paced.as_ref().map(|p| round3(p.p50_ms)),
+            "paced_p99_ms": self.paced.as_ref().map(|p| round3(p.p99_ms)),
+            "paced": self.paced,
             "ceiling": self.ceiling,
             "scenarios": self.scenarios,
             "serialized": self.serialized,
@@ -131,17 +138,19 @@ impl Report {
         for s in self
             .scenarios
             .iter()
+            .chain(&self.paced)
             .chain(std::iter::once(&self.serialized))
         {
+            let mode = match (s.serialized, s.offered_per_s) {
+                (true, _) => "serialised".to_string(),
+                (false, Some(rate)) => format!("open loop, offered {rate:.0}/s"),
+                (false, None) => "concurrent".to_string(),
+            };
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |",
                 s.concurrency,
-                if s.serialized {
-                    "serialised"
-                } else {
-                    "concurrent"
-                },
+                mode,
                 s.ok,
                 s.errors,
                 s.per_s,
@@ -184,6 +193,18 @@ impl Report {
             top.p99_ms,
             verdict(top.p99_ms <= GOAL_P99_MS)
         );
+        if let Some(p) = &self.paced {
+            let _ = writeln!(
+                out,
+                "| p99 latency, open loop at {:.0}/s ({:.0} % of the closed-loop throughput), ≤ {} in flight | {:.2} ms (p50 {:.2}) | ≤ {GOAL_P99_MS} ms | {} |",
+                p.offered_per_s.unwrap_or(0.0),
+                p.offered_per_s.unwrap_or(0.0) / top.per_s.max(f64::MIN_POSITIVE) * 100.0,
+                p.concurrency,
+                p.p99_ms,
+                p.p50_ms,
+                verdict(p.p99_ms <= GOAL_P99_MS)
+            );
+        }
         let _ = writeln!(
             out,
             "| concurrent ÷ serialised | {:.0}/s ÷ {:.0}/s = {:.2}× | > 1 | {} |",

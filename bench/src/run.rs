@@ -69,6 +69,9 @@ pub struct Outcome {
     pub client_cpu_us: f64,
     /// Coordinator VmRSS after the scenario, MiB.
     pub rss_mb: f64,
+    /// Open-loop runs only: the offered arrival rate, activations/s (latency then counts
+    /// from each activation's scheduled start, so queueing before it starts is included).
+    pub offered_per_s: Option<f64>,
 }
 
 /// Fetches the root CA (bootstrap over an unauthenticated connection: benchmark only),
@@ -210,6 +213,79 @@ pub async fn scenario(
         coordinator_cpu_us: per(coordinator_cpu),
         client_cpu_us: per(client_cpu),
         rss_mb: coord.rss_mb()?.0,
+        offered_per_s: None,
+    })
+}
+
+/// Open loop: `count` activations started at a fixed `rate` per second, at most
+/// `max_in_flight` at once. Unlike [`scenario`] (closed loop, where N sidecars always have
+/// a request outstanding and latency = N ÷ throughput by Little's law), this measures the
+/// latency a pod start sees when the coordinator is loaded but not saturated. Latency counts
+/// from the scheduled start, so waiting for a free slot is included.
+pub async fn paced(
+    mesh: &Arc<Mesh>,
+    coord: &Coordinator,
+    max_in_flight: usize,
+    rate: f64,
+    count: usize,
+) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(rate > 0.0, "paced rate must be positive");
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let errors = Arc::new(Mutex::new((0usize, None::<String>)));
+    let cpu0 = coord.cpu_seconds()?;
+    let self0 = cpu_seconds_of("/proc/self/stat")?;
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let (mesh, slots, latencies, errors) = (
+            mesh.clone(),
+            slots.clone(),
+            latencies.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            match mesh.activate(None).await {
+                Ok(_) => latencies.lock().expect("latencies").push(due.elapsed()),
+                Err(e) => {
+                    let mut g = errors.lock().expect("errors");
+                    g.0 += 1;
+                    g.1.get_or_insert_with(|| format!("{e:#}"));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let coordinator_cpu = coord.cpu_seconds()? - cpu0;
+    let client_cpu = cpu_seconds_of("/proc/self/stat")? - self0;
+    let mut lat = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    lat.sort();
+    let (errors, first_error) = errors.lock().expect("errors").clone();
+    let ok = lat.len();
+    let per = |cpu: f64| if ok == 0 { 0.0 } else { cpu * 1e6 / ok as f64 };
+    Ok(Outcome {
+        concurrency: max_in_flight,
+        serialized: false,
+        ok,
+        errors,
+        first_error,
+        secs,
+        per_s: ok as f64 / secs,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: lat.last().map_or(0.0, ms),
+        coordinator_cpu_us: per(coordinator_cpu),
+        client_cpu_us: per(client_cpu),
+        rss_mb: coord.rss_mb()?.0,
+        offered_per_s: Some(rate),
     })
 }
 
