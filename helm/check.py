@@ -33,6 +33,7 @@ REFUSED = [
     ("unknown tee", {"tee": "sev"}),
     ("image by tag", {"coordinator": {"image": {"repository": "x/coordinator", "digest": "latest"}}}),
     ("replicas without etcd", {"coordinator": {"replicas": 2}}),
+    ("etcd prefix without slashes", {"store": {"etcd": {"endpoints": ["https://e:2379"], "prefix": "quarry"}}}),
     ("simulated without platform", {"tee": "simulated"}),
     ("probes without metrics", {"metrics": {"enabled": False}}),
     ("typo in a key", {"coordinator": {"replica": 2}}),
@@ -126,8 +127,12 @@ def invariants(name, values, obj):
         if values.get("probes", {}).get("enabled", True) and c["readinessProbe"]["httpGet"]["path"] != "/readyz":
             out.append("readiness probe is not /readyz")
         etcd = values.get("store", {}).get("etcd", {}).get("endpoints")
-        if not etcd and not spec.get("volumeClaimTemplates"):
-            out.append("embedded store without a PVC")
+        if not spec.get("volumeClaimTemplates"):
+            out.append("coordinator without a PVC (state, or in etcd mode the sealed key copy)")
+        if etcd and (env.get("QUARRY_STORE") != "etcd" or not env.get("QUARRY_PEER_ADVERTISE")):
+            out.append("etcd endpoints without etcd mode (QUARRY_STORE, QUARRY_PEER_ADVERTISE)")
+        if not etcd and "QUARRY_STORE" in env:
+            out.append("etcd mode without etcd endpoints")
     return out
 
 

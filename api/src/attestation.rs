@@ -58,7 +58,12 @@ impl LogEntry {
     }
 }
 
-/// `GET /api/v2/log?from=N`.
+/// Entries of one `GET /api/v2/log` page when the request names no `limit`.
+pub const LOG_PAGE_DEFAULT: u64 = 1000;
+/// Most entries one `GET /api/v2/log` page may ask for (`limit`).
+pub const LOG_PAGE_MAX: u64 = 10_000;
+
+/// `GET /api/v2/log?from=N&limit=L`: one page of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LogResponse {
@@ -66,8 +71,11 @@ pub struct LogResponse {
     pub size: u64,
     /// Current root (hex).
     pub root: String,
-    /// Entries from `from` to the end.
+    /// Entries from `from`, at most `limit` of them, none at or past `size`.
     pub entries: Vec<LogEntry>,
+    /// `from` of the next page when entries below `size` remain after this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
 }
 
 /// `GET /api/v2/log/proof?index=I&size=S` and `GET /api/v2/log/consistency?from=M&to=N`.

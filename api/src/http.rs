@@ -81,6 +81,9 @@ pub struct StatusResponse {
     /// True when the coordinator runs on a simulated TEE (never for production).
     #[serde(default)]
     pub simulation: bool,
+    /// The coordinator's version (absent from coordinators before 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// `POST /api/v2/manifest` and the update endpoints.

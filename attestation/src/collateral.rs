@@ -229,6 +229,110 @@ impl CollateralSource for CollateralCache {
     }
 }
 
+/// The collateral item of a cache that expires first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    /// When it expires (nextUpdate of TCB info, QE identity or a CRL; notAfter of an SNP
+    /// VEK), Unix seconds.
+    pub at: i64,
+    /// What it is, e.g. "TCB info in sgx/00906ED50000-processor.json".
+    pub item: String,
+}
+
+impl CollateralCache {
+    /// The earliest expiry of everything cached (DCAP TCB info, QE identity, root CA and
+    /// PCK CRL `nextUpdate`; SNP VEK `notAfter`), `None` when nothing is cached. Files that
+    /// do not parse are skipped: verification reports them when they are used.
+    pub fn earliest_expiry(&self) -> Option<Expiry> {
+        let mut best: Option<Expiry> = None;
+        let mut consider = |at: Option<i64>, item: String| {
+            if let Some(at) = at {
+                if best.as_ref().is_none_or(|b| at < b.at) {
+                    best = Some(Expiry { at, item });
+                }
+            }
+        };
+        for tee in ["sgx", "tdx"] {
+            for path in json_files(&self.dir.join(tee), 1) {
+                let name = path
+                    .strip_prefix(&self.dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                let Ok(Some(c)) = Self::read::<QuoteCollateralV3>(&path, "collateral") else {
+                    continue;
+                };
+                consider(json_next_update(&c.tcb_info), format!("TCB info in {name}"));
+                consider(
+                    json_next_update(&c.qe_identity),
+                    format!("QE identity in {name}"),
+                );
+                consider(
+                    crl_next_update(&c.root_ca_crl),
+                    format!("root CA CRL in {name}"),
+                );
+                consider(crl_next_update(&c.pck_crl), format!("PCK CRL in {name}"));
+            }
+        }
+        for path in json_files(&self.dir.join("snp"), 3) {
+            let name = path
+                .strip_prefix(&self.dir)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            let Ok(Some(c)) = Self::read::<SnpCollateral>(&path, "collateral") else {
+                continue;
+            };
+            let not_after = crate::snp::pem_certs(c.vek.as_bytes())
+                .ok()
+                .and_then(|certs| certs.into_iter().next())
+                .or_else(|| quarry_api::bytes::unb64(&c.vek).ok())
+                .and_then(|der| {
+                    x509_parser::parse_x509_certificate(&der)
+                        .ok()
+                        .map(|(_, cert)| cert.validity().not_after.timestamp())
+                });
+            consider(not_after, format!("VEK certificate in {name}"));
+        }
+        best
+    }
+}
+
+/// `*.json` files at most `depth` directory levels below `dir` (1 = directly in it).
+fn json_files(dir: &Path, depth: u32) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() && depth > 1 {
+            out.extend(json_files(&path, depth - 1));
+        } else if kind.is_file() && path.extension().is_some_and(|e| e == "json") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `nextUpdate` of a TCB info or QE identity body, Unix seconds.
+fn json_next_update(text: &str) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let s = v.get("nextUpdate")?.as_str()?;
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+/// `nextUpdate` of a DER CRL, Unix seconds.
+fn crl_next_update(der: &[u8]) -> Option<i64> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).ok()?;
+    crl.next_update().map(|t| t.timestamp())
+}
+
 /// True when the TCB info or QE identity of `c` is past its nextUpdate at `now`.
 fn dcap_expired(c: &QuoteCollateralV3, now: SystemTime) -> bool {
     let now = crate::timefmt::unix_secs(now).unwrap_or(0) as i64;
@@ -258,4 +362,56 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    fn dcap(tcb_next: &str, qe_next: &str) -> QuoteCollateralV3 {
+        QuoteCollateralV3 {
+            pck_crl_issuer_chain: String::new(),
+            root_ca_crl: Vec::new(),
+            pck_crl: Vec::new(),
+            tcb_info_issuer_chain: String::new(),
+            tcb_info: format!(r#"{{"nextUpdate":"{tcb_next}"}}"#),
+            tcb_info_signature: Vec::new(),
+            qe_identity_issuer_chain: String::new(),
+            qe_identity: format!(r#"{{"nextUpdate":"{qe_next}"}}"#),
+            qe_identity_signature: Vec::new(),
+            pck_certificate_chain: None,
+        }
+    }
+
+    #[test]
+    fn the_earliest_next_update_of_every_cached_item_is_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = CollateralCache::offline(dir.path());
+        assert_eq!(
+            cache.earliest_expiry(),
+            None,
+            "an empty cache has no expiry"
+        );
+        let key = |fmspc: &str, tee| DcapKey {
+            tee,
+            fmspc: fmspc.into(),
+            ca: PckCaType::Processor,
+        };
+        cache
+            .store_dcap(
+                &key("00906ED50000", TeeKind::Sgx),
+                &dcap("2030-01-01T00:00:00Z", "2029-06-01T00:00:00Z"),
+            )
+            .expect("stores");
+        cache
+            .store_dcap(
+                &key("00806F050000", TeeKind::Tdx),
+                &dcap("2028-03-04T05:06:07Z", "2031-01-01T00:00:00Z"),
+            )
+            .expect("stores");
+        std::fs::write(dir.path().join("sgx").join("broken.json"), b"{").expect("writes");
+        let e = cache.earliest_expiry().expect("an expiry");
+        assert_eq!(e.at, 1_835_759_167, "{e:?}");
+        assert_eq!(e.item, "TCB info in tdx/00806F050000-processor.json");
+    }
 }

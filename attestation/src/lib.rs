@@ -13,7 +13,7 @@ pub mod provider;
 pub mod sigstruct;
 pub mod simulated;
 pub mod snp;
-mod timefmt;
+pub mod timefmt;
 
 use std::time::SystemTime;
 

@@ -415,7 +415,7 @@ fn fake_coordinator(mode: Mode) -> Fake {
         ),
     };
     let status = serde_json::json!({"status":"success","data":{
-        "code":3,"message":"Coordinator is running correctly and ready to accept marbles.","simulation":true}});
+        "code":3,"message":"Coordinator is running correctly and ready to accept marbles.","simulation":true,"version":"9.8.7"}});
 
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -553,6 +553,20 @@ fn certificate_root_on_first_use_then_pinned_status() {
         stdout(&o)
     );
     assert!(stderr(&o).contains("SIMULATION"), "simulation must be loud");
+    assert!(
+        stdout(&o).contains(&format!(
+            "coordinator version 9.8.7, quarry CLI version {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        stdout(&o)
+    );
+    let o = quarry(&["--version"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        format!("quarry {}", env!("CARGO_PKG_VERSION"))
+    );
     let o = quarry(&[
         "status",
         "--coordinator",
@@ -563,6 +577,7 @@ fn certificate_root_on_first_use_then_pinned_status() {
     ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["code"], 3);
+    assert_eq!(v["version"], "9.8.7");
 }
 
 #[test]

@@ -3,7 +3,6 @@
 //! activation budget with compare-and-swap, issue the leaf and render the parameters.
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use quarry_api::http::{
     ActivateRequest, ActivateResponse, KeyEncoding, Parameters, Segment, Value,
@@ -100,10 +99,9 @@ pub async fn activate(
     // Evidence verification is CPU work with no lock held.
     let verifier = core.tee.verifier.clone();
     let evidence = req.evidence.clone();
+    let at = core.tee.now();
     let claims: Claims = tokio::task::spawn_blocking(move || {
-        crate::metrics::time_verification(evidence.kind, || {
-            verifier.verify(&evidence, SystemTime::now())
-        })
+        crate::metrics::time_verification(evidence.kind, || verifier.verify(&evidence, at))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?

@@ -17,6 +17,15 @@ pub enum TeeChoice {
     Auto,
 }
 
+/// Where the coordinator keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// Sealed log in the data directory (one coordinator).
+    File,
+    /// etcd v3, shared by coordinator replicas (--etcd-endpoints).
+    Etcd,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -61,6 +70,11 @@ pub struct Config {
     /// Shortcut for development: --tee simulated with a platform created under <data-dir>/sim-platform.
     #[arg(long, env = "QUARRY_SIMULATION")]
     pub simulation: bool,
+    /// DANGEROUS, simulation only: verify marble evidence as if it were this time (RFC 3339 or
+    /// Unix seconds) instead of now, e.g. to replay recorded hardware quotes whose collateral
+    /// has expired. Refused with a hardware TEE.
+    #[arg(long, env = "QUARRY_DANGEROUS_VERIFICATION_TIME", value_name = "TIME")]
+    pub dangerous_verification_time: Option<String>,
     /// Root of the TEE device files (default /dev/attestation for gramine-sgx,
     /// /sys/kernel/config/tsm/report for tdx and snp); tests point it at a prepared directory.
     #[arg(long, env = "QUARRY_ATTESTATION_ROOT")]
@@ -84,6 +98,43 @@ pub struct Config {
     /// (the conventional port is 9100).
     #[arg(long, env = "QUARRY_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the state lives: `file` (the data directory; one coordinator) or `etcd` (shared
+    /// by several coordinator replicas).
+    #[arg(
+        long = "store",
+        env = "QUARRY_STORE",
+        value_enum,
+        default_value = "file"
+    )]
+    pub store_kind: StoreKind,
+    /// etcd client URLs, comma-separated (`--store etcd`).
+    #[arg(long, env = "QUARRY_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of every etcd key Quarry writes (several deployments can share one etcd).
+    #[arg(long, env = "QUARRY_ETCD_PREFIX", default_value = "/quarry/")]
+    pub etcd_prefix: String,
+    /// CA bundle (PEM) of the etcd servers' certificates (HTTPS endpoints).
+    #[arg(long, env = "QUARRY_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate authentication.
+    #[arg(long, env = "QUARRY_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of --etcd-cert.
+    #[arg(long, env = "QUARRY_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// Listen address of the key-sharing service (etcd mode): other replicas obtain the data
+    /// encryption key here over mutually attested TLS. Without it this replica shares nothing.
+    #[arg(long, env = "QUARRY_PEER_ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+    /// Address other replicas reach the key-sharing service at (default: --peer-addr).
+    #[arg(long, env = "QUARRY_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+    /// How long a new replica waits for a running one to share the key before Recovery.
+    #[arg(long, env = "QUARRY_PEER_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub peer_wait: std::time::Duration,
+    /// Connection and request limits of the client and mesh API listeners.
+    #[command(flatten, next_help_heading = "Connection limits")]
+    pub limits: crate::limits::Limits,
 }
 
 impl Config {

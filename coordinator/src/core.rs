@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::pki::CaKey;
 use crate::secrets::SecretValue;
+use crate::store::etcd::{EtcdConn, EtcdStore};
 use crate::store::file::{sync_dir, FileStore, HeadTracker};
 use crate::store::head::{self, HeadFile, HEAD_FILE};
 use crate::store::seal::{self, SealedKeyFile};
@@ -119,6 +120,8 @@ pub struct Core {
     pub manifest_lock: tokio::sync::Mutex<()>,
     quote_cache: Mutex<Option<(Vec<u8>, quarry_api::Evidence)>>,
     recovery: Mutex<crate::recovery::Session>,
+    /// The etcd connection when the state is in etcd (replicas); None for the file store.
+    etcd: Option<EtcdConn>,
 }
 
 #[derive(Clone)]
@@ -129,6 +132,8 @@ struct Inner {
     log: Arc<TransLog>,
     /// The data encryption key (absent in Recovery).
     dek: Option<Arc<Secret>>,
+    /// The etcd store behind `store` (etcd mode, outside Recovery).
+    etcd: Option<Arc<EtcdStore>>,
 }
 
 /// A consistent view for one request.
@@ -189,7 +194,129 @@ impl Core {
             manifest_lock: tokio::sync::Mutex::new(()),
             quote_cache: Mutex::new(None),
             recovery: Mutex::new(crate::recovery::Session::default()),
+            etcd: None,
         })
+    }
+
+    /// Opens the state in etcd (a replica, contract §8): obtains the DEK (new cluster, own
+    /// sealed copy, or an attested running replica; waiting up to `wait` for one to announce
+    /// itself), checks the state against this replica's rollback evidence, and seals its own
+    /// copy of the DEK. No way to the DEK, or a rollback, is Recovery.
+    pub async fn open_etcd(
+        data_dir: &Path,
+        tee: Tee,
+        conn: EtcdConn,
+        wait: Duration,
+    ) -> anyhow::Result<Core> {
+        create_private_dir(data_dir)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match conn.revision().await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "waiting for etcd");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => anyhow::bail!("etcd is unreachable: {e}"),
+            }
+        }
+        let own = crate::ha::own_claims(&tee).map_err(anyhow::Error::msg)?;
+        let sealed = crate::ha::read_sealed(data_dir, &tee);
+        let obtained = crate::ha::obtain_dek(
+            &conn,
+            &tee,
+            &own,
+            sealed.as_ref().map(|(d, _)| d.clone()),
+            wait,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        let inner = match obtained {
+            crate::ha::Obtained::None(reason) => recovery(reason)?,
+            crate::ha::Obtained::Key(dek, created) => {
+                match open_etcd_state(data_dir, &conn, dek.clone(), created).await {
+                    Ok(inner) => {
+                        match sealed {
+                            Some((Ok(own_copy), Some(file))) if own_copy == dek => {
+                                normalize_sealing(data_dir, &tee, &inner, &file)
+                            }
+                            _ => seal_own_copy(data_dir, &tee, &inner).map_err(|e| {
+                                anyhow::anyhow!("sealing the data encryption key: {e}")
+                            })?,
+                        }
+                        inner
+                    }
+                    Err(reason) => recovery(reason)?,
+                }
+            }
+        };
+        if let Phase::Recovery { reason } = inner.phase.as_ref() {
+            tracing::error!(
+                %reason,
+                "entering RECOVERY (state 1): this replica cannot serve the etcd state; nothing was overwritten"
+            );
+        }
+        Ok(Core {
+            tee,
+            data_dir: data_dir.to_path_buf(),
+            inner: RwLock::new(inner),
+            nonces: Mutex::new(HashMap::new()),
+            manifest_lock: tokio::sync::Mutex::new(()),
+            quote_cache: Mutex::new(None),
+            recovery: Mutex::new(crate::recovery::Session::default()),
+            etcd: Some(conn),
+        })
+    }
+
+    /// The etcd connection (etcd mode).
+    pub fn etcd_conn(&self) -> Option<&EtcdConn> {
+        self.etcd.as_ref()
+    }
+
+    /// The etcd store (etcd mode, outside Recovery).
+    pub fn etcd_store(&self) -> Option<Arc<EtcdStore>> {
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .etcd
+            .clone()
+    }
+
+    /// Brings the in-memory state up to the store after other replicas changed it: the
+    /// transparency log (`log`) and the deployment (`deployment`). Returns false when the
+    /// log could not catch up now (a commit of this replica was in flight): call again.
+    pub async fn refresh(&self, log: bool, deployment: bool) -> Result<bool, StoreError> {
+        let view = self.view();
+        let Some(store) = view.store.clone() else {
+            return Ok(true);
+        };
+        let mut done = true;
+        if log {
+            done = view.log.catch_up(&store).await?;
+        }
+        if deployment {
+            let _guard = self.manifest_lock.lock().await;
+            if let Some(raw) = store.get(keys::MANIFEST).await? {
+                let d = load_deployment(store.as_ref(), raw.value)
+                    .await
+                    .map_err(StoreError::Corrupt)?;
+                match self.view().phase.as_ref() {
+                    Phase::Recovery { .. } => {}
+                    Phase::Running(old) if old.fingerprint == d.fingerprint => {
+                        // Secrets, SVN overrides, the mesh CA or the root secret changed.
+                        self.set_running(d);
+                    }
+                    _ => {
+                        tracing::info!(
+                            fingerprint = %hex::encode(d.fingerprint),
+                            "manifest set or updated by another replica; reloaded from etcd"
+                        );
+                        self.set_running(d);
+                    }
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// The data directory.
@@ -221,7 +348,10 @@ impl Core {
         dek: Secret,
         data: crate::recovery::RecoveryData,
     ) -> Result<(), String> {
-        let inner = open_state(&self.data_dir, dek.clone()).await?;
+        let inner = match &self.etcd {
+            Some(conn) => open_etcd_state(&self.data_dir, conn, dek.clone(), false).await?,
+            None => open_state(&self.data_dir, dek.clone()).await?,
+        };
         let mode = match inner.phase.as_ref() {
             Phase::Running(d) => {
                 data.matches_manifest(&d.manifest)?;
@@ -284,6 +414,7 @@ impl Core {
             inner.store = r.store;
             inner.log = r.log;
             inner.dek = r.dek;
+            inner.etcd = r.etcd;
             r.identity
         });
         if let Some(id) = identity {
@@ -302,6 +433,11 @@ impl Core {
     /// Leaves Recovery for a brand-new deployment identity: the unusable files are moved to
     /// `recovery-<unix time>/` inside the data directory, never deleted.
     pub async fn reset_from_recovery(&self) -> Result<(), ApiError> {
+        if self.etcd.is_some() {
+            return Err(ApiError::WrongState(
+                "this replica is in recovery and its state is in etcd: a replica never discards the shared state. Start a replica that holds the key, recover with the RecoveryKeys, or clear the etcd prefix deliberately to start a new deployment".into(),
+            ));
+        }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -453,6 +589,7 @@ async fn fresh(data_dir: &Path, tee: &Tee) -> anyhow::Result<Inner> {
         identity: Arc::new(Identity { root, root_secret }),
         log,
         dek: Some(Arc::new(dek)),
+        etcd: None,
     })
 }
 
@@ -534,6 +671,7 @@ async fn open_state(data_dir: &Path, dek: Secret) -> Result<Inner, String> {
         identity,
         log,
         dek: Some(Arc::new(dek)),
+        etcd: None,
     })
 }
 
@@ -610,7 +748,7 @@ fn normalize_sealing(data_dir: &Path, tee: &Tee, inner: &Inner, file: &SealedKey
     }
 }
 
-async fn load_deployment(store: &FileStore, raw: Vec<u8>) -> Result<Deployment, String> {
+async fn load_deployment(store: &dyn Store, raw: Vec<u8>) -> Result<Deployment, String> {
     let checked = quarry_api::manifest::parse(&raw)
         .map_err(|e| format!("the stored manifest no longer validates: {e}"))?;
     let mesh = store
@@ -647,7 +785,7 @@ async fn load_deployment(store: &FileStore, raw: Vec<u8>) -> Result<Deployment, 
 }
 
 async fn load_secrets(
-    store: &FileStore,
+    store: &dyn Store,
     prefix: &str,
 ) -> Result<BTreeMap<String, SecretValue>, String> {
     let mut out = BTreeMap::new();
@@ -658,6 +796,123 @@ async fn load_secrets(
         out.insert(name, value);
     }
     Ok(out)
+}
+
+/// Opens the etcd state with `dek` (`created`: a new cluster, whose identity is made now),
+/// checked against this replica's rollback evidence, which is kept current from then on.
+async fn open_etcd_state(
+    data_dir: &Path,
+    conn: &EtcdConn,
+    dek: Secret,
+    created: bool,
+) -> Result<Inner, String> {
+    let started = Instant::now();
+    let store = Arc::new(conn.store(&dek).map_err(|e| e.to_string())?);
+    if created {
+        let root = CaKey::new_root().map_err(|e| e.to_string())?;
+        let root_secret = seal::new_dek()?;
+        match store
+            .commit(
+                Txn::new()
+                    .require_absent(keys::ROOT)
+                    .put(keys::ROOT, root.to_bytes().expose().to_vec())
+                    .put(keys::ROOT_SECRET, root_secret.expose().to_vec()),
+            )
+            .await
+        {
+            Ok(_) => tracing::info!("new cluster: deployment identity created in etcd"),
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    // The replica that created the cluster may still be writing its identity.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let root = loop {
+        match store.get(keys::ROOT).await.map_err(|e| e.to_string())? {
+            Some(v) => break v,
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            None => return Err("etcd has a Quarry cluster marker but no root CA".into()),
+        }
+    };
+    let root = CaKey::from_bytes(&root.value).map_err(|e| e.to_string())?;
+    let root_secret = store
+        .get(keys::ROOT_SECRET)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the etcd state has no root secret")?;
+    let identity = Arc::new(Identity {
+        root,
+        root_secret: Secret::new(root_secret.value),
+    });
+    let revision = conn.revision().await.map_err(|e| e.to_string())?;
+    let log = Arc::new(TransLog::load(store.as_ref()).await?);
+    let phase = match store.get(keys::MANIFEST).await.map_err(|e| e.to_string())? {
+        None => Phase::AcceptingManifest,
+        Some(raw) => Phase::Running(Arc::new(load_deployment(store.as_ref(), raw.value).await?)),
+    };
+    let (log_size, log_root) = log.head();
+    match head::read(data_dir, &dek) {
+        Ok(Some(h)) => {
+            crate::store::etcd::check_head(&h, revision, log_size, |n| log.root_at(n))?
+        }
+        Ok(None) => tracing::warn!(
+            "no {HEAD_FILE} in the data directory: no rollback evidence to check the etcd state against (recording it from now on)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "the rollback evidence in the data directory is not this cluster's; recording it anew"),
+    }
+    let file = HeadFile::open(
+        data_dir,
+        &dek,
+        &head::Head {
+            revision,
+            log_size,
+            log_root,
+        },
+    )?;
+    let tracked = log.clone();
+    store.track_head(
+        HeadTracker {
+            file,
+            log: Box::new(move || tracked.head()),
+        },
+        revision,
+    );
+    tracing::info!(
+        revision,
+        log_size,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        state = phase.state().code(),
+        "etcd state loaded"
+    );
+    Ok(Inner {
+        phase: Arc::new(phase),
+        store: Some(crate::metrics::timed_store(store.clone())),
+        identity,
+        log,
+        dek: Some(Arc::new(dek)),
+        etcd: Some(store),
+    })
+}
+
+/// Seals this replica's own copy of the DEK (the manifest's SealMode, ProductKey before one).
+fn seal_own_copy(data_dir: &Path, tee: &Tee, inner: &Inner) -> Result<(), String> {
+    let Some(dek) = inner.dek.as_ref() else {
+        return Ok(());
+    };
+    let mode = match inner.phase.as_ref() {
+        Phase::Running(d) => d.manifest.config.seal_mode,
+        _ => SealMode::ProductKey,
+    };
+    let file = seal::seal_dek(dek, &tee.seal_keys, tee.sealing, mode, None)?;
+    let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+    write_atomic(&data_dir.join(SEALED_KEY_FILE), &bytes).map_err(|e| e.to_string())?;
+    tracing::info!(
+        seal_mode = mode.as_str(),
+        "this replica sealed its own copy of the data encryption key"
+    );
+    Ok(())
 }
 
 fn recovery(reason: String) -> anyhow::Result<Inner> {
@@ -671,6 +926,7 @@ fn recovery(reason: String) -> anyhow::Result<Inner> {
         }),
         log: Arc::new(TransLog::new()),
         dek: None,
+        etcd: None,
     })
 }
 

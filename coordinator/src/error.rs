@@ -29,6 +29,9 @@ pub enum ApiError {
     /// Body over the size limit (413).
     #[error("request body exceeds {0} bytes")]
     TooLarge(usize),
+    /// The client did not send its request in time (408).
+    #[error("{0}")]
+    Timeout(String),
     /// Temporarily unable (503).
     #[error("{0}")]
     Unavailable(String),
@@ -48,6 +51,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::WrongState(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -56,7 +60,12 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
-        ApiError::Internal(e.to_string())
+        match e {
+            crate::store::StoreError::Unavailable(_) => ApiError::Unavailable(format!(
+                "{e}; the request was not carried out, retry when the store is back"
+            )),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -7,6 +7,8 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod extract;
+pub mod ha;
+pub mod limits;
 pub mod manifest_ops;
 pub mod mesh;
 pub mod metrics;
@@ -31,7 +33,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::config::{Config, TeeChoice};
+use crate::config::{Config, StoreKind, TeeChoice};
 use crate::core::Core;
 use crate::tee::Tee;
 
@@ -43,6 +45,9 @@ pub struct App {
     client_tls: Arc<rustls::ServerConfig>,
     mesh_tls: Arc<rustls::ServerConfig>,
     metrics: Option<TcpListener>,
+    /// Replica tasks (etcd watch, key sharing, announcement), ended with the app.
+    background: Background,
+    limits: Arc<limits::Limits>,
 }
 
 impl App {
@@ -55,7 +60,28 @@ impl App {
                 "SIMULATION MODE: this coordinator runs on a simulated TEE. Its evidence proves nothing; never use it in production"
             );
         }
-        let core = Arc::new(Core::open(&config.data_dir, tee).await?);
+        let (core, peer) = match config.store_kind {
+            StoreKind::File => (Arc::new(Core::open(&config.data_dir, tee).await?), None),
+            StoreKind::Etcd => {
+                let conn = store::etcd::EtcdConn::connect(&store::etcd::EtcdConfig {
+                    endpoints: config.etcd_endpoints.clone(),
+                    prefix: config.etcd_prefix.clone(),
+                    ca: config.etcd_ca.clone(),
+                    cert: config.etcd_cert.clone(),
+                    key: config.etcd_key.clone(),
+                })
+                .await?;
+                // Bound before the state opens, so a bad address fails fast.
+                let peer = match config.peer_addr {
+                    Some(a) => Some((ha::bind_peer(a).await?, a)),
+                    None => None,
+                };
+                let core =
+                    Arc::new(Core::open_etcd(&config.data_dir, tee, conn, config.peer_wait).await?);
+                (core, peer)
+            }
+        };
+        let background = Background(start_replica(&core, peer, config.peer_advertise.clone())?);
         let resolver = tls::ServerCertResolver::new(core.clone(), config.certificate_names())?;
         let client_tls = tls::server_config(resolver.clone(), false)?;
         let mesh_tls = tls::server_config(resolver, true)?;
@@ -73,6 +99,8 @@ impl App {
             client_tls,
             mesh_tls,
             metrics,
+            background,
+            limits: Arc::new(config.limits.clone()),
         })
     }
 
@@ -101,18 +129,70 @@ impl App {
         let client = tls::serve(
             self.client,
             self.client_tls,
-            routes::client_router(self.core.clone()),
+            routes::client_router(self.core.clone(), &self.limits),
             "client",
+            self.limits.clone(),
         );
         let mesh = tls::serve(
             self.mesh,
             self.mesh_tls,
-            routes::mesh_router(self.core.clone()),
+            routes::mesh_router(self.core.clone(), &self.limits),
             "mesh",
+            self.limits.clone(),
         );
         let metrics = metrics::serve(self.metrics, self.core.clone());
+        let _background = self.background;
         tokio::join!(client, mesh, metrics);
     }
+}
+
+/// Background tasks aborted on drop.
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Starts what a replica runs besides its APIs (etcd mode): the watch that keeps its caches
+/// current and the key-sharing service with its announcement in etcd (a replica in Recovery
+/// answers that it holds no key, and picks the state up once recovered).
+fn start_replica(
+    core: &Arc<Core>,
+    peer: Option<(TcpListener, SocketAddr)>,
+    advertise: Option<String>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let Some(conn) = core.etcd_conn() else {
+        return Ok(Vec::new());
+    };
+    let mut tasks = Vec::new();
+    // Watched from the revision the state was loaded at (in Recovery: from now on).
+    let seen = core.etcd_store().map(|s| s.seen_revision()).unwrap_or(0);
+    let changes = if seen > 0 {
+        conn.watch(seen + 1)
+    } else {
+        conn.watch(0)
+    };
+    tasks.push(tokio::spawn(ha::refresh_from_watch(core.clone(), changes)));
+    if peer.is_none() {
+        tracing::warn!("etcd mode without --peer-addr: this replica shares the data encryption key with no other replica");
+    }
+    if let Some((listener, addr)) = peer {
+        let own = Arc::new(ha::own_claims(&core.tee).map_err(anyhow::Error::msg)?);
+        let advertise =
+            advertise.unwrap_or_else(|| listener.local_addr().unwrap_or(addr).to_string());
+        tasks.extend(ha::start_peer_service(
+            core.clone(),
+            conn,
+            listener,
+            advertise,
+            own,
+        ));
+    }
+    Ok(tasks)
 }
 
 /// The coordinator policy for this binary and the configured TEE (`--print-policy`).
@@ -145,8 +225,21 @@ fn tee_from_config(config: &Config) -> anyhow::Result<Tee> {
                     "--tee simulated needs --sim-platform DIR (see `quarry sim init`)"
                 ),
             };
-            Tee::simulated(&dir)
+            let mut tee = Tee::simulated(&dir, config.collateral_dir.as_deref())?;
+            if let Some(text) = &config.dangerous_verification_time {
+                let at = quarry_attestation::timefmt::parse_verification_time(text)
+                    .map_err(|e| anyhow::anyhow!("--dangerous-verification-time: {e}"))?;
+                tracing::warn!(
+                    verification_time = %text,
+                    "WARNING: SIMULATION with a FIXED verification clock: marble evidence is checked as of this time, not now (tests and replays of recorded evidence only)"
+                );
+                tee.verification_time = Some(at);
+            }
+            Ok(tee)
         }
+        _ if config.dangerous_verification_time.is_some() => anyhow::bail!(
+            "--dangerous-verification-time is refused with a hardware TEE: evidence is always verified at the current time there"
+        ),
         hw => {
             use quarry_api::TeeKind;
             use quarry_attestation::provider::{GRAMINE_ROOT, TSM_ROOT};

@@ -6,8 +6,8 @@
 //! `unknown`), outcomes and refusal reasons come from a fixed list, routes are the matched
 //! route templates, methods the standard ones. No UUID, serial or raw path is ever a label.
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
-use std::time::Instant;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::extract::{MatchedPath, Request, State};
@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use quarry_api::EvidenceType;
 use tokio::net::TcpListener;
@@ -98,7 +98,9 @@ pub fn outcome(error: Option<&ApiError>) -> &'static str {
         None => "ok",
         Some(ApiError::Forbidden(reason)) => refusal_reason(reason),
         Some(ApiError::WrongState(_)) => "state",
-        Some(ApiError::BadRequest(_)) | Some(ApiError::TooLarge(_)) => "bad_request",
+        Some(ApiError::BadRequest(_))
+        | Some(ApiError::TooLarge(_))
+        | Some(ApiError::Timeout(_)) => "bad_request",
         Some(ApiError::Unauthorized(_)) => "unauthenticated",
         Some(ApiError::Unavailable(_)) => "unavailable",
         Some(ApiError::Internal(_)) => "error",
@@ -151,6 +153,22 @@ pub async fn track_http(State(api): State<&'static str>, req: Request, next: Nex
         .with_label_values(&[api, &route, method, resp.status().as_str()])
         .inc();
     resp
+}
+
+/// Counts an open connection of `api` (`quarry_http_open_connections`) until the guard drops.
+pub fn open_connection(api: &'static str) -> OpenConnection {
+    METRICS.open_connections.with_label_values(&[api]).inc();
+    OpenConnection(api)
+}
+
+/// An open connection counted in `quarry_http_open_connections`.
+#[derive(Debug)]
+pub struct OpenConnection(&'static str);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        METRICS.open_connections.with_label_values(&[self.0]).dec();
+    }
 }
 
 /// Wraps a store so that every commit is timed (`quarry_store_commit_seconds`).
@@ -237,6 +255,45 @@ fn refresh_gauges(core: &Core) {
         Phase::Running(d) => not_after(d.mesh.cert_der()).unwrap_or(0),
         _ => 0,
     });
+    m.collateral_expiry
+        .set(collateral_expiry_in(core.tee.collateral_dir.as_deref()));
+}
+
+/// How long a scan of the collateral cache is reused (the cache changes when collateral is
+/// fetched, which is rare; a scrape must not read every file each time).
+const COLLATERAL_SCAN_TTL: Duration = Duration::from_secs(60);
+
+/// The last scan of a collateral cache: its directory, when, and the earliest expiry (Unix
+/// seconds).
+type CollateralScan = (std::path::PathBuf, Instant, Option<i64>);
+
+static COLLATERAL_SCAN: Mutex<Option<CollateralScan>> = Mutex::new(None);
+
+/// Seconds from now until the earliest expiry of the cached collateral (negative once
+/// expired); NaN without a collateral cache or with nothing in it.
+fn collateral_expiry_in(dir: Option<&std::path::Path>) -> f64 {
+    let Some(dir) = dir else { return f64::NAN };
+    let mut scan = COLLATERAL_SCAN.lock().unwrap_or_else(|p| p.into_inner());
+    let earliest = match &*scan {
+        Some((d, at, earliest)) if d == dir && at.elapsed() < COLLATERAL_SCAN_TTL => *earliest,
+        _ => {
+            let earliest = quarry_attestation::collateral::CollateralCache::offline(dir)
+                .earliest_expiry()
+                .map(|e| e.at);
+            *scan = Some((dir.to_path_buf(), Instant::now(), earliest));
+            earliest
+        }
+    };
+    match earliest {
+        Some(at) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            at as f64 - now
+        }
+        None => f64::NAN,
+    }
 }
 
 /// End of validity of a certificate, Unix seconds.
@@ -292,6 +349,14 @@ impl<S: Store> Store for TimedStore<S> {
         self.0.scan(prefix).await
     }
 
+    async fn scan_from(
+        &self,
+        prefix: &str,
+        from: &str,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.0.scan_from(prefix, from).await
+    }
+
     async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
         let start = Instant::now();
         let out = self.0.commit(txn).await;
@@ -315,6 +380,8 @@ struct Metrics {
     mesh_ca_expiry: IntGauge,
     store_commit: Histogram,
     log_entries: IntGauge,
+    open_connections: IntGaugeVec,
+    collateral_expiry: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -360,6 +427,25 @@ impl Metrics {
         .expect("valid histogram definition");
         registry
             .register(Box::new(store_commit.clone()))
+            .expect("unique metric name");
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "quarry_http_open_connections",
+                "Open connections of the client and mesh API listeners (TCP accepted, TLS included).",
+            ),
+            &["api"],
+        )
+        .expect("valid gauge definition");
+        registry
+            .register(Box::new(open_connections.clone()))
+            .expect("unique metric name");
+        let collateral_expiry = Gauge::new(
+            "quarry_collateral_expiry_seconds",
+            "Seconds until the earliest nextUpdate/notAfter of the cached attestation collateral (negative once expired; NaN without cached collateral).",
+        )
+        .expect("valid gauge definition");
+        registry
+            .register(Box::new(collateral_expiry.clone()))
             .expect("unique metric name");
         Metrics {
             state: gauge(
@@ -407,6 +493,8 @@ impl Metrics {
                 "quarry_transparency_log_entries",
                 "Number of entries in the transparency log.",
             ),
+            open_connections,
+            collateral_expiry,
             store_commit,
             registry,
         }
@@ -466,6 +554,7 @@ mod tests {
                 ApiError::NotFound(m.into()),
                 ApiError::MethodNotAllowed(m.into()),
                 ApiError::TooLarge(1),
+                ApiError::Timeout(m.into()),
                 ApiError::Unavailable(m.into()),
                 ApiError::Internal(m.into()),
             ] {
@@ -493,6 +582,40 @@ mod tests {
     }
 
     #[test]
+    fn collateral_expiry_is_seconds_until_the_earliest_next_update_or_nan() {
+        assert!(collateral_expiry_in(None).is_nan(), "no cache: NaN");
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(
+            collateral_expiry_in(Some(dir.path())).is_nan(),
+            "an empty cache: NaN"
+        );
+        let in_a_day = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+        let next = in_a_day
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("formats");
+        let item = serde_json::json!({
+            "pck_crl_issuer_chain": "", "root_ca_crl": "", "pck_crl": "",
+            "tcb_info_issuer_chain": "", "tcb_info": format!(r#"{{"nextUpdate":"{next}"}}"#),
+            "tcb_info_signature": "", "qe_identity_issuer_chain": "",
+            "qe_identity": r#"{"nextUpdate":"2099-01-01T00:00:00Z"}"#, "qe_identity_signature": "",
+        });
+        std::fs::create_dir_all(dir.path().join("tdx")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("tdx").join("00806F050000-platform.json"),
+            item.to_string(),
+        )
+        .expect("writes");
+        // A fresh scan: the directory differs from the empty one scanned above.
+        let other = tempfile::tempdir().expect("tempdir");
+        assert!(collateral_expiry_in(Some(other.path())).is_nan());
+        let secs = collateral_expiry_in(Some(dir.path()));
+        assert!(
+            (86_300.0..=86_400.0).contains(&secs),
+            "expected about one day, got {secs}"
+        );
+    }
+
+    #[test]
     fn the_registry_builds_and_encodes_every_family() {
         time_verification(EvidenceType::Simulated, || ());
         METRICS.store_commit.observe(0.001);
@@ -504,5 +627,16 @@ mod tests {
         assert!(text.contains("quarry_evidence_verification_seconds_bucket{tee=\"simulated\""));
         assert!(text.contains("quarry_store_commit_seconds_count"));
         assert!(text.contains("quarry_coordinator_state"));
+        assert!(text.contains("quarry_collateral_expiry_seconds"));
+        let _open = open_connection("client");
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&METRICS.registry.gather(), &mut out)
+            .expect("encodes");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            text.contains("quarry_http_open_connections{api=\"client\"} 1"),
+            "{text}"
+        );
     }
 }

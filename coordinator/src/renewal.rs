@@ -6,7 +6,6 @@
 //! type has *now* (the manifest may have changed); the new leaf is for the same key, UUID,
 //! type and names, with a fresh validity. Renewal spends no activation.
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -187,11 +186,11 @@ pub async fn renew(
     // The same checks as activation, with no lock held during verification.
     let verifier = core.tee.verifier.clone();
     let evidence = req.evidence;
-    let claims: Claims =
-        tokio::task::spawn_blocking(move || verifier.verify(&evidence, SystemTime::now()))
-            .await
-            .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
-            .map_err(|e| refuse(format!("evidence refused: {e}")))?;
+    let at = core.tee.now();
+    let claims: Claims = tokio::task::spawn_blocking(move || verifier.verify(&evidence, at))
+        .await
+        .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
+        .map_err(|e| refuse(format!("evidence refused: {e}")))?;
     quarry_attestation::binding::check_activation_binding(&claims, &current.spki, Some(&nonce))
         .map_err(|e| refuse(e.to_string()))?;
     quarry_attestation::check_package(package, &claims)

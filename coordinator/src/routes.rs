@@ -19,10 +19,12 @@ use sha2::{Digest, Sha256};
 use crate::core::{Core, Phase};
 use crate::error::ApiError;
 use crate::extract::Query;
+use crate::limits::Limits;
 use crate::tls::PeerCert;
+use quarry_api::attestation::{LOG_PAGE_DEFAULT, LOG_PAGE_MAX};
 
-/// The client API router.
-pub fn client_router(core: Arc<Core>) -> Router {
+/// The client API router; request bodies are read within `limits` before a handler runs.
+pub fn client_router(core: Arc<Core>, limits: &Limits) -> Router {
     Router::new()
         .route("/api/v2/status", get(status))
         .route("/api/v2/manifest", get(manifest_get).post(manifest_set))
@@ -46,6 +48,10 @@ pub fn client_router(core: Arc<Core>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(crate::extract::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
+            limits.body_read_timeout,
+            crate::limits::read_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             "client",
             crate::metrics::track_http,
         ))
@@ -53,8 +59,8 @@ pub fn client_router(core: Arc<Core>) -> Router {
         .with_state(core)
 }
 
-/// The mesh API router.
-pub fn mesh_router(core: Arc<Core>) -> Router {
+/// The mesh API router; request bodies are read within `limits` before a handler runs.
+pub fn mesh_router(core: Arc<Core>, limits: &Limits) -> Router {
     Router::new()
         .route("/api/v2/activate/nonce", get(activate_nonce))
         .route("/api/v2/activate", post(activate))
@@ -64,6 +70,10 @@ pub fn mesh_router(core: Arc<Core>) -> Router {
         .route("/api/v2/crl", get(crate::revocation::crl_route))
         .fallback(not_found)
         .method_not_allowed_fallback(crate::extract::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            limits.body_read_timeout,
+            crate::limits::read_body,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             "mesh",
             crate::metrics::track_http,
@@ -107,6 +117,7 @@ async fn status(State(core): State<Arc<Core>>) -> Response {
         code: state.code(),
         message: state.message().to_string(),
         simulation: core.tee.simulation,
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
     })
 }
 
@@ -250,20 +261,32 @@ async fn attestation(
 #[derive(Deserialize)]
 struct LogQuery {
     from: Option<u64>,
+    limit: Option<u64>,
 }
 
-/// `GET /api/v2/log?from=N`.
+/// `GET /api/v2/log?from=N&limit=L`: one page of at most `limit` entries (default
+/// [`LOG_PAGE_DEFAULT`], at most [`LOG_PAGE_MAX`]) from index `from`; `next` names the
+/// following page.
 async fn log_entries(
     State(core): State<Arc<Core>>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(LOG_PAGE_DEFAULT);
+    if limit > LOG_PAGE_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "limit {limit} exceeds the maximum of {LOG_PAGE_MAX} entries per page; page with from and limit"
+        )));
+    }
     let view = core.view();
     let (size, root) = view.log.head();
-    let entries = view.log.entries(q.from.unwrap_or(0));
+    let from = q.from.unwrap_or(0);
+    let to = from.saturating_add(limit).min(size);
+    let entries = view.log.entries_range(from, to);
     Ok(ok(quarry_api::attestation::LogResponse {
         size,
         root: hex::encode(root),
         entries,
+        next: (from < to && to < size).then_some(to),
     }))
 }
 

@@ -1,6 +1,7 @@
 //! The state store: one logical key/value space with compare-and-swap transactions
 //! (contract §8). Backends: an embedded sealed log in the data directory (`file`) and etcd v3
 //! shared by several coordinator replicas (`etcd`).
+pub mod etcd;
 pub mod file;
 pub mod head;
 pub mod seal;
@@ -145,4 +146,15 @@ pub trait Store: Send + Sync {
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
     /// Apply `txn` atomically and durably; returns the new revision.
     async fn commit(&self, txn: Txn) -> Result<u64, StoreError>;
+    /// Keys starting with `prefix` that sort at or after `from`, sorted (a range read where
+    /// the backend has one; by default a filtered [`Store::scan`]).
+    async fn scan_from(
+        &self,
+        prefix: &str,
+        from: &str,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let mut all = self.scan(prefix).await?;
+        all.retain(|(k, _)| k.as_str() >= from);
+        Ok(all)
+    }
 }

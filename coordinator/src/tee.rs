@@ -29,11 +29,24 @@ pub struct Tee {
     /// The coordinator policy a relying party pins for this binary and TEE
     /// (`quarry-coordinator --print-policy`).
     pub policy: serde_json::Value,
+    /// The verification collateral cache directory (hardware TEEs only).
+    pub collateral_dir: Option<std::path::PathBuf>,
+    /// A fixed time marble evidence is verified at (simulation only; see
+    /// `--dangerous-verification-time`); `None` = the clock.
+    pub verification_time: Option<std::time::SystemTime>,
 }
 
 impl Tee {
-    /// The simulated TEE with the platform in `platform_dir` (CA and key).
-    pub fn simulated(platform_dir: &Path) -> anyhow::Result<Tee> {
+    /// The time marble evidence is verified at: the clock, or the fixed simulation time.
+    pub fn now(&self) -> std::time::SystemTime {
+        self.verification_time
+            .unwrap_or_else(std::time::SystemTime::now)
+    }
+
+    /// The simulated TEE with the platform in `platform_dir` (CA and key). Marble evidence
+    /// from hardware TEEs is verified too (collateral from the evidence or, offline, from
+    /// `collateral_dir`), so a development coordinator can take real enclaves.
+    pub fn simulated(platform_dir: &Path, collateral_dir: Option<&Path>) -> anyhow::Result<Tee> {
         let platform = SimPlatform::load(platform_dir).map_err(|e| {
             anyhow::anyhow!(
                 "simulated platform {}: {e} (create one with `quarry sim init {}`)",
@@ -74,14 +87,18 @@ impl Tee {
             "SimulationPlatformCA": platform.ca_pem(),
         });
         let provider = SimProvider::new(platform, identity)?;
+        let source: Option<Arc<dyn CollateralSource>> = collateral_dir
+            .map(|d| Arc::new(CollateralCache::offline(d)) as Arc<dyn CollateralSource>);
         Ok(Tee {
             policy,
             provider: Arc::new(provider),
-            verifier: Arc::new(VerifierSet::new().dangerous_with_simulation(verifier)),
+            verifier: Arc::new(VerifierSet::hardware(source).dangerous_with_simulation(verifier)),
             simulation: true,
             seal_keys,
             sealing: "simulated",
             measurement,
+            collateral_dir: collateral_dir.map(Path::to_path_buf),
+            verification_time: None,
         })
     }
 }
@@ -173,6 +190,8 @@ impl Tee {
             seal_keys,
             sealing,
             measurement,
+            collateral_dir: Some(cfg.collateral_dir.clone()),
+            verification_time: None,
         })
     }
 }

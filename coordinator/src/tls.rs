@@ -1,11 +1,15 @@
 //! TLS 1.3 servers for the client and mesh APIs, and the accept loop that hands each
-//! request the client certificate of its connection.
+//! request the client certificate of its connection and holds every connection to the
+//! limits of [`Limits`].
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -13,8 +17,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+
+use crate::limits::Limits;
 
 /// The DER of the TLS client certificate (end entity) of the request's connection.
 #[derive(Clone, Debug, Default)]
@@ -176,15 +184,38 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// Serves `router` over TLS on `listener` until the task is dropped.
+/// Serves `router` over TLS on `listener` until the task is dropped, within `limits`: at
+/// most `max_connections` at once (at the cap the loop stops accepting, so further clients
+/// wait in the kernel's accept backlog until a connection ends), each bounded by the
+/// handshake, header, idle and HTTP/2 limits.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     router: Router,
     name: &'static str,
+    limits: Arc<Limits>,
 ) {
     let acceptor = TlsAcceptor::from(config);
+    let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let mut last_cap_warning: Option<Instant> = None;
     loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if last_cap_warning.is_none_or(|t| t.elapsed() > CAP_WARNING_INTERVAL) {
+                    last_cap_warning = Some(Instant::now());
+                    tracing::warn!(
+                        api = name,
+                        max_connections = limits.max_connections,
+                        "connection limit reached; new connections wait in the accept backlog"
+                    );
+                }
+                match permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                }
+            }
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -195,11 +226,17 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            handle_connection(acceptor, tcp, peer, router, name).await;
+            let _open = crate::metrics::open_connection(name);
+            handle_connection(acceptor, tcp, peer, router, name, &limits).await;
+            drop(permit);
         });
     }
 }
+
+/// Least time between two "connection limit reached" warnings of a listener.
+const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 async fn handle_connection(
     acceptor: TlsAcceptor,
@@ -207,9 +244,10 @@ async fn handle_connection(
     peer: SocketAddr,
     router: Router,
     name: &'static str,
+    limits: &Limits,
 ) {
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(api = name, %peer, error = %e, "TLS handshake failed");
@@ -220,13 +258,16 @@ async fn handle_connection(
             return;
         }
     };
+    let conn_info = tls.get_ref().1;
     let peer_cert = PeerCert(
-        tls.get_ref()
-            .1
+        conn_info
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| Arc::new(c.to_vec())),
     );
+    // RFC 9113 §3.2: HTTP/2 over TLS is negotiated with ALPN; anything else is HTTP/1, so no
+    // connection waits in hyper's protocol sniffing (which has no timeout).
+    let h2 = conn_info.alpn_protocol() == Some(b"h2");
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(peer_cert.clone());
@@ -236,8 +277,136 @@ async fn handle_connection(
                 router.oneshot(req).await
             }
         });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes);
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked {
+        inner: tls,
+        activity: activity.clone(),
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = activity.idle_for(limits.idle_timeout) => {
+            tracing::debug!(api = name, %peer, "connection idle; shutting it down");
+            conn.as_mut().graceful_shutdown();
+            // In-flight requests may finish; the connection ends at the latest one more
+            // idle period later.
+            match tokio::time::timeout(limits.idle_timeout, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(api = name, %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// When a connection last moved a byte, shared between its I/O and its idle watchdog.
+#[derive(Clone)]
+struct Activity {
+    start: Instant,
+    /// Milliseconds from `start` to the last byte read or written.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once no byte has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// An I/O stream that records in [`Activity`] every read or write that moved bytes.
+struct Tracked<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -214,13 +214,7 @@ impl TransLog {
         if !claimed {
             return Ok(false);
         }
-        let outcome = match store.scan(PREFIX).await {
-            Ok(stored) => {
-                let mut s = self.inner.state.write().unwrap_or_else(|p| p.into_inner());
-                extend_from(&mut s, stored).map_err(StoreError::Corrupt)
-            }
-            Err(e) => Err(e),
-        };
+        let outcome = self.inner.catch_up_tail(store.as_ref()).await;
         // Hand the committer's role back: appends queued meanwhile are committed now.
         tokio::spawn(Inner::drain(self.inner.clone(), store.clone()));
         outcome.map(|()| true)
@@ -308,14 +302,21 @@ impl Inner {
                     // Only a store written by someone else gets here (the file store has one
                     // writer: this committer). A write whose outcome was unknown and that did
                     // land would be appended twice; the file store has no unknown outcomes.
-                    let stored = store.scan(PREFIX).await?;
-                    let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
-                    extend_from(&mut s, stored).map_err(StoreError::Corrupt)?;
+                    self.catch_up_tail(store).await?;
                 }
                 other => return other,
             }
         }
         Err(StoreError::Conflict(PREFIX.into()))
+    }
+
+    /// Reads the stored entries beyond the in-memory view (a range read from the first
+    /// missing index) and appends them. Only the holder of the committer's role calls it.
+    async fn catch_up_tail(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let have = self.read().leaves.len();
+        let tail = store.scan_from(PREFIX, &key(have)).await?;
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        extend_tail(&mut s, have, tail).map_err(StoreError::Corrupt)
     }
 
     /// Adds committed events to the in-memory view (the committer is the only writer, so
@@ -372,6 +373,31 @@ fn take_batch(waiting: &mut VecDeque<Pending>) -> Vec<Pending> {
 async fn append_stored(state: &mut State, store: &dyn Store) -> Result<(), String> {
     let stored = store.scan(PREFIX).await.map_err(|e| e.to_string())?;
     extend_from(state, stored)
+}
+
+/// Appends `tail` (the stored entries from index `have` on) to `state`, which holds `have`.
+fn extend_tail(
+    state: &mut State,
+    have: usize,
+    tail: Vec<(String, Versioned)>,
+) -> Result<(), String> {
+    if state.leaves.len() != have {
+        return Err(format!(
+            "transparency log: the view changed during a catch-up ({have} → {})",
+            state.leaves.len()
+        ));
+    }
+    for (j, (k, v)) in tail.into_iter().enumerate() {
+        let i = have + j;
+        if k != key(i) {
+            return Err(format!("transparency log: expected entry {i}, found {k}"));
+        }
+        let event: serde_json::Value = serde_json::from_slice(&v.value)
+            .map_err(|e| format!("transparency log entry {i} does not decode: {e}"))?;
+        let canonical = canonical_json(&event).map_err(|e| format!("log entry {i}: {e}"))?;
+        state.push(merkle::leaf_hash(canonical.as_bytes()), event);
+    }
+    Ok(())
 }
 
 /// Appends `stored` (a scan of [`PREFIX`]) beyond `state`'s size to `state`.

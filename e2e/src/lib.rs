@@ -3,6 +3,8 @@
 //! the coordinator with a pinned root (or a marble key) like the real clients do.
 #![forbid(unsafe_code)]
 
+pub mod etcd;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -54,6 +56,17 @@ impl Coordinator {
         log: &Path,
     ) -> anyhow::Result<Coordinator> {
         Coordinator::launch(wrapper, data_dir, sim_platform, log, &[])
+    }
+
+    /// [`Coordinator::start_wrapped`] with `extra_args` appended to the command line.
+    pub fn start_wrapped_with(
+        wrapper: &[&str],
+        data_dir: &Path,
+        sim_platform: &Path,
+        log: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Coordinator> {
+        Coordinator::launch(wrapper, data_dir, sim_platform, log, extra_args)
     }
 
     /// Like [`Coordinator::start`], with `extra_args` appended to the command line.

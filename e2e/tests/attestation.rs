@@ -225,6 +225,70 @@ fn verify_online_offline_bundle_and_log() {
         .map(|e| e["event"]["certSerial"].as_str().unwrap())
         .collect();
     assert!(serials.iter().all(|s| s.len() >= 16));
+    // Paged one entry per request, the same entries verify against the same root.
+    let o = quarry(&[
+        "log",
+        "--coordinator",
+        &addr,
+        "--policy",
+        p,
+        "--allow-simulation",
+        "--verify",
+        "--json",
+        "--page-size",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let paged: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(paged["entries"], log["entries"]);
+    assert_eq!(paged["root"], log["root"]);
+    // The listing itself is bounded: `limit` entries from `from`, `next` while more remain.
+    let root_pem = std::fs::read_to_string(&root).unwrap();
+    let pages = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = quarry_e2e::https(quarry_e2e::tls_config(&root_pem, None).unwrap()).unwrap();
+        let mut out = Vec::new();
+        for query in [
+            "from=0&limit=2",
+            "from=2&limit=2",
+            "from=1&limit=0",
+            "limit=10001",
+        ] {
+            let (code, v) = quarry_e2e::jsend(
+                client
+                    .get(format!("{}/api/v2/log?{query}", coord.client_url()))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+            out.push((code, v));
+        }
+        out
+    });
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(pages[0].0, 200, "{}", pages[0].1);
+    assert_eq!(
+        pages[0].1["data"]["entries"].as_array().unwrap()[..],
+        entries[..2]
+    );
+    assert_eq!(pages[0].1["data"]["next"], 2);
+    assert_eq!(pages[0].1["data"]["size"], 3);
+    assert_eq!(
+        pages[1].1["data"]["entries"].as_array().unwrap()[..],
+        entries[2..]
+    );
+    assert!(pages[1].1["data"]["next"].is_null(), "{}", pages[1].1);
+    assert_eq!(pages[2].1["data"]["entries"], serde_json::json!([]));
+    assert_eq!(pages[3].0, 400, "{}", pages[3].1);
+    assert!(
+        pages[3].1["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("maximum of 10000"),
+        "{}",
+        pages[3].1
+    );
 
     // The sidecar authenticates the coordinator by the same policy instead of a pinned root.
     let sidecar = |policy: &Path, extra: &[&str]| {

@@ -88,7 +88,7 @@ async fn state_of(coord: &Coordinator, root_pem: &str) -> (u64, u64, BTreeSet<St
     assert_eq!(code, 200, "{status}");
     let (code, log) = jsend(
         client
-            .get(format!("{}/api/v2/log", coord.client_url()))
+            .get(format!("{}/api/v2/log?limit=10000", coord.client_url()))
             .send()
             .await
             .unwrap(),
@@ -96,6 +96,10 @@ async fn state_of(coord: &Coordinator, root_pem: &str) -> (u64, u64, BTreeSet<St
     .await
     .unwrap();
     assert_eq!(code, 200, "{log}");
+    assert!(
+        log["data"]["next"].is_null(),
+        "the log spans more than one page"
+    );
     let uuids = log["data"]["entries"]
         .as_array()
         .unwrap()

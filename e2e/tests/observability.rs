@@ -267,6 +267,9 @@ async fn metrics_health_and_logs_after_an_end_to_end_run() {
         .as_secs() as f64;
     assert!(expect("quarry_mesh_ca_expiry_timestamp_seconds", &[]) > now);
     assert!(expect("quarry_root_ca_expiry_timestamp_seconds", &[]) > now);
+    // A simulated coordinator holds no attestation collateral.
+    assert!(expect("quarry_collateral_expiry_seconds", &[]).is_nan());
+    assert!(expect("quarry_http_open_connections", &[("api", "client")]) >= 0.0);
     assert!(
         expect(
             "quarry_http_requests_total",

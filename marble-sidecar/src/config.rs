@@ -152,10 +152,22 @@ pub struct CommonArgs {
     /// [env: QUARRY_MARBLE_DNS_NAMES, EDG_MARBLE_DNS_NAMES] [default: none]
     #[arg(long, value_name = "NAMES")]
     pub dns_names: Option<String>,
-    /// Evidence provider. This build has only `simulated` (development only); any other value
-    /// is refused, never replaced by simulation. Required. [env: QUARRY_TEE]
+    /// Evidence provider: `gramine-sgx` (Gramine's /dev/attestation), `tdx` or `snp`
+    /// (configfs-tsm), `auto` (detect one of those; none found is an error), or `simulated`
+    /// (development only). Hardware that is configured but unavailable is a startup error,
+    /// never replaced by simulation. Required. [env: QUARRY_TEE]
     #[arg(long, value_name = "PROVIDER")]
     pub tee: Option<String>,
+    /// With a hardware --tee: root of the device files instead of /dev/attestation (Gramine)
+    /// or /sys/kernel/config/tsm/report (configfs-tsm); for tests with a prepared directory.
+    /// [env: QUARRY_ATTESTATION_ROOT]
+    #[arg(long, value_name = "DIR")]
+    pub attestation_root: Option<PathBuf>,
+    /// With a hardware --tee: verification collateral (JSON; DCAP `QuoteCollateralV3` for
+    /// SGX/TDX) sent with every piece of evidence, for coordinators without a collateral
+    /// service. [env: QUARRY_COLLATERAL]
+    #[arg(long, value_name = "FILE")]
+    pub collateral: Option<PathBuf>,
     /// With --tee simulated: simulated platform directory (platform-ca.pem + platform-key.pem,
     /// from `quarry sim init`). [env: QUARRY_SIM_PLATFORM]
     #[arg(long, value_name = "DIR")]
@@ -220,6 +232,19 @@ pub struct Config {
 pub enum Tee {
     /// Simulated evidence (development only).
     Simulated(SimulatedTee),
+    /// Evidence from the TEE hardware through its runtime interface.
+    Hardware(HardwareTee),
+}
+
+/// Settings of a hardware evidence provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardwareTee {
+    /// SGX (Gramine), TDX or SNP (configfs-tsm).
+    pub kind: quarry_api::TeeKind,
+    /// Root of the device files.
+    pub root: PathBuf,
+    /// Collateral file sent with the evidence.
+    pub collateral: Option<PathBuf>,
 }
 
 /// Settings of the simulated evidence provider.
@@ -288,11 +313,21 @@ pub enum ConfigError {
     #[error("--coordinator-policy, --coordinator-root-ca and --insecure-skip-coordinator-verify exclude each other; choose one")]
     ConflictingTrust,
     /// No evidence provider was chosen.
-    #[error("no TEE provider: pass --tee or set QUARRY_TEE (this build supports: simulated)")]
+    #[error(
+        "no TEE provider: pass --tee or set QUARRY_TEE (gramine-sgx, tdx, snp, auto or simulated)"
+    )]
     MissingTee,
     /// The chosen evidence provider does not exist in this build.
-    #[error("TEE provider {0} is not available in this build (available: simulated)")]
+    #[error("TEE provider {0} is not known (available: gramine-sgx, tdx, snp, auto, simulated)")]
     UnavailableTee(String),
+    /// `--tee auto` found no TEE.
+    #[error("--tee auto found no TEE: no Gramine attestation files under {gramine} and no configfs-tsm with /dev/tdx_guest or /dev/sev-guest under {tsm}; refusing to start (there is no fallback to simulation)")]
+    NoTeeDetected {
+        /// Gramine root looked at.
+        gramine: String,
+        /// configfs-tsm root looked at.
+        tsm: String,
+    },
     /// Simulated evidence without a platform.
     #[error("--tee simulated needs --sim-platform DIR (or QUARRY_SIM_PLATFORM)")]
     MissingSimPlatform,
@@ -451,6 +486,28 @@ impl Config {
                     debug,
                 })
             }
+            "gramine-sgx" | "sgx" | "tdx" | "snp" | "auto" => {
+                let root = src
+                    .pick(
+                        common.attestation_root.map(path_string),
+                        "--attestation-root",
+                        &["QUARRY_ATTESTATION_ROOT"],
+                    )
+                    .map(|s| PathBuf::from(s.value));
+                let collateral = src
+                    .pick(
+                        common.collateral.map(path_string),
+                        "--collateral",
+                        &["QUARRY_COLLATERAL"],
+                    )
+                    .map(|s| PathBuf::from(s.value));
+                let (kind, root) = hardware_kind(&tee_name, root)?;
+                Tee::Hardware(HardwareTee {
+                    kind,
+                    root,
+                    collateral,
+                })
+            }
             other => return Err(ConfigError::UnavailableTee(other.to_string())),
         };
         if let (
@@ -593,6 +650,35 @@ impl<F: Fn(&str) -> Option<String>> Sources<'_, F> {
             },
         }
     }
+}
+
+/// The hardware TEE a `--tee` name selects and the root of its device files (`auto`
+/// detects with the given root, or the default roots, and refuses when nothing is found).
+fn hardware_kind(
+    name: &str,
+    root: Option<PathBuf>,
+) -> Result<(quarry_api::TeeKind, PathBuf), ConfigError> {
+    use quarry_api::TeeKind;
+    use quarry_attestation::provider::{detect, GRAMINE_ROOT, TSM_ROOT};
+    let default_root = |kind: TeeKind| match kind {
+        TeeKind::Sgx => PathBuf::from(GRAMINE_ROOT),
+        _ => PathBuf::from(TSM_ROOT),
+    };
+    let kind = match name {
+        "gramine-sgx" | "sgx" => TeeKind::Sgx,
+        "tdx" => TeeKind::Tdx,
+        "snp" => TeeKind::Snp,
+        _ => {
+            let gramine = root.clone().unwrap_or_else(|| PathBuf::from(GRAMINE_ROOT));
+            let tsm = root.clone().unwrap_or_else(|| PathBuf::from(TSM_ROOT));
+            detect(&gramine, &tsm).ok_or_else(|| ConfigError::NoTeeDetected {
+                gramine: gramine.display().to_string(),
+                tsm: tsm.display().to_string(),
+            })?
+        }
+    };
+    let root = root.unwrap_or_else(|| default_root(kind));
+    Ok((kind, root))
 }
 
 fn path_string(p: PathBuf) -> String {

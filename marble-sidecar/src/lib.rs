@@ -261,5 +261,81 @@ fn evidence_provider(
             );
             Ok((Some(path), Box::new(provider)))
         }
+        Tee::Hardware(hw) => {
+            let provider = hardware_provider(hw)?;
+            // Inside the TEE the service is part of what was measured (the enclave or the
+            // confidential VM image); the command runs as given.
+            Ok((measured.map(PathBuf::from), provider))
+        }
+    }
+}
+
+/// Opens the hardware provider and produces one piece of evidence right away, so a TEE
+/// that is configured but unusable fails at startup rather than at the first activation.
+fn hardware_provider(hw: &config::HardwareTee) -> Result<Box<dyn EvidenceProvider>, Error> {
+    use quarry_api::{EvidenceType, TeeKind};
+    use quarry_attestation::provider::{GramineProvider, TsmProvider};
+    let unavailable = |e: &dyn std::fmt::Display| {
+        ConfigError::Invalid {
+            origin: "--tee".into(),
+            reason: format!(
+                "TEE {} configured but unavailable at {}: {e}; refusing to start (there is no fallback to simulation)",
+                hw.kind,
+                hw.root.display()
+            ),
+        }
+    };
+    let inner: Box<dyn EvidenceProvider> = match hw.kind {
+        TeeKind::Sgx => Box::new(GramineProvider::open(&hw.root).map_err(|e| unavailable(&e))?),
+        TeeKind::Tdx => Box::new(
+            TsmProvider::open(&hw.root, EvidenceType::TdxDcap).map_err(|e| unavailable(&e))?,
+        ),
+        TeeKind::Snp => {
+            Box::new(TsmProvider::open(&hw.root, EvidenceType::Snp).map_err(|e| unavailable(&e))?)
+        }
+        TeeKind::Simulated => return Err(unavailable(&"not a hardware TEE").into()),
+    };
+    inner
+        .evidence(&[0; quarry_api::REPORT_DATA_LEN])
+        .map_err(|e| unavailable(&e))?;
+    let collateral = match &hw.collateral {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                origin: "--collateral".into(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            Some(
+                serde_json::from_slice(&text).map_err(|e| ConfigError::Invalid {
+                    origin: "--collateral".into(),
+                    reason: format!("{} is not JSON: {e}", path.display()),
+                })?,
+            )
+        }
+    };
+    tracing::info!(tee = %hw.kind, root = %hw.root.display(), collateral = hw.collateral.is_some(), "hardware evidence provider ready");
+    Ok(Box::new(WithCollateral { inner, collateral }))
+}
+
+/// A provider whose evidence carries the configured collateral.
+struct WithCollateral {
+    inner: Box<dyn EvidenceProvider>,
+    collateral: Option<serde_json::Value>,
+}
+
+impl EvidenceProvider for WithCollateral {
+    fn evidence(
+        &self,
+        report_data: &[u8; quarry_api::REPORT_DATA_LEN],
+    ) -> Result<quarry_api::Evidence, quarry_attestation::ProviderError> {
+        let mut evidence = self.inner.evidence(report_data)?;
+        if evidence.collateral.is_none() {
+            evidence.collateral = self.collateral.clone();
+        }
+        Ok(evidence)
+    }
+
+    fn is_simulated(&self) -> bool {
+        self.inner.is_simulated()
     }
 }

@@ -7,7 +7,7 @@ use crate::output::{self, Failure};
 /// Arguments of `quarry status`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Example:\n  quarry status --coordinator coordinator.example:4433 --root-ca root.pem\n  QUARRY_COORDINATOR=localhost:4433 quarry status --insecure --json\n\nStates: 1 recovery, 2 accepting a manifest, 3 accepting marbles."
+    after_help = "Example:\n  quarry status --coordinator coordinator.example:4433 --root-ca root.pem\n  QUARRY_COORDINATOR=localhost:4433 quarry status --insecure --json\n\nStates: 1 recovery, 2 accepting a manifest, 3 accepting marbles. The second line names the\ncoordinator's version and this CLI's (`quarry --version` prints the CLI's alone)."
 )]
 pub struct Args {
     /// Coordinator address and trust.
@@ -30,7 +30,15 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     if args.json {
         return output::json(&status);
     }
-    output::line(format!("{}: {}", status.code, status.message))
+    output::line(format!("{}: {}", status.code, status.message))?;
+    output::line(format!(
+        "coordinator version {}, quarry CLI version {}",
+        status
+            .version
+            .as_deref()
+            .unwrap_or("unknown (the coordinator does not report it)"),
+        env!("CARGO_PKG_VERSION")
+    ))
 }
 
 /// The loud warning for a coordinator that runs on a simulated TEE.

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quarry_api::attestation::{
     verify_attestation, AttestationResponse, Bundle, CoordinatorPolicy, LogEntry, LogResponse,
-    Verified, VerifyOptions,
+    Verified, VerifyOptions, LOG_PAGE_DEFAULT, LOG_PAGE_MAX,
 };
 use quarry_api::{Claims, Evidence};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -62,7 +62,8 @@ pub struct Args {
 /// `quarry log`.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
-  quarry log --coordinator localhost:4433 --policy coordinator-policy.json --verify")]
+  quarry log --coordinator localhost:4433 --policy coordinator-policy.json --verify
+  quarry log --coordinator localhost:4433 --policy coordinator-policy.json --verify --page-size 500 --json")]
 pub struct LogArgs {
     /// Coordinator client API, HOST:PORT.
     #[arg(long, env = "QUARRY_COORDINATOR", default_value = "localhost:4433")]
@@ -76,6 +77,9 @@ pub struct LogArgs {
     /// Check that the entries hash to the attested log root.
     #[arg(long)]
     pub verify: bool,
+    /// Entries fetched per request (the coordinator pages `GET /api/v2/log`; at most 10000).
+    #[arg(long, value_name = "N", default_value_t = LOG_PAGE_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=LOG_PAGE_MAX))]
+    pub page_size: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -130,7 +134,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             (v, bundle)
         }
         None => {
-            let (att, log, chain, nonce) = fetch(&args.coordinator)?;
+            let (att, log, chain, nonce) = fetch(&args.coordinator, LOG_PAGE_DEFAULT)?;
             let v = check(
                 &att,
                 &policy,
@@ -165,7 +169,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
 /// Runs `quarry log`.
 pub fn run_log(args: &LogArgs) -> Result<(), Failure> {
     let policy = load_policy(&args.policy)?;
-    let (att, log, chain, nonce) = fetch(&args.coordinator)?;
+    let (att, log, chain, nonce) = fetch(&args.coordinator, args.page_size)?;
     check(
         &att,
         &policy,
@@ -215,8 +219,9 @@ fn load_policy(path: &std::path::Path) -> Result<CoordinatorPolicy, Failure> {
 
 type Fetched = (AttestationResponse, Vec<LogEntry>, Vec<Vec<u8>>, [u8; 32]);
 
-/// Fetches the attestation with a fresh nonce and the whole log, recording the TLS chain.
-fn fetch(address: &str) -> Result<Fetched, Failure> {
+/// Fetches the attestation with a fresh nonce and the whole log (`page` entries per
+/// request), recording the TLS chain.
+fn fetch(address: &str, page: u64) -> Result<Fetched, Failure> {
     let mut nonce = [0u8; 32];
     getrandom_fill(&mut nonce)?;
     let recorder = Arc::new(Recorder::default());
@@ -231,14 +236,34 @@ fn fetch(address: &str) -> Result<Fetched, Failure> {
     let att: AttestationResponse = client
         .get(&format!("api/v2/attestation?nonce={}", hex::encode(nonce)))
         .map_err(|e| e.failure("fetching the attestation"))?;
-    let log: LogResponse = client
-        .get("api/v2/log?from=0")
-        .map_err(|e| e.failure("fetching the transparency log"))?;
+    // Entries appended after the attestation are outside the attested root: read up to its size.
+    let entries = fetch_log(&client, att.statement.log_size, page)?;
     let chain = recorder.chain.lock().map(|c| c.clone()).unwrap_or_default();
-    // Entries appended after the attestation are outside the attested root: keep its size.
-    let mut entries = log.entries;
-    entries.truncate(att.statement.log_size as usize);
     Ok((att, entries, chain, nonce))
+}
+
+/// The first `size` log entries, read `page` at a time (`from`, `limit`).
+fn fetch_log(client: &Client, size: u64, page: u64) -> Result<Vec<LogEntry>, Failure> {
+    let mut entries: Vec<LogEntry> = Vec::new();
+    while (entries.len() as u64) < size {
+        let from = entries.len() as u64;
+        let limit = (size - from).min(page.clamp(1, LOG_PAGE_MAX));
+        let page: LogResponse = client
+            .get(&format!("api/v2/log?from={from}&limit={limit}"))
+            .map_err(|e| e.failure(&format!("fetching the transparency log from entry {from}")))?;
+        let before = entries.len();
+        // A coordinator that ignores `limit` answers everything from `from` on.
+        entries.extend(page.entries.into_iter().take(limit as usize));
+        if entries.len() == before {
+            return Err(Failure::new(
+                format!(
+                    "the coordinator's log ends at {before} entries but its attestation covers {size}"
+                ),
+                "do not trust this coordinator; its log does not match its attestation",
+            ));
+        }
+    }
+    Ok(entries)
 }
 
 #[allow(clippy::too_many_arguments)]

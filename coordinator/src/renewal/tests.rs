@@ -32,9 +32,12 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let sim = dir.path().join("sim");
     SimPlatform::create(&sim).unwrap();
-    let core = Core::open(&dir.path().join("data"), Tee::simulated(&sim).unwrap())
-        .await
-        .unwrap();
+    let core = Core::open(
+        &dir.path().join("data"),
+        Tee::simulated(&sim, None).unwrap(),
+    )
+    .await
+    .unwrap();
     let (alice_pem, alice) = user_cert("alice");
     let (bob_pem, bob) = user_cert("bob");
     let (owner_pem, owner) = user_cert("owner");

@@ -157,13 +157,17 @@ fn unknown_tee_is_refused_not_simulated() {
         "--",
         "/bin/true",
     ];
-    let err = resolve(&args, &[]).unwrap_err();
-    assert_eq!(err, ConfigError::UnavailableTee("sgx".into()));
+    // A hardware TEE is configured without touching the hardware (that happens at startup).
+    let config = resolve(&args, &[]).unwrap();
     assert_eq!(
-        err.to_string(),
-        "TEE provider sgx is not available in this build (available: simulated)"
+        config.tee,
+        Tee::Hardware(HardwareTee {
+            kind: quarry_api::TeeKind::Sgx,
+            root: "/dev/attestation".into(),
+            collateral: None,
+        })
     );
-    let err = resolve(
+    let config = resolve(
         &[
             "run",
             "--marble-type",
@@ -172,10 +176,74 @@ fn unknown_tee_is_refused_not_simulated() {
             "--",
             "x",
         ],
-        &[("QUARRY_TEE", "snp")],
+        &[
+            ("QUARRY_TEE", "snp"),
+            ("QUARRY_ATTESTATION_ROOT", "/prepared"),
+            ("QUARRY_COLLATERAL", "/c.json"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        config.tee,
+        Tee::Hardware(HardwareTee {
+            kind: quarry_api::TeeKind::Snp,
+            root: "/prepared".into(),
+            collateral: Some("/c.json".into()),
+        })
+    );
+    let err = resolve(
+        &[
+            "run",
+            "--marble-type",
+            "w",
+            "--insecure-skip-coordinator-verify",
+            "--tee",
+            "sev",
+            "--",
+            "x",
+        ],
+        &[],
     )
     .unwrap_err();
-    assert_eq!(err, ConfigError::UnavailableTee("snp".into()));
+    assert_eq!(err, ConfigError::UnavailableTee("sev".into()));
+    assert_eq!(
+        err.to_string(),
+        "TEE provider sev is not known (available: gramine-sgx, tdx, snp, auto, simulated)"
+    );
+}
+
+#[test]
+fn tee_auto_detects_gramine_and_refuses_when_nothing_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap().to_string();
+    let args = [
+        "run",
+        "--marble-type",
+        "w",
+        "--insecure-skip-coordinator-verify",
+        "--tee",
+        "auto",
+        "--attestation-root",
+        &root,
+        "--",
+        "x",
+    ];
+    let err = resolve(&args, &[]).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::NoTeeDetected { gramine, .. } if gramine == &root),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no fallback to simulation"));
+    std::fs::write(dir.path().join("attestation_type"), "dcap").unwrap();
+    let config = resolve(&args, &[]).unwrap();
+    assert_eq!(
+        config.tee,
+        Tee::Hardware(HardwareTee {
+            kind: quarry_api::TeeKind::Sgx,
+            root: root.clone().into(),
+            collateral: None,
+        })
+    );
 }
 
 #[test]
@@ -217,7 +285,9 @@ fn simulated_identity_flags_and_variables_parse() {
         &[("QUARRY_SIM_PRODUCT_ID", "9"), ("QUARRY_SIM_DEBUG", "1")],
     )
     .unwrap();
-    let Tee::Simulated(sim) = c.tee;
+    let Tee::Simulated(sim) = c.tee else {
+        panic!("expected the simulated TEE")
+    };
     assert_eq!(sim.signer_id, [0xab; 32]);
     assert_eq!(sim.product_id, 9);
     assert_eq!(sim.security_version, 4);

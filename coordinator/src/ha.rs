@@ -1,0 +1,827 @@
+//! High availability (contract §8): coordinator replicas sharing one etcd store.
+//!
+//! - Startup: the first replica of a fresh cluster creates the data encryption key (DEK) and
+//!   claims the cluster with a create-if-absent of the marker key; a later replica unseals its
+//!   own sealed copy, or obtains the DEK from a running replica over mutually attested TLS
+//!   ([`fetch_dek`] / [`serve_peers`]) and seals its own copy; neither → Recovery.
+//! - Key sharing: both sides present an ephemeral self-signed TLS certificate and evidence
+//!   whose report data binds both TLS keys; each verifies the other's evidence with the
+//!   coordinator's own verifier and compares the identity with its own ([`check_peer`]): same
+//!   measurement for `UniqueKey` (and `Disabled`), same signer and product with a security
+//!   version at least its own for `ProductKey`.
+//! - Serving: an etcd watch on the prefix keeps the in-memory deployment and transparency log
+//!   current ([`refresh_from_watch`]); everything that must hold across replicas is decided
+//!   by etcd transactions (create-if-absent manifest, bounded counters, create-if-absent log
+//!   indices).
+//! - Rollback: `state.head` in the data directory keeps the last etcd revision and log head
+//!   this replica saw; an etcd restored from an older snapshot is refused at startup.
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use quarry_api::manifest::SealMode;
+use quarry_api::{Claims, Evidence, Secret};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+use crate::core::{Core, Phase};
+use crate::store::etcd::EtcdConn;
+use crate::store::seal;
+use crate::tee::Tee;
+
+/// Control key of the cluster marker.
+pub const MARKER: &str = "cluster";
+/// Control-key directory of the replicas' key-sharing addresses.
+pub const PEERS: &str = "peers/";
+/// Lease of a replica's announcement.
+const ANNOUNCE_TTL: Duration = Duration::from_secs(6);
+/// Largest key-sharing message.
+const MAX_MESSAGE: u32 = 1024 * 1024;
+/// Time limit of one key-sharing exchange.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A key-sharing request: the joining replica's evidence.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DekRequest {
+    evidence: Evidence,
+}
+
+/// A key-sharing answer: the serving replica's evidence and the DEK, or why not.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DekResponse {
+    #[serde(default)]
+    evidence: Option<Evidence>,
+    #[serde(default)]
+    dek: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// The cluster marker: proves which DEK the cluster's state is under (a MAC, not the key).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Marker {
+    version: u32,
+    check: String,
+}
+
+fn marker_key(dek: &Secret) -> Result<ring::hmac::Key, String> {
+    let k = seal::derive_key(dek, b"quarry etcd cluster marker v1")?;
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k.expose()))
+}
+
+fn marker_mac(dek: &Secret) -> Result<Vec<u8>, String> {
+    Ok(ring::hmac::sign(&marker_key(dek)?, b"quarry cluster")
+        .as_ref()
+        .to_vec())
+}
+
+/// The marker value for `dek`.
+pub fn marker_for(dek: &Secret) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(&Marker {
+        version: 1,
+        check: hex::encode(marker_mac(dek)?),
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// True when `dek` is the key the marker was made for.
+pub fn marker_matches(marker: &[u8], dek: &Secret) -> bool {
+    let Ok(m) = serde_json::from_slice::<Marker>(marker) else {
+        return false;
+    };
+    let (Ok(key), Ok(found)) = (marker_key(dek), hex::decode(&m.check)) else {
+        return false;
+    };
+    m.version == 1 && ring::hmac::verify(&key, b"quarry cluster", &found).is_ok()
+}
+
+/// The report data of key-sharing evidence: `role` binds who speaks, then both TLS keys.
+fn report_data(role: &str, own_spki: &[u8], other_spki: &[u8]) -> [u8; 64] {
+    let mut h = Sha256::new();
+    h.update(b"quarry peer key sharing v1 ");
+    h.update(role.as_bytes());
+    h.update(Sha256::digest(own_spki));
+    h.update(Sha256::digest(other_spki));
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(&h.finalize());
+    out
+}
+
+/// This coordinator's own claims (its evidence verified by its own verifier).
+pub fn own_claims(tee: &Tee) -> Result<Claims, String> {
+    let ev = tee
+        .provider
+        .evidence(&[0u8; 64])
+        .map_err(|e| format!("own evidence: {e}"))?;
+    tee.verifier
+        .verify(&ev, SystemTime::now())
+        .map_err(|e| format!("own evidence does not verify with the own verifier: {e}"))
+}
+
+/// Compares a peer's identity with this coordinator's for sharing the DEK under `mode`.
+/// `require_svn`: the peer's security version must be at least ours (the side that gives the
+/// key requires it).
+pub fn check_peer(
+    own: &Claims,
+    peer: &Claims,
+    mode: SealMode,
+    require_svn: bool,
+) -> Result<(), String> {
+    if peer.tee != own.tee {
+        return Err(format!("peer TEE {} is not ours ({})", peer.tee, own.tee));
+    }
+    if peer.simulation != own.simulation {
+        return Err("peer simulation flag differs from ours".into());
+    }
+    if peer.debug && !own.debug {
+        return Err("peer runs in debug mode, this coordinator does not".into());
+    }
+    let same_measurement = || -> Result<(), String> {
+        match (&own.identity.unique_id, &peer.identity.unique_id) {
+            (Some(a), Some(b)) if a == b => Ok(()),
+            (Some(a), Some(b)) => Err(format!(
+                "peer UniqueID {} differs from ours ({})",
+                hex::encode(b),
+                hex::encode(a)
+            )),
+            _ => {
+                let strip = |c: &Claims| {
+                    let mut f = c.identity.fields.clone();
+                    f.remove("ReportedTCB");
+                    f
+                };
+                if strip(own) == strip(peer) && !own.identity.fields.is_empty() {
+                    Ok(())
+                } else {
+                    Err("peer measurements differ from ours".into())
+                }
+            }
+        }
+    };
+    match mode {
+        SealMode::UniqueKey | SealMode::Disabled => same_measurement(),
+        SealMode::ProductKey => match (&own.identity.signer_id, &peer.identity.signer_id) {
+            (Some(a), Some(b)) => {
+                if a != b {
+                    return Err(format!(
+                        "peer SignerID {} differs from ours ({})",
+                        hex::encode(b),
+                        hex::encode(a)
+                    ));
+                }
+                if own.identity.product_id != peer.identity.product_id {
+                    return Err(format!(
+                        "peer ProductID {:?} differs from ours ({:?})",
+                        peer.identity.product_id, own.identity.product_id
+                    ));
+                }
+                let (o, p) = (
+                    own.identity.security_version.unwrap_or(0),
+                    peer.identity.security_version.unwrap_or(0),
+                );
+                if require_svn && p < o {
+                    return Err(format!("peer SecurityVersion {p} is below ours ({o})"));
+                }
+                Ok(())
+            }
+            // TEEs without a signer identity (TDX, SNP): the measurement decides.
+            _ => same_measurement(),
+        },
+    }
+}
+
+/// An ephemeral self-signed TLS identity: (certificate DER, PKCS#8 key DER, SPKI DER).
+type TlsIdentity = (Vec<u8>, Zeroizing<Vec<u8>>, Vec<u8>);
+
+/// A fresh [`TlsIdentity`] (P-256).
+fn ephemeral_identity() -> Result<TlsIdentity, String> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("key generation: {e}"))?;
+    let params = rcgen::CertificateParams::new(vec!["quarry-peer".to_string()])
+        .map_err(|e| format!("certificate parameters: {e}"))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| format!("self-signing: {e}"))?;
+    let spki = crate::activation::spki_of(cert.der()).map_err(|e| e.to_string())?;
+    Ok((
+        cert.der().to_vec(),
+        Zeroizing::new(key.serialize_der()),
+        spki,
+    ))
+}
+
+/// Accepts any certificate whose holder proves possession of its key; who the peer is, is
+/// decided by its evidence, bound to that key.
+#[derive(Debug)]
+struct KeyPossession(Arc<rustls::crypto::CryptoProvider>);
+
+impl KeyPossession {
+    fn verify13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+}
+
+impl ClientCertVerifier for KeyPossession {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify13(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for KeyPossession {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify13(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+async fn write_msg<W: AsyncWriteExt + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("message too large"))?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(body).await?;
+    w.flush().await
+}
+
+async fn read_msg<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_MESSAGE {
+        return Err(std::io::Error::other(format!(
+            "message of {len} bytes exceeds {MAX_MESSAGE}"
+        )));
+    }
+    let mut body = Zeroizing::new(vec![0u8; len as usize]);
+    r.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+fn peer_spki<T>(conn: &rustls::ConnectionCommon<T>) -> Result<Vec<u8>, String> {
+    let cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("the peer presented no TLS certificate")?;
+    crate::activation::spki_of(cert).map_err(|e| e.to_string())
+}
+
+/// Verifies `evidence` from a peer: valid for our verifier, bound to `role` and both TLS
+/// keys, and of a coordinator allowed to hold the DEK under `mode`.
+async fn verify_peer(
+    tee: &Tee,
+    own: &Claims,
+    evidence: Evidence,
+    expected: [u8; 64],
+    mode: SealMode,
+    require_svn: bool,
+) -> Result<(), String> {
+    let verifier = tee.verifier.clone();
+    let claims = tokio::task::spawn_blocking(move || verifier.verify(&evidence, SystemTime::now()))
+        .await
+        .map_err(|e| format!("verification task: {e}"))?
+        .map_err(|e| format!("evidence refused: {e}"))?;
+    if claims.report_data != expected {
+        return Err(
+            "the evidence does not bind this TLS connection (replayed or made for another connection)"
+                .into(),
+        );
+    }
+    check_peer(own, &claims, mode, require_svn)
+}
+
+/// Obtains the DEK from the replica at `addr` over mutually attested TLS.
+pub async fn fetch_dek(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, String> {
+    tokio::time::timeout(EXCHANGE_TIMEOUT, fetch_dek_inner(tee, own, addr))
+        .await
+        .map_err(|_| format!("no answer within {}s", EXCHANGE_TIMEOUT.as_secs()))?
+}
+
+async fn fetch_dek_inner(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, String> {
+    let (cert, key, spki) = ephemeral_identity()?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(KeyPossession(provider())))
+        .with_client_auth_cert(
+            vec![CertificateDer::from(cert)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+        )
+        .map_err(|e| format!("client TLS config: {e}"))?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let name = ServerName::try_from("quarry-peer").map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let server_spki = peer_spki(tls.get_ref().1)?;
+    let evidence = tee
+        .provider
+        .evidence(&report_data("joiner", &spki, &server_spki))
+        .map_err(|e| format!("own evidence: {e}"))?;
+    let req = serde_json::to_vec(&DekRequest { evidence }).map_err(|e| e.to_string())?;
+    write_msg(&mut tls, &req)
+        .await
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let body = read_msg(&mut tls)
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    let resp: DekResponse =
+        serde_json::from_slice(&body).map_err(|e| format!("malformed answer: {e}"))?;
+    if let Some(e) = resp.error {
+        return Err(format!("refused by the peer: {e}"));
+    }
+    let evidence = resp.evidence.ok_or("the answer has no evidence")?;
+    verify_peer(
+        tee,
+        own,
+        evidence,
+        report_data("holder", &server_spki, &spki),
+        SealMode::ProductKey,
+        false,
+    )
+    .await
+    .map_err(|e| format!("the peer is not a coordinator we trust: {e}"))?;
+    let dek = Zeroizing::new(resp.dek.ok_or("the answer has no key")?);
+    let bytes = quarry_api::bytes::unb64(&dek).map_err(|e| format!("key encoding: {e}"))?;
+    if bytes.len() != seal::DEK_LEN {
+        return Err(format!("the key has {} bytes", bytes.len()));
+    }
+    Ok(Secret::new(bytes))
+}
+
+/// Serves the DEK to attested replicas on `listener` until the task is dropped.
+pub async fn serve_peers(core: Arc<Core>, listener: tokio::net::TcpListener, own: Arc<Claims>) {
+    let (cert, key, spki) = match ephemeral_identity() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(error = %e, "key sharing disabled: no TLS identity");
+            return;
+        }
+    };
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map(|b| {
+            b.with_client_cert_verifier(Arc::new(KeyPossession(provider())))
+                .with_single_cert(
+                    vec![CertificateDer::from(cert)],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+                )
+        });
+    let config = match config {
+        Ok(Ok(c)) => Arc::new(c),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "key sharing disabled: TLS configuration");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "key sharing disabled: TLS configuration");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let spki = Arc::new(spki);
+    let busy = Arc::new(tokio::sync::Semaphore::new(8));
+    loop {
+        let (tcp, from) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "key sharing: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = busy.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (core, acceptor, spki, own) =
+            (core.clone(), acceptor.clone(), spki.clone(), own.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = tokio::time::timeout(
+                EXCHANGE_TIMEOUT,
+                share_with(&core, acceptor, tcp, &spki, &own),
+            )
+            .await
+            .unwrap_or_else(|_| Err("the exchange timed out".into()));
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(peer = %from, "data encryption key shared with an attested replica")
+                }
+                Err(e) => tracing::warn!(peer = %from, reason = %e, "key sharing refused"),
+            }
+        });
+    }
+}
+
+async fn share_with(
+    core: &Core,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    spki: &[u8],
+    own: &Claims,
+) -> Result<(), String> {
+    let mut tls = acceptor
+        .accept(tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let client_spki = peer_spki(tls.get_ref().1)?;
+    let body = read_msg(&mut tls)
+        .await
+        .map_err(|e| format!("reading the request: {e}"))?;
+    let req: DekRequest =
+        serde_json::from_slice(&body).map_err(|e| format!("malformed request: {e}"))?;
+    let mode = match core.view().phase.as_ref() {
+        Phase::Running(d) => d.manifest.config.seal_mode,
+        _ => SealMode::ProductKey,
+    };
+    let checked = verify_peer(
+        &core.tee,
+        own,
+        req.evidence,
+        report_data("joiner", &client_spki, spki),
+        mode,
+        true,
+    )
+    .await;
+    let answer = match (&checked, core.dek()) {
+        (Err(e), _) => DekResponse {
+            evidence: None,
+            dek: None,
+            error: Some(format!(
+                "this replica does not match the coordinator ({} rule): {e}",
+                mode.as_str()
+            )),
+        },
+        (Ok(()), None) => DekResponse {
+            evidence: None,
+            dek: None,
+            error: Some("this replica holds no data encryption key (Recovery)".into()),
+        },
+        (Ok(()), Some(dek)) => DekResponse {
+            evidence: Some(
+                core.tee
+                    .provider
+                    .evidence(&report_data("holder", spki, &client_spki))
+                    .map_err(|e| format!("own evidence: {e}"))?,
+            ),
+            dek: Some(quarry_api::bytes::b64(dek.expose())),
+            error: None,
+        },
+    };
+    let bytes = Zeroizing::new(serde_json::to_vec(&answer).map_err(|e| e.to_string())?);
+    drop(answer);
+    write_msg(&mut tls, &bytes)
+        .await
+        .map_err(|e| format!("sending the answer: {e}"))?;
+    let _ = tls.shutdown().await;
+    checked
+}
+
+/// How a replica of an etcd cluster obtained its DEK.
+pub enum Obtained {
+    /// The DEK, and whether it was created now (a new cluster).
+    Key(Secret, bool),
+    /// No way to the key: why (→ Recovery).
+    None(String),
+}
+
+/// Finds the DEK for the cluster behind `conn`: creates it for a new cluster, unseals the
+/// replica's own copy (`sealed`), or fetches it from an announced replica; waits up to
+/// `wait` for a replica to announce itself.
+pub async fn obtain_dek(
+    conn: &EtcdConn,
+    tee: &Tee,
+    own: &Claims,
+    sealed: Option<Result<Secret, String>>,
+    wait: Duration,
+) -> Result<Obtained, String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let marker = conn.get_control(MARKER).await.map_err(|e| e.to_string())?;
+        let Some((marker, _)) = marker else {
+            if sealed.is_some() {
+                return Ok(Obtained::None(
+                    "etcd holds no Quarry cluster under this prefix, but this replica's data directory has a sealed key of one: etcd was wiped or replaced (a rollback to an empty state); refusing to start a new cluster over it. Restore etcd, or move the data directory aside to start a new cluster".into(),
+                ));
+            }
+            if conn.has_state().await.map_err(|e| e.to_string())? {
+                return Ok(Obtained::None(
+                    "etcd holds Quarry state without a cluster marker: the state cannot be attributed to a key".into(),
+                ));
+            }
+            let dek = seal::new_dek()?;
+            if conn
+                .create_control(MARKER, marker_for(&dek)?)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Ok(Obtained::Key(dek, true));
+            }
+            // Another first replica won: join its cluster.
+            continue;
+        };
+        if let Some(Ok(dek)) = &sealed {
+            if marker_matches(&marker, dek) {
+                return Ok(Obtained::Key(dek.clone(), false));
+            }
+            tracing::warn!("the sealed key in the data directory is not this cluster's; asking the running replicas");
+        }
+        let peers = conn.scan_control(PEERS).await.map_err(|e| e.to_string())?;
+        let mut reasons = Vec::new();
+        for (name, addr) in &peers {
+            let addr = String::from_utf8_lossy(addr).into_owned();
+            match fetch_dek(tee, own, &addr).await {
+                Ok(dek) if marker_matches(&marker, &dek) => {
+                    tracing::info!(peer = %name, %addr, "data encryption key obtained from an attested replica");
+                    return Ok(Obtained::Key(dek, false));
+                }
+                Ok(_) => reasons.push(format!("{name} ({addr}): its key is not this cluster's")),
+                Err(e) => {
+                    tracing::warn!(peer = %name, %addr, error = %e, "key sharing failed");
+                    reasons.push(format!("{name} ({addr}): {e}"));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            let sealed_note = match &sealed {
+                None => "no sealed key in the data directory".to_string(),
+                Some(Ok(_)) => "the sealed key in the data directory is another cluster's".into(),
+                Some(Err(e)) => format!("the sealed key does not unseal: {e}"),
+            };
+            return Ok(Obtained::None(if reasons.is_empty() {
+                format!("no running replica announced a key-sharing address within {}s, and {sealed_note}; start a replica that holds the key, or recover with the RecoveryKeys", wait.as_secs())
+            } else {
+                format!(
+                    "no running replica shared the data encryption key ({}), and {sealed_note}",
+                    reasons.join("; ")
+                )
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Announces this replica's key-sharing address and serves key sharing on `listener`.
+pub fn start_peer_service(
+    core: Arc<Core>,
+    conn: &EtcdConn,
+    listener: tokio::net::TcpListener,
+    advertise: String,
+    own: Arc<Claims>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut id = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+    let name = format!("{PEERS}{}", hex::encode(id));
+    tracing::info!(address = %advertise, "announcing the key-sharing listener in etcd");
+    vec![
+        tokio::spawn(serve_peers(core, listener, own)),
+        conn.announce(&name, advertise.into_bytes(), ANNOUNCE_TTL),
+    ]
+}
+
+/// Binds the key-sharing listener.
+pub async fn bind_peer(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the key-sharing listener to {addr}: {e}"))
+}
+
+/// Keeps the in-memory state current with the changes other replicas make: reloads the
+/// deployment when its keys change and brings the transparency log up to etcd.
+pub async fn refresh_from_watch(
+    core: Arc<Core>,
+    mut changes: tokio::sync::mpsc::Receiver<Vec<crate::store::etcd::Changed>>,
+) {
+    let mut log_pending = false;
+    loop {
+        let first = if log_pending {
+            match tokio::time::timeout(Duration::from_millis(50), changes.recv()).await {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(_) => Vec::new(),
+            }
+        } else {
+            match changes.recv().await {
+                Some(b) => b,
+                None => return,
+            }
+        };
+        let mut batch = first;
+        while let Ok(more) = changes.try_recv() {
+            batch.extend(more);
+        }
+        let mut log = log_pending;
+        let mut deployment = false;
+        for c in &batch {
+            if c.key.starts_with(crate::translog::PREFIX) {
+                log = true;
+            } else if c.key.is_empty() || affects_deployment(&c.key) {
+                deployment = true;
+                log |= c.key.is_empty();
+            }
+        }
+        if let (Some(store), Some(rev)) =
+            (core.etcd_store(), batch.iter().map(|c| c.revision).max())
+        {
+            store.note_revision(rev);
+        }
+        match core.refresh(log, deployment).await {
+            Ok(done) => log_pending = log && !done,
+            Err(e) => {
+                tracing::warn!(error = %e, "refreshing from etcd failed; retrying");
+                log_pending = log;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// True for store keys the in-memory deployment is built from.
+fn affects_deployment(key: &str) -> bool {
+    use crate::core::keys;
+    [
+        keys::MANIFEST,
+        keys::MANIFEST_SIGNATURE,
+        keys::MESH,
+        keys::ROOT_SECRET,
+        keys::SECRET_PREFIX,
+        keys::PREVIOUS_SECRET_PREFIX,
+        keys::SVN_PREFIX,
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
+}
+
+/// Reads the sealed DEK copy in `data_dir`, if there is one.
+pub fn read_sealed(
+    data_dir: &Path,
+    tee: &Tee,
+) -> Option<(Result<Secret, String>, Option<seal::SealedKeyFile>)> {
+    let path = data_dir.join(crate::core::SEALED_KEY_FILE);
+    let bytes = std::fs::read(&path).ok()?;
+    let file: seal::SealedKeyFile = match serde_json::from_slice(&bytes) {
+        Ok(f) => f,
+        Err(e) => return Some((Err(format!("{}: {e}", path.display())), None)),
+    };
+    let dek = seal::unseal_dek(&file, &tee.seal_keys);
+    Some((dek, Some(file)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quarry_api::claims::Identity;
+
+    fn claims(unique: u8, signer: u8, product: u64, svn: u64) -> Claims {
+        Claims {
+            tee: quarry_api::TeeKind::Simulated,
+            identity: Identity {
+                unique_id: Some(vec![unique; 32]),
+                signer_id: Some(vec![signer; 32]),
+                product_id: Some(product),
+                security_version: Some(svn),
+                fields: Default::default(),
+            },
+            debug: false,
+            report_data: [0; 64],
+            tcb_status: quarry_api::claims::TcbStatus::UpToDate,
+            advisory_ids: vec![],
+            platform_id: None,
+            simulation: true,
+            reported_tcb: None,
+        }
+    }
+
+    #[test]
+    fn peers_must_match_the_seal_mode_rule() {
+        let own = claims(1, 2, 3, 5);
+        assert!(check_peer(&own, &claims(1, 2, 3, 5), SealMode::UniqueKey, true).is_ok());
+        let e = check_peer(&own, &claims(9, 2, 3, 5), SealMode::UniqueKey, true).unwrap_err();
+        assert!(e.contains("UniqueID"), "{e}");
+        assert!(check_peer(&own, &claims(9, 2, 3, 5), SealMode::Disabled, true).is_err());
+        // ProductKey: another build of the same signer and product, same or newer SVN.
+        assert!(check_peer(&own, &claims(9, 2, 3, 5), SealMode::ProductKey, true).is_ok());
+        assert!(check_peer(&own, &claims(9, 2, 3, 6), SealMode::ProductKey, true).is_ok());
+        let e = check_peer(&own, &claims(9, 2, 3, 4), SealMode::ProductKey, true).unwrap_err();
+        assert!(e.contains("SecurityVersion 4"), "{e}");
+        assert!(check_peer(&own, &claims(9, 2, 3, 4), SealMode::ProductKey, false).is_ok());
+        assert!(
+            check_peer(&own, &claims(1, 7, 3, 5), SealMode::ProductKey, true)
+                .unwrap_err()
+                .contains("SignerID")
+        );
+        assert!(
+            check_peer(&own, &claims(1, 2, 4, 5), SealMode::ProductKey, true)
+                .unwrap_err()
+                .contains("ProductID")
+        );
+        let mut debug = claims(1, 2, 3, 5);
+        debug.debug = true;
+        assert!(check_peer(&own, &debug, SealMode::UniqueKey, true).is_err());
+        let mut hw = claims(1, 2, 3, 5);
+        hw.simulation = false;
+        assert!(check_peer(&own, &hw, SealMode::UniqueKey, true).is_err());
+    }
+
+    #[test]
+    fn the_marker_identifies_the_key() {
+        let dek = seal::new_dek().unwrap();
+        let m = marker_for(&dek).unwrap();
+        assert!(marker_matches(&m, &dek));
+        assert!(!marker_matches(&m, &seal::new_dek().unwrap()));
+        assert!(!marker_matches(b"garbage", &dek));
+        // The marker does not contain the key.
+        assert!(!m
+            .windows(8)
+            .any(|w| dek.expose().windows(8).any(|d| d == w)));
+    }
+
+    #[test]
+    fn report_data_binds_role_and_both_keys() {
+        let a = report_data("joiner", b"k1", b"k2");
+        assert_ne!(a, report_data("holder", b"k1", b"k2"));
+        assert_ne!(a, report_data("joiner", b"k2", b"k1"));
+        assert_eq!(a[32..], [0u8; 32]);
+    }
+}

@@ -1,0 +1,907 @@
+//! The etcd v3 store: several coordinator replicas share one etcd cluster (contract §8).
+//!
+//! Layout under the configured prefix (default `/quarry/`):
+//! - `s/<key>`: the store's keys; each value is AES-256-GCM under a key derived from the DEK,
+//!   with the store key's name as associated data, so etcd (and whoever reads its disks or
+//!   snapshots) sees only ciphertext and a value cannot be moved to another key.
+//! - `c/cluster`: the cluster marker, created once (create-if-absent) by the replica that made
+//!   the DEK; it holds a MAC under the DEK so a replica can tell whether its DEK is this
+//!   cluster's.
+//! - `c/peers/<id>`: each serving replica's key-sharing address, under a lease kept alive
+//!   while it runs.
+//!
+//! Every [`Store::commit`] is one etcd transaction: [`Check::Absent`] compares the key's
+//! version with 0, [`Check::Revision`] its `mod_revision`; puts and deletes run only when all
+//! compares hold, otherwise the commit fails with [`StoreError::Conflict`] and the caller
+//! re-reads. Bounded increments read their counters and compare their `mod_revision` in the
+//! same transaction; a race with another increment is retried here on the values etcd
+//! returned. Revisions are etcd's `mod_revision`s. A commit whose outcome is unknown (the
+//! connection broke after sending) is resent: the compares make a resend of an applied
+//! transaction fail, and then one of its write-once keys holding exactly this commit's
+//! ciphertext (random nonce, so unique) proves it was applied.
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions,
+    TxnOp, TxnOpResponse,
+};
+use quarry_api::Secret;
+
+use super::file::HeadTracker;
+use super::head::Head;
+use super::seal;
+use super::{Check, Store, StoreError, Txn, Versioned};
+
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "/quarry/";
+/// Time limit of one etcd request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time limit of establishing a connection to one endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a commit with an unknown outcome is resent before giving up.
+const UNKNOWN_OUTCOME_DEADLINE: Duration = Duration::from_secs(20);
+/// Increment races retried at most (each attempt uses the values etcd returned).
+const MAX_INCREMENT_RACES: usize = 256;
+/// Keys per page of a scan.
+const SCAN_PAGE: i64 = 1000;
+/// Largest gRPC message accepted from etcd.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// How to reach etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Client URLs (`http://host:2379`, `https://host:2379`).
+    pub endpoints: Vec<String>,
+    /// Prefix of every key Quarry writes (ends with `/`).
+    pub prefix: String,
+    /// CA bundle (PEM) that signs the etcd server certificates.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate authentication.
+    pub cert: Option<PathBuf>,
+    /// Key (PEM) of the client certificate.
+    pub key: Option<PathBuf>,
+}
+
+/// A connection to etcd under Quarry's prefix (no DEK yet: the control keys).
+#[derive(Clone)]
+pub struct EtcdConn {
+    client: Client,
+    prefix: String,
+}
+
+/// Maps an etcd client error to [`StoreError::Unavailable`] naming the operation.
+fn unavailable(what: &str) -> impl Fn(etcd_client::Error) -> StoreError + '_ {
+    move |e| StoreError::Unavailable(format!("etcd {what}: {}", describe(&e)))
+}
+
+/// A short description of an etcd client error (gRPC status message or transport error).
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
+}
+
+/// How long a read is retried while etcd endpoints fail (another member may answer).
+const READ_RETRY: Duration = Duration::from_secs(8);
+
+/// Runs the read `op` until it succeeds, fails for a reason other than reachability, or
+/// [`READ_RETRY`] passed: a request to a dead member fails fast and the next one goes to
+/// another member.
+async fn retry_read<T, F, Fut>(what: &str, mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let started = Instant::now();
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if might_have_applied(&e) && started.elapsed() < READ_RETRY => {
+                tracing::debug!(error = %describe(&e), what, "etcd read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(unavailable(what)(e)),
+        }
+    }
+}
+
+/// The end of the etcd range of all keys starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl EtcdConn {
+    /// Opens a (lazy) connection: nothing is sent until the first request.
+    pub async fn connect(config: &EtcdConfig) -> Result<EtcdConn, StoreError> {
+        if config.endpoints.is_empty() {
+            return Err(StoreError::Unavailable(
+                "no etcd endpoints configured (--etcd-endpoints)".into(),
+            ));
+        }
+        if !config.prefix.ends_with('/') {
+            return Err(StoreError::Unavailable(format!(
+                "the etcd prefix {:?} must end with '/'",
+                config.prefix
+            )));
+        }
+        let mut options = ConnectOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_require_leader(true);
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).map_err(|e| {
+                StoreError::Unavailable(format!("reading the etcd {what} {}: {e}", p.display()))
+            })
+        };
+        if config.ca.is_some() || config.cert.is_some() || config.key.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &config.ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca, "CA")?));
+            }
+            match (&config.cert, &config.key) {
+                (Some(c), Some(k)) => {
+                    tls = tls.identity(Identity::from_pem(
+                        read(c, "client certificate")?,
+                        read(k, "client key")?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(StoreError::Unavailable(
+                        "--etcd-cert and --etcd-key must be given together".into(),
+                    ))
+                }
+            }
+            options = options.with_tls(tls);
+        }
+        let client = Client::connect(&config.endpoints, Some(options))
+            .await
+            .map_err(unavailable("connect"))?;
+        Ok(EtcdConn {
+            client,
+            prefix: config.prefix.clone(),
+        })
+    }
+
+    /// The full etcd key of control key `name` (`<prefix>c/<name>`).
+    fn control(&self, name: &str) -> Vec<u8> {
+        format!("{}c/{name}", self.prefix).into_bytes()
+    }
+
+    /// Reads control key `name`: (value, mod_revision).
+    pub async fn get_control(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+        let key = self.control(name);
+        let resp = retry_read("get", || {
+            let mut kv = self.client.kv_client();
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
+    /// Creates control key `name` unless it exists; true when this call created it.
+    pub async fn create_control(&self, name: &str, value: Vec<u8>) -> Result<bool, StoreError> {
+        let key = self.control(name);
+        let txn = etcd_client::Txn::new()
+            .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(key, value.clone(), None)]);
+        let resp = retry_read("create", || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        // A resend after an unknown outcome finds its own write (values are unique).
+        Ok(self
+            .get_control(name)
+            .await?
+            .is_some_and(|(v, _)| v == value))
+    }
+
+    /// Control keys under `<prefix>c/<dir>`: (name after `dir`, value).
+    pub async fn scan_control(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let start = self.control(dir);
+        let resp = retry_read("scan", || {
+            let mut kv = self.client.kv_client();
+            let start = start.clone();
+            async move { kv.get(start, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let name = String::from_utf8_lossy(&kv.key()[start.len()..]).into_owned();
+                (name, kv.value().to_vec())
+            })
+            .collect())
+    }
+
+    /// True when at least one store key (`<prefix>s/`) exists.
+    pub async fn has_state(&self) -> Result<bool, StoreError> {
+        let start = format!("{}s/", self.prefix).into_bytes();
+        let resp = retry_read("count", || {
+            let mut kv = self.client.kv_client();
+            let start = start.clone();
+            async move {
+                kv.get(
+                    start,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+            }
+        })
+        .await?;
+        Ok(resp.count() > 0)
+    }
+
+    /// etcd's current revision.
+    pub async fn revision(&self) -> Result<u64, StoreError> {
+        let key = self.control("cluster");
+        let resp = retry_read("get", || {
+            let mut kv = self.client.kv_client();
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
+        Ok(resp
+            .header()
+            .map(|h| u64::try_from(h.revision()).unwrap_or(0))
+            .unwrap_or(0))
+    }
+
+    /// Writes control key `name` under a lease of `ttl` and keeps the lease alive until the
+    /// returned task is aborted (the key then expires). Reconnects after etcd outages.
+    pub fn announce(
+        &self,
+        name: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let conn = self.clone();
+        let key = self.control(name);
+        let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(10);
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = conn.keep_announced(&key, &value, ttl_secs).await {
+                    tracing::warn!(error = %describe(&e), "announcing this replica in etcd failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+
+    async fn keep_announced(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: i64,
+    ) -> Result<(), etcd_client::Error> {
+        let mut lease = self.client.lease_client();
+        let granted = lease.grant(ttl, None).await?;
+        let id = granted.id();
+        self.client
+            .kv_client()
+            .put(
+                key.to_vec(),
+                value.to_vec(),
+                Some(etcd_client::PutOptions::new().with_lease(id)),
+            )
+            .await?;
+        let (mut keeper, mut responses) = lease.keep_alive(id).await?;
+        let period = Duration::from_secs(u64::try_from(ttl / 3).unwrap_or(1).max(1));
+        loop {
+            keeper.keep_alive().await?;
+            match tokio::time::timeout(REQUEST_TIMEOUT, responses.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => {
+                    return Err(etcd_client::Error::LeaseKeepAliveError(
+                        "the lease expired".into(),
+                    ))
+                }
+                Ok(Ok(None)) => {
+                    return Err(etcd_client::Error::LeaseKeepAliveError(
+                        "keep-alive stream closed".into(),
+                    ))
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(etcd_client::Error::LeaseKeepAliveError(
+                        "keep-alive timed out".into(),
+                    ))
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+
+    /// Watches every store key from `start_revision` on; changes arrive in batches (one per
+    /// etcd response). The task ends when the receiver is dropped; a broken watch is
+    /// re-established from the last revision seen, so no change is missed (a compacted
+    /// revision sends a batch with the key `""`: everything may have changed).
+    pub fn watch(&self, start_revision: u64) -> tokio::sync::mpsc::Receiver<Vec<Changed>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let conn = self.clone();
+        let data_prefix = format!("{}s/", self.prefix).into_bytes();
+        tokio::spawn(async move {
+            let mut next = i64::try_from(start_revision).unwrap_or(0);
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                let start = data_prefix.clone();
+                let options = etcd_client::WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(next);
+                let mut stream = match conn.client.watch_client().watch(start, Some(options)).await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %describe(&e), "etcd watch failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                loop {
+                    let msg = tokio::select! {
+                        m = stream.message() => m,
+                        _ = tx.closed() => return,
+                    };
+                    let resp = match msg {
+                        Ok(Some(r)) => r,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %describe(&e), "etcd watch broke; re-establishing");
+                            break;
+                        }
+                    };
+                    if resp.compact_revision() > 0 {
+                        next = resp.compact_revision();
+                        let _ = tx
+                            .send(vec![Changed {
+                                key: String::new(),
+                                revision: u64::try_from(next).unwrap_or(0),
+                            }])
+                            .await;
+                        break;
+                    }
+                    if resp.canceled() {
+                        break;
+                    }
+                    let mut batch = Vec::new();
+                    for ev in resp.events() {
+                        if let Some(kv) = ev.kv() {
+                            let key = kv
+                                .key()
+                                .get(data_prefix.len()..)
+                                .map(|k| String::from_utf8_lossy(k).into_owned())
+                                .unwrap_or_default();
+                            next = next.max(kv.mod_revision() + 1);
+                            batch.push(Changed {
+                                key,
+                                revision: u64::try_from(kv.mod_revision()).unwrap_or(0),
+                            });
+                        }
+                    }
+                    if !batch.is_empty() && tx.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        rx
+    }
+
+    /// The store on this connection, its values under `dek`.
+    pub fn store(&self, dek: &Secret) -> Result<EtcdStore, StoreError> {
+        let key = seal::derive_key(dek, b"quarry etcd values v1").map_err(StoreError::Corrupt)?;
+        Ok(EtcdStore {
+            conn: self.clone(),
+            key,
+            head: Mutex::new(None),
+        })
+    }
+}
+
+/// The etcd-backed [`Store`].
+pub struct EtcdStore {
+    conn: EtcdConn,
+    key: Secret,
+    head: Mutex<Option<TrackedHead>>,
+}
+
+struct TrackedHead {
+    tracker: HeadTracker,
+    revision: u64,
+}
+
+/// One changed store key seen by [`EtcdStore::watch`].
+#[derive(Debug, Clone)]
+pub struct Changed {
+    /// The store key.
+    pub key: String,
+    /// The etcd revision of the change.
+    pub revision: u64,
+}
+
+/// How a transaction attempt ended.
+enum Attempt {
+    Done(u64),
+    /// A check failed (the key).
+    Conflict(String),
+    /// Only increments raced; fresh counter values to retry with.
+    Raced(Vec<(String, Option<(u64, i64)>)>),
+}
+
+impl EtcdStore {
+    fn data_key(&self, key: &str) -> Vec<u8> {
+        format!("{}s/{key}", self.conn.prefix).into_bytes()
+    }
+
+    fn data_prefix_len(&self) -> usize {
+        self.conn.prefix.len() + 2
+    }
+
+    fn aad(key: &str) -> Vec<u8> {
+        [b"quarry etcd value v1 ".as_slice(), key.as_bytes()].concat()
+    }
+
+    fn encrypt(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        seal::seal(&self.key, &Self::aad(key), value).map_err(StoreError::Corrupt)
+    }
+
+    fn decrypt(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        seal::open(&self.key, &Self::aad(key), value).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "etcd value of {key}: {e} (not written under this deployment's data key)"
+            ))
+        })
+    }
+
+    fn versioned(&self, kv: &etcd_client::KeyValue) -> Result<(String, Versioned), StoreError> {
+        let name = kv
+            .key()
+            .get(self.data_prefix_len()..)
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .ok_or_else(|| StoreError::Corrupt("an etcd key is not UTF-8".into()))?
+            .to_string();
+        let value = self.decrypt(&name, kv.value())?;
+        Ok((
+            name,
+            Versioned {
+                value,
+                revision: u64::try_from(kv.mod_revision()).unwrap_or(0),
+            },
+        ))
+    }
+
+    /// The connection this store uses.
+    pub fn conn(&self) -> &EtcdConn {
+        &self.conn
+    }
+
+    /// Keeps the rollback evidence current after each commit (see [`super::head`]).
+    pub fn track_head(&self, tracker: HeadTracker, revision: u64) {
+        if let Ok(mut h) = self.head.lock() {
+            *h = Some(TrackedHead { tracker, revision });
+        }
+    }
+
+    /// The last etcd revision recorded as seen (0 before tracking starts).
+    pub fn seen_revision(&self) -> u64 {
+        self.head
+            .lock()
+            .ok()
+            .and_then(|h| h.as_ref().map(|t| t.revision))
+            .unwrap_or(0)
+    }
+
+    /// Records `revision` (and the log's current head) as seen, when newer than the last.
+    pub fn note_revision(&self, revision: u64) {
+        let Ok(mut guard) = self.head.lock() else {
+            return;
+        };
+        if let Some(t) = guard.as_mut() {
+            if revision > t.revision {
+                let (log_size, log_root) = (t.tracker.log)();
+                let head = Head {
+                    revision,
+                    log_size,
+                    log_root,
+                };
+                match t.tracker.file.write(&head) {
+                    Ok(()) => t.revision = revision,
+                    Err(e) => tracing::warn!(error = %e, "writing the rollback evidence failed"),
+                }
+            }
+        }
+    }
+
+    /// Gets one raw etcd key (retried across members).
+    async fn raw_get(&self, key: Vec<u8>) -> Result<etcd_client::GetResponse, StoreError> {
+        retry_read("get", || {
+            let mut kv = self.conn.client.kv_client();
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await
+    }
+
+    /// Reads counter `key`: (value, mod_revision), None when absent.
+    async fn read_counter(&self, key: &str) -> Result<Option<(u64, i64)>, StoreError> {
+        let resp = self.raw_get(self.data_key(key)).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => {
+                let plain = self.decrypt(key, kv.value())?;
+                Ok(Some((
+                    super::decode_counter(key, &plain)?,
+                    kv.mod_revision(),
+                )))
+            }
+        }
+    }
+
+    /// One transaction attempt with `counters` as the increments' current values.
+    async fn attempt(
+        &self,
+        txn: &Txn,
+        counters: &[(String, Option<(u64, i64)>)],
+    ) -> Result<(Attempt, Vec<(Vec<u8>, Vec<u8>)>), StoreError> {
+        let mut compares = Vec::new();
+        for c in &txn.checks {
+            compares.push(match c {
+                Check::Absent(k) => Compare::version(self.data_key(k), CompareOp::Equal, 0),
+                Check::Revision(k, r) => Compare::mod_revision(
+                    self.data_key(k),
+                    CompareOp::Equal,
+                    i64::try_from(*r).unwrap_or(i64::MAX),
+                ),
+            });
+        }
+        // Counters: compare what was read, put the incremented values.
+        let mut values: Vec<(String, u64)> = Vec::new();
+        for (key, max) in &txn.increments {
+            let current = match values.iter().find(|(k, _)| k == key) {
+                Some((_, v)) => *v,
+                None => counters
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .and_then(|(_, v)| *v)
+                    .map(|(v, _)| v)
+                    .unwrap_or(0),
+            };
+            if current >= *max {
+                return Err(StoreError::LimitReached {
+                    key: key.clone(),
+                    max: *max,
+                });
+            }
+            match values.iter_mut().find(|(k, _)| k == key) {
+                Some((_, v)) => *v = current + 1,
+                None => values.push((key.clone(), current + 1)),
+            }
+        }
+        for (key, read) in counters {
+            compares.push(match read {
+                None => Compare::version(self.data_key(key), CompareOp::Equal, 0),
+                Some((_, rev)) => Compare::mod_revision(self.data_key(key), CompareOp::Equal, *rev),
+            });
+        }
+        let mut ops = Vec::new();
+        let mut written = Vec::new();
+        for (k, v) in txn.puts.iter().map(|(k, v)| (k.clone(), v.clone())).chain(
+            values
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_be_bytes().to_vec())),
+        ) {
+            let sealed = self.encrypt(&k, &v)?;
+            written.push((self.data_key(&k), sealed.clone()));
+            ops.push(TxnOp::put(self.data_key(&k), sealed, None));
+        }
+        for k in &txn.deletes {
+            ops.push(TxnOp::delete(self.data_key(k), None));
+        }
+        // On failure, read back every compared key to tell a failed check from a race.
+        let mut reads = Vec::new();
+        for k in txn
+            .checks
+            .iter()
+            .map(|c| match c {
+                Check::Absent(k) | Check::Revision(k, _) => k,
+            })
+            .chain(counters.iter().map(|(k, _)| k))
+        {
+            reads.push(TxnOp::get(self.data_key(k), None));
+        }
+        let etcd_txn = etcd_client::Txn::new()
+            .when(compares)
+            .and_then(ops)
+            .or_else(reads);
+        let outcome = self.send_txn(etcd_txn, &written).await?;
+        let resp = match outcome {
+            Sent::Applied(rev) => return Ok((Attempt::Done(rev), written)),
+            Sent::Failed(resp) => resp,
+        };
+        // Which compare failed? Responses come in the order of `reads`.
+        let got: Vec<Option<etcd_client::KeyValue>> = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                _ => None,
+            })
+            .collect();
+        for (i, c) in txn.checks.iter().enumerate() {
+            let kv = got.get(i).cloned().flatten();
+            let (key, ok) = match c {
+                Check::Absent(k) => (k, kv.is_none()),
+                Check::Revision(k, r) => (
+                    k,
+                    kv.as_ref()
+                        .is_some_and(|kv| u64::try_from(kv.mod_revision()).ok() == Some(*r)),
+                ),
+            };
+            if !ok {
+                return Ok((Attempt::Conflict(key.clone()), written));
+            }
+        }
+        let mut fresh = Vec::new();
+        for (j, (key, _)) in counters.iter().enumerate() {
+            let value = match got.get(txn.checks.len() + j).cloned().flatten() {
+                None => None,
+                Some(kv) => {
+                    let plain = self.decrypt(key, kv.value())?;
+                    Some((super::decode_counter(key, &plain)?, kv.mod_revision()))
+                }
+            };
+            fresh.push((key.clone(), value));
+        }
+        Ok((Attempt::Raced(fresh), written))
+    }
+
+    /// Sends `txn`; when the outcome is unknown (the request may have been applied), resends
+    /// it until etcd answers, and decides from `written` whether an earlier send applied.
+    async fn send_txn(
+        &self,
+        txn: etcd_client::Txn,
+        written: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Sent, StoreError> {
+        let started = Instant::now();
+        let mut uncertain = false;
+        loop {
+            match self.conn.client.kv_client().txn(txn.clone()).await {
+                Ok(resp) if resp.succeeded() => {
+                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    return Ok(Sent::Applied(u64::try_from(rev).unwrap_or(0)));
+                }
+                Ok(resp) => {
+                    if uncertain {
+                        if let Some(rev) = self.applied_earlier(written).await? {
+                            return Ok(Sent::Applied(rev));
+                        }
+                    }
+                    return Ok(Sent::Failed(resp));
+                }
+                Err(e) if !might_have_applied(&e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd transaction: {}",
+                        describe(&e)
+                    )));
+                }
+                Err(e) => {
+                    if started.elapsed() > UNKNOWN_OUTCOME_DEADLINE {
+                        return Err(StoreError::Unavailable(format!(
+                            "etcd transaction: {} (outcome unknown after {}s of retries: check before retrying)",
+                            describe(&e),
+                            UNKNOWN_OUTCOME_DEADLINE.as_secs()
+                        )));
+                    }
+                    if written.is_empty() {
+                        // Deletes only: resending is harmless, but the outcome can't be
+                        // proven; report it as unavailable.
+                        return Err(StoreError::Unavailable(format!(
+                            "etcd transaction: {}",
+                            describe(&e)
+                        )));
+                    }
+                    uncertain = true;
+                    tracing::warn!(error = %describe(&e), "etcd transaction outcome unknown; resending");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    /// The revision at which a previous send of a transaction writing `written` was applied,
+    /// if one was: some written key still holds exactly the ciphertext it wrote.
+    async fn applied_earlier(
+        &self,
+        written: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Option<u64>, StoreError> {
+        for (key, sealed) in written {
+            let resp = self.raw_get(key.clone()).await?;
+            if let Some(kv) = resp.kvs().first() {
+                if kv.value() == sealed.as_slice() {
+                    return Ok(Some(u64::try_from(kv.mod_revision()).unwrap_or(0)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+enum Sent {
+    Applied(u64),
+    Failed(etcd_client::TxnResponse),
+}
+
+/// True when a failed request may nevertheless have been applied by etcd.
+fn might_have_applied(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let resp = self.raw_get(self.data_key(key)).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(self.versioned(kv)?.1)),
+        }
+    }
+
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.scan_from(prefix, prefix).await
+    }
+
+    async fn scan_from(
+        &self,
+        prefix: &str,
+        from: &str,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let end = prefix_end(&self.data_key(prefix));
+        let mut from = self.data_key(from.max(prefix));
+        let mut out = Vec::new();
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(SCAN_PAGE);
+            if revision > 0 {
+                // Every page from the same revision: one consistent snapshot.
+                options = options.with_revision(revision);
+            }
+            let resp = retry_read("scan", || {
+                let mut kv = self
+                    .conn
+                    .client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_MESSAGE);
+                let (from, options) = (from.clone(), options.clone());
+                async move { kv.get(from, Some(options)).await }
+            })
+            .await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for kv in resp.kvs() {
+                out.push(self.versioned(kv)?);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
+        let mut counters = Vec::new();
+        for (key, _) in &txn.increments {
+            if !counters.iter().any(|(k, _): &(String, _)| k == key) {
+                counters.push((key.clone(), self.read_counter(key).await?));
+            }
+        }
+        for _ in 0..MAX_INCREMENT_RACES {
+            match self.attempt(&txn, &counters).await?.0 {
+                Attempt::Done(rev) => {
+                    self.note_revision(rev);
+                    return Ok(rev);
+                }
+                Attempt::Conflict(key) => return Err(StoreError::Conflict(key)),
+                Attempt::Raced(fresh) => counters = fresh,
+            }
+        }
+        Err(StoreError::Conflict(
+            txn.increments
+                .first()
+                .map(|(k, _)| k.clone())
+                .unwrap_or_default(),
+        ))
+    }
+}
+
+#[async_trait]
+impl Store for Arc<EtcdStore> {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.as_ref().get(key).await
+    }
+
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.as_ref().scan(prefix).await
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
+        self.as_ref().commit(txn).await
+    }
+
+    async fn scan_from(
+        &self,
+        prefix: &str,
+        from: &str,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.as_ref().scan_from(prefix, from).await
+    }
+}
+
+/// Checks `found` (etcd's revision and log) against the last head this replica saw.
+pub fn check_head(
+    head: &Head,
+    revision: u64,
+    log_size: u64,
+    root_at: impl Fn(u64) -> Option<quarry_api::merkle::Hash>,
+) -> Result<(), String> {
+    if revision < head.revision || log_size < head.log_size {
+        return Err(format!(
+            "ROLLBACK: etcd holds an older state than this replica last saw (etcd: revision {revision}, log size {log_size}; last seen: revision {}, log size {}). etcd was restored from an old snapshot; refusing to serve it. Restore the newest etcd state, or move {} aside in the data directory to accept this one deliberately",
+            head.revision,
+            head.log_size,
+            super::head::HEAD_FILE
+        ));
+    }
+    if root_at(head.log_size) != Some(head.log_root) {
+        return Err(format!(
+            "ROLLBACK: the transparency log in etcd differs from the one this replica saw at size {} (root {}): the etcd state is a fork of the acknowledged history; refusing to serve it. Move {} aside to accept it deliberately",
+            head.log_size,
+            hex::encode(head.log_root),
+            super::head::HEAD_FILE
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,498 @@
+//! Tests of the etcd store against a real etcd (`/usr/bin/etcd`, Debian `etcd-server`; `.ci/run`
+//! installs it). A missing etcd fails the tests: they never skip.
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use super::*;
+
+/// etcd's `--max-txn-ops` for Quarry (etcd's default of 128 is below one group commit).
+pub(crate) const MAX_TXN_OPS: &str = "4096";
+
+/// One etcd member on free loopback ports, killed (and its data removed) on drop.
+pub(crate) struct TestEtcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// Client URL.
+    pub url: String,
+}
+
+impl Drop for TestEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// PEM files of a test PKI for etcd over TLS: CA, server and client certificates.
+pub(crate) struct TestPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    fn create(dir: &std::path::Path) -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "quarry test etcd CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, &ca_key);
+        let leaf = |names: Vec<String>, usage: Vec<ExtendedKeyUsagePurpose>| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names).unwrap();
+            p.extended_key_usages = usage;
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client, client_key) = leaf(
+            vec!["quarry".into()],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        );
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        TestPki {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client),
+            client_key: write("client-key.pem", &client_key),
+        }
+    }
+}
+
+impl TestEtcd {
+    /// Starts etcd and waits until it answers.
+    pub(crate) async fn start() -> TestEtcd {
+        TestEtcd::start_with(None).await
+    }
+
+    /// Starts etcd, serving its clients over TLS with client-certificate authentication when
+    /// `pki` is given.
+    pub(crate) async fn start_with(pki: Option<&TestPki>) -> TestEtcd {
+        let bin = std::env::var("QUARRY_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (client, peer) = (free_port(), free_port());
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut tls_args: Vec<String> = Vec::new();
+        if let Some(p) = pki {
+            for (flag, path) in [
+                ("--cert-file", &p.server_cert),
+                ("--key-file", &p.server_key),
+                ("--trusted-ca-file", &p.ca),
+            ] {
+                tls_args.push(flag.into());
+                tls_args.push(path.display().to_string());
+            }
+            tls_args.push("--client-cert-auth".into());
+        }
+        let child = Command::new(&bin)
+            .args(&tls_args)
+            .args([
+                "--name",
+                "t",
+                "--data-dir",
+                &dir.path().join("etcd").display().to_string(),
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("t={peer_url}"),
+                "--max-txn-ops",
+                MAX_TXN_OPS,
+                "--log-level",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {bin} ({e}): the etcd tests need a real etcd; install Debian's etcd-server (.ci/run does)")
+            });
+        let etcd = TestEtcd {
+            child,
+            _dir: dir,
+            url,
+        };
+        let conn = etcd.conn_with("/probe/", pki).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while conn.revision().await.is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start within 20 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        etcd
+    }
+
+    pub(crate) async fn conn(&self, prefix: &str) -> EtcdConn {
+        self.conn_with(prefix, None).await
+    }
+
+    async fn conn_with(&self, prefix: &str, pki: Option<&TestPki>) -> EtcdConn {
+        EtcdConn::connect(&EtcdConfig {
+            endpoints: vec![self.url.clone()],
+            prefix: prefix.into(),
+            ca: pki.map(|p| p.ca.clone()),
+            cert: pki.map(|p| p.client_cert.clone()),
+            key: pki.map(|p| p.client_key.clone()),
+        })
+        .await
+        .expect("connect")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_compare_on_revisions_and_values_are_encrypted() {
+    let etcd = TestEtcd::start().await;
+    let conn = etcd.conn("/q1/").await;
+    let dek = seal::new_dek().unwrap();
+    let store = conn.store(&dek).unwrap();
+    let r1 = store
+        .commit(Txn::new().require_absent("a").put("a", b"one".to_vec()))
+        .await
+        .unwrap();
+    let got = store.get("a").await.unwrap().unwrap();
+    assert_eq!(got.value, b"one");
+    assert_eq!(got.revision, r1);
+    // Create-if-absent refuses the second writer.
+    let again = store
+        .commit(Txn::new().require_absent("a").put("a", b"two".to_vec()))
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(k)) if k == "a"));
+    // A stale-revision write is refused and overwrites nothing.
+    let r2 = store
+        .commit(Txn::new().require("a", Some(r1)).put("a", b"two".to_vec()))
+        .await
+        .unwrap();
+    assert!(r2 > r1);
+    let stale = store
+        .commit(
+            Txn::new()
+                .require("a", Some(r1))
+                .put("a", b"stale".to_vec()),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(k)) if k == "a"));
+    assert_eq!(store.get("a").await.unwrap().unwrap().value, b"two");
+    // The raw etcd value is ciphertext bound to its key.
+    let mut kv = etcd.conn("/").await.client.kv_client();
+    let raw = kv.get("/q1/s/a", None).await.unwrap();
+    let raw = raw.kvs()[0].value().to_vec();
+    assert!(!raw.windows(3).any(|w| w == b"two"));
+    kv.put("/q1/s/b", raw, None).await.unwrap();
+    let moved = store.get("b").await;
+    assert!(matches!(moved, Err(StoreError::Corrupt(_))), "{moved:?}");
+    // Another DEK cannot read the values.
+    let other = conn.store(&seal::new_dek().unwrap()).unwrap();
+    assert!(matches!(other.get("a").await, Err(StoreError::Corrupt(_))));
+    // Deletes, and scans stay within the prefix, sorted.
+    store
+        .commit(
+            Txn::new()
+                .put("p/2", b"x".to_vec())
+                .put("p/1", b"y".to_vec())
+                .put("q", b"z".to_vec()),
+        )
+        .await
+        .unwrap();
+    store
+        .commit(Txn {
+            deletes: vec!["b".into()],
+            ..Txn::new()
+        })
+        .await
+        .unwrap();
+    assert!(store.get("b").await.unwrap().is_none());
+    let keys: Vec<String> = store
+        .scan("p/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["p/1", "p/2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_stale_writers_retry_and_never_overwrite() {
+    let etcd = TestEtcd::start().await;
+    let dek = seal::new_dek().unwrap();
+    // Two "replicas" (separate connections) add to one list with read-modify-CAS.
+    let mut tasks = Vec::new();
+    for w in 0..4u8 {
+        let store = Arc::new(etcd.conn("/q2/").await.store(&dek).unwrap());
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0;
+            for i in 0..25u8 {
+                loop {
+                    let cur = store.get("list").await.unwrap();
+                    let mut v = cur.as_ref().map(|c| c.value.clone()).unwrap_or_default();
+                    v.push(w * 25 + i);
+                    match store
+                        .commit(
+                            Txn::new()
+                                .require("list", cur.map(|c| c.revision))
+                                .put("list", v),
+                        )
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict(_)) => conflicts += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.unwrap();
+    }
+    let store = etcd.conn("/q2/").await.store(&dek).unwrap();
+    let list = store.get("list").await.unwrap().unwrap().value;
+    assert_eq!(list.len(), 100, "every acknowledged write is kept");
+    let mut sorted = list.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 100);
+    assert!(
+        conflicts > 0,
+        "the writers did race (stale revisions refused)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_increments_hold_exactly_across_connections() {
+    let etcd = TestEtcd::start().await;
+    let dek = seal::new_dek().unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = Arc::new(etcd.conn("/q3/").await.store(&dek).unwrap());
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for i in 0..20 {
+                let k = format!("log/{w}-{i}");
+                match store
+                    .commit(
+                        Txn::new()
+                            .require_absent(&k)
+                            .put(&k, vec![1])
+                            .increment("count", 30),
+                    )
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(StoreError::LimitReached { max: 30, .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert_eq!(ok, 30);
+    let store = etcd.conn("/q3/").await.store(&dek).unwrap();
+    let v = store.get("count").await.unwrap().unwrap().value;
+    assert_eq!(super::super::decode_counter("count", &v).unwrap(), 30);
+    assert_eq!(store.scan("log/").await.unwrap().len(), 30);
+    // A failing check wins over the increment and nothing is written.
+    store.commit(Txn::new().put("x", vec![1])).await.unwrap();
+    let r = store
+        .commit(Txn::new().require_absent("x").increment("other", 5))
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict(k)) if k == "x"));
+    assert!(store.get("other").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_page_through_many_keys() {
+    let etcd = TestEtcd::start().await;
+    let store = etcd
+        .conn("/q4/")
+        .await
+        .store(&seal::new_dek().unwrap())
+        .unwrap();
+    for chunk in 0..5 {
+        let mut t = Txn::new();
+        for i in 0..500 {
+            t = t.put(&format!("k/{:05}", chunk * 500 + i), vec![7; 10]);
+        }
+        store.commit(t).await.unwrap();
+    }
+    let all = store.scan("k/").await.unwrap();
+    assert_eq!(all.len(), 2500);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+    // A range read of the tail (how a replica catches up with the log).
+    let tail = store.scan_from("k/", "k/02400").await.unwrap();
+    assert_eq!(tail.len(), 100);
+    assert_eq!(tail[0].0, "k/02400");
+    assert!(store.scan_from("k/", "k/9").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_etcd_is_unavailable_not_corrupt() {
+    let port = free_port();
+    let conn = EtcdConn::connect(&EtcdConfig {
+        endpoints: vec![format!("http://127.0.0.1:{port}")],
+        prefix: "/q/".into(),
+        ca: None,
+        cert: None,
+        key: None,
+    })
+    .await
+    .unwrap();
+    let store = conn.store(&seal::new_dek().unwrap()).unwrap();
+    let started = Instant::now();
+    let e = store.get("a").await.unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    assert!(e.to_string().contains("unavailable"), "{e}");
+    let e = store
+        .commit(Txn::new().put("a", vec![1]))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_reports_changes_and_control_keys_stay_apart() {
+    let etcd = TestEtcd::start().await;
+    let conn = etcd.conn("/q5/").await;
+    let store = Arc::new(conn.store(&seal::new_dek().unwrap()).unwrap());
+    assert!(!conn.has_state().await.unwrap());
+    assert!(conn.create_control("cluster", b"m".to_vec()).await.unwrap());
+    assert!(!conn.create_control("cluster", b"n".to_vec()).await.unwrap());
+    assert_eq!(conn.get_control("cluster").await.unwrap().unwrap().0, b"m");
+    assert!(!conn.has_state().await.unwrap());
+    let start = conn.revision().await.unwrap() + 1;
+    let mut rx = conn.watch(start);
+    store
+        .commit(Txn::new().put("manifest/raw", vec![1]))
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a watch event within 10 s")
+        .unwrap();
+    assert_eq!(batch[0].key, "manifest/raw");
+    assert!(conn.has_state().await.unwrap());
+    let announced = conn.announce("peers/r1", b"127.0.0.1:1".to_vec(), Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conn.scan_control("peers/").await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "announcement missing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        conn.scan_control("peers/").await.unwrap(),
+        vec![("r1".to_string(), b"127.0.0.1:1".to_vec())]
+    );
+    announced.abort();
+    // The lease lapses once nobody keeps it alive.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !conn.scan_control("peers/").await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "announcement did not expire");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn rollback_is_detected_against_the_last_seen_head() {
+    let root = [7u8; 32];
+    let head = Head {
+        revision: 10,
+        log_size: 3,
+        log_root: root,
+    };
+    assert!(check_head(&head, 10, 3, |_| Some(root)).is_ok());
+    assert!(check_head(&head, 12, 5, |_| Some(root)).is_ok());
+    let e = check_head(&head, 9, 3, |_| Some(root)).unwrap_err();
+    assert!(e.contains("ROLLBACK") && e.contains("revision 9"), "{e}");
+    assert!(check_head(&head, 11, 2, |_| Some(root)).is_err());
+    assert!(check_head(&head, 11, 3, |_| Some([0; 32])).is_err());
+}
+
+#[test]
+fn prefix_ends_cover_the_prefix() {
+    assert_eq!(prefix_end(b"/q/s/"), b"/q/s0");
+    assert_eq!(prefix_end(b"a\xff"), b"b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path());
+    let etcd = TestEtcd::start_with(Some(&pki)).await;
+    assert!(etcd.url.starts_with("https://"));
+    let dek = seal::new_dek().unwrap();
+    let store = etcd
+        .conn_with("/tls/", Some(&pki))
+        .await
+        .store(&dek)
+        .unwrap();
+    store
+        .commit(Txn::new().require_absent("k").put("k", b"v".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(store.get("k").await.unwrap().unwrap().value, b"v");
+    // Without a client certificate etcd refuses the connection: unavailable, not corrupt.
+    let anonymous = EtcdConn::connect(&EtcdConfig {
+        endpoints: vec![etcd.url.clone()],
+        prefix: "/tls/".into(),
+        ca: Some(pki.ca.clone()),
+        cert: None,
+        key: None,
+    })
+    .await
+    .unwrap()
+    .store(&dek)
+    .unwrap();
+    assert!(matches!(
+        anonymous.get("k").await,
+        Err(StoreError::Unavailable(_))
+    ));
+    // A key without its certificate is a configuration error naming the flags.
+    let half = EtcdConn::connect(&EtcdConfig {
+        endpoints: vec![etcd.url.clone()],
+        prefix: "/tls/".into(),
+        ca: Some(pki.ca.clone()),
+        cert: None,
+        key: Some(pki.client_key.clone()),
+    })
+    .await;
+    assert!(half.err().unwrap().to_string().contains("--etcd-cert"));
+}
