@@ -150,3 +150,37 @@ fn every_mesh_edge_names_an_existing_marble_and_is_allowed_by_its_server() {
         "storage-service's unauthenticated DIRECT API has no mesh port by default"
     );
 }
+
+/// A generated secret that two marbles both use (a server's password in its config, the same
+/// password in a client's env) must be `Shared`: a private secret is derived per marble UUID,
+/// so server and client would get different values and every new pod another one.
+#[test]
+fn every_generated_secret_used_by_two_marbles_is_shared() {
+    let manifest = example();
+    let secrets = manifest["Secrets"].as_object().expect("Secrets");
+    let marbles = manifest["Marbles"].as_object().expect("Marbles");
+    let mut checked = 0;
+    for (name, spec) in secrets {
+        if spec["UserDefined"] == true {
+            continue;
+        }
+        let reference = format!(".Secrets.{name} ");
+        let reference_end = format!(".Secrets.{name}}}");
+        let users: Vec<&String> = marbles
+            .iter()
+            .filter(|(_, m)| {
+                let params = m["Parameters"].to_string();
+                params.contains(&reference) || params.contains(&reference_end)
+            })
+            .map(|(t, _)| t)
+            .collect();
+        if users.len() >= 2 {
+            assert_eq!(
+                spec["Shared"], true,
+                "secret {name} is used by {users:?} but not Shared: each would get its own value"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} secrets are used by two marbles");
+}
