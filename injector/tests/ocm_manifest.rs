@@ -182,5 +182,8 @@ fn every_generated_secret_used_by_two_marbles_is_shared() {
             checked += 1;
         }
     }
-    assert!(checked >= 10, "only {checked} secrets are used by two marbles");
+    assert!(
+        checked >= 10,
+        "only {checked} secrets are used by two marbles"
+    );
 }
