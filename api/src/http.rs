@@ -380,6 +380,11 @@ pub struct RenewResponse {
     pub serial: String,
     /// End of the new leaf's validity, Unix seconds.
     pub not_after: i64,
+    /// The marble's `Parameters.Files` whose templates use `.MarbleRun.MarbleCert.Cert`,
+    /// rendered again with the new leaf (path → value, as at activation). The sidecar replaces
+    /// those of them it wrote at activation; absent when there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, Value>,
 }
 
 /// `POST /api/v2/revoke` (client API, a user allowed `RevokeMarble`): exactly one of the two.

@@ -303,6 +303,56 @@ fn private_secrets(
     Ok(out)
 }
 
+/// True when `value`'s template uses the marble's own certificate (`.MarbleRun.MarbleCert.Cert`).
+fn uses_marble_cert(value: &quarry_api::manifest::FileValue) -> bool {
+    value.template.as_ref().is_some_and(|t| {
+        t.actions()
+            .any(|a| a.reference == Reference::MarbleCert(quarry_api::template::Part::Cert))
+    })
+}
+
+/// The marble's `Files` whose templates use `.MarbleRun.MarbleCert.Cert`, rendered exactly as
+/// at activation but with the renewed `leaf` (renewal, contract §3), so the sidecar can
+/// replace the copies of the certificate it wrote. Private certificate secrets those files
+/// use are issued afresh, as at every activation. Empty when no file uses the certificate.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn render_cert_files(
+    manifest: &Manifest,
+    marble: &Marble,
+    marble_type: &str,
+    uuid: &uuid::Uuid,
+    deployment: &Arc<Deployment>,
+    root_der: &[u8],
+    leaf: &[u8],
+    spki: &[u8],
+) -> Result<BTreeMap<String, Value>, ApiError> {
+    if !marble.parameters.files.values().any(uses_marble_cert) {
+        return Ok(BTreeMap::new());
+    }
+    // Only those files: no secret of the other files or of Env is generated for them.
+    let mut only = marble.clone();
+    only.parameters.files.retain(|_, v| uses_marble_cert(v));
+    only.parameters.env.clear();
+    let private = private_secrets(
+        manifest,
+        &only,
+        marble_type,
+        uuid,
+        &deployment.root_secret,
+        deployment,
+    )?;
+    let rendered = render_parameters(
+        &only,
+        marble_type,
+        deployment,
+        &private,
+        root_der,
+        leaf,
+        spki,
+    )?;
+    Ok(rendered.files)
+}
+
 fn render_parameters(
     marble: &Marble,
     marble_type: &str,

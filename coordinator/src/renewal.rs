@@ -228,6 +228,23 @@ pub async fn renew(
             )
         })
         .map_err(|e| ApiError::Internal(format!("issued leaf does not parse: {e}")))?;
+    // The files that hold the certificate, for the sidecar to replace. A file that cannot be
+    // rendered any more does not stop the renewal of the mesh certificate.
+    let root_der = view.identity.root.cert_der().to_vec();
+    let files = crate::activation::render_cert_files(
+        manifest,
+        marble,
+        marble_type,
+        &current.uuid,
+        deployment,
+        &root_der,
+        &leaf,
+        &current.spki,
+    )
+    .unwrap_or_else(|e| {
+        tracing::warn!(marble_type, uuid = %uuid_text, error = %e, "files using the marble certificate not re-rendered; the marble keeps the copies written at activation");
+        Default::default()
+    });
     let event = serde_json::json!({
         "type": "renewal",
         "time": crate::translog::now_unix(),
@@ -266,6 +283,7 @@ pub async fn renew(
         spiffe_id: current.spiffe_id,
         serial,
         not_after,
+        files,
     })
 }
 

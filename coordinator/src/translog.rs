@@ -23,6 +23,9 @@ pub const PREFIX: &str = "log/";
 /// Most callers merged into one store transaction.
 const MAX_BATCH: usize = 256;
 
+/// Attempts of one append whose log index another writer (an etcd replica) took first.
+const MAX_INDEX_RETRIES: usize = 16;
+
 /// The in-memory view of the log plus the queue of appends waiting for the committer.
 pub struct TransLog {
     inner: Arc<Inner>,
@@ -283,14 +286,15 @@ impl Inner {
 
     /// Commits `txn` with `events` at the next indices. The in-memory view is not updated
     /// here (see [`Inner::publish_events`]); on a conflict over a log index — the store holds
-    /// entries this view has not seen — the view catches up from the store and retries once.
+    /// entries this view has not seen, appended by another replica — the view catches up from
+    /// the store and retries, up to [`MAX_INDEX_RETRIES`] times (replicas race for indices).
     async fn append(
         &self,
         store: &dyn Store,
         txn: Txn,
         events: &[&(String, Hash, serde_json::Value)],
     ) -> Result<u64, StoreError> {
-        for attempt in 0..2 {
+        for attempt in 0..MAX_INDEX_RETRIES {
             let start = self.read().leaves.len();
             let mut t = txn.clone();
             for (i, (canonical, _, _)) in events.iter().enumerate() {
@@ -298,10 +302,13 @@ impl Inner {
                 t = t.require_absent(&k).put(&k, canonical.clone().into_bytes());
             }
             match store.commit(t).await {
-                Err(StoreError::Conflict(k)) if attempt == 0 && k.starts_with(PREFIX) => {
+                Err(StoreError::Conflict(k))
+                    if attempt + 1 < MAX_INDEX_RETRIES && k.starts_with(PREFIX) =>
+                {
                     // Only a store written by someone else gets here (the file store has one
-                    // writer: this committer). A write whose outcome was unknown and that did
-                    // land would be appended twice; the file store has no unknown outcomes.
+                    // writer: this committer). A write whose outcome was unknown is never
+                    // appended twice: the file store has no unknown outcomes, the etcd store
+                    // resolves them itself (resend, recognised by its unique ciphertext).
                     self.catch_up_tail(store).await?;
                 }
                 other => return other,

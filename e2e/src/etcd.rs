@@ -5,12 +5,21 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback TCP port.
+/// A free loopback TCP port, never the same one twice in this process (tests running in
+/// parallel would otherwise race for a port the kernel handed out twice).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// An etcd cluster on loopback, killed on drop.
@@ -96,6 +105,12 @@ impl EtcdCluster {
         self.members[i] = Some(child);
     }
 
+    /// The log of the member serving `url`.
+    fn log_of(&self, url: &str) -> String {
+        let i = self.urls.iter().position(|u| u == url).unwrap_or(0);
+        std::fs::read_to_string(self.dir.path().join(format!("e{i}.log"))).unwrap_or_default()
+    }
+
     /// The data directory of member `i`.
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("e{i}"))
@@ -120,7 +135,8 @@ impl EtcdCluster {
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "etcd member {url} not healthy within 60 s"
+                    "etcd member {url} not healthy within 60 s; its log:\n{}",
+                    self.log_of(url)
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

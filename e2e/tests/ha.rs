@@ -16,6 +16,9 @@ use quarry_e2e::etcd::{free_port, EtcdCluster};
 use quarry_e2e::{activate, fetch_root_unverified, https, jsend, tls_config, Coordinator};
 
 const MARBLE_ID: [u8; 32] = [7; 32];
+
+/// The scenarios run one at a time: each starts etcd members and coordinators on two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const LIMIT: usize = 50;
 
 struct Replica {
@@ -127,6 +130,7 @@ fn other_build(tmp: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_on_etcd_hold_limits_survive_failures_and_share_the_key_only_when_attested() {
+    let _one_at_a_time = SERIAL.lock().await;
     tokio::time::timeout(Duration::from_secs(420), scenario())
         .await
         .expect("the HA scenario must finish within 420 s");
@@ -463,6 +467,7 @@ async fn set_manifest(root: &str, coord: &Coordinator) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_refuses_an_etcd_restored_from_an_old_backup_or_wiped() {
+    let _one_at_a_time = SERIAL.lock().await;
     tokio::time::timeout(Duration::from_secs(240), rollback_scenario())
         .await
         .expect("the rollback scenario must finish within 240 s");

@@ -320,3 +320,143 @@ fn mesh_end_to_end() {
         p.assert_alive(what);
     }
 }
+
+/// `AllowFrom: ["*external*"]` with a `Cert` secret: an external TLS 1.3 client without a
+/// client certificate reaches the service, authenticating the port by the certificate secret
+/// (which chains to the deployment root and names the secret's DNS name); an egress expecting
+/// the marble refuses the port (the secret is no marble identity), and plain TCP never
+/// reaches the service.
+#[test]
+fn external_clients_reach_an_external_port_without_a_client_certificate() {
+    assert!(
+        Path::new(PYTHON).exists(),
+        "{PYTHON} is needed to run the real HTTP server of this test"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let platform = t.join("sim");
+    let o = run(
+        Command::new(bin("quarry")).args(["sim", "init", platform.to_str().unwrap()]),
+        LIMIT,
+    )
+    .unwrap();
+    assert!(o.status.success());
+    let coord = Coordinator::start(&t.join("data"), &platform, &t.join("coordinator.log")).unwrap();
+    let root = t.join("root.pem");
+    let o = run(
+        Command::new(bin("quarry")).args([
+            "certificate",
+            "root",
+            "--coordinator",
+            &coord.client.to_string(),
+            "--insecure",
+            "-o",
+            root.to_str().unwrap(),
+        ]),
+        LIMIT,
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let http_port = free_port();
+    let web_port = free_port();
+    let app_egress = free_port();
+    let package = serde_json::json!({"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 0, "SecurityVersion": 0});
+    let manifest = serde_json::json!({
+        "Packages": {"any": package},
+        "Marbles": {
+            "web": {"Package": "any", "Mesh": {"Inbound": [
+                {"Port": web_port, "Forward": format!("127.0.0.1:{http_port}"),
+                 "AllowFrom": ["*external*"], "Cert": "web_cert"}
+            ]}},
+            "app": {"Package": "any", "Mesh": {"Outbound": [
+                {"Listen": format!("127.0.0.1:{app_egress}"), "Marble": "web", "Address": format!("127.0.0.1:{web_port}")}
+            ]}}
+        },
+        "Secrets": {"web_cert": {"Type": "cert-ecdsa", "Size": 256, "Shared": true,
+                                 "Cert": {"DNSNames": ["web.example"], "Subject": {"CommonName": "web.example"}}}}
+    });
+    let manifest_path = t.join("manifest.json");
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let o = run(
+        Command::new(bin("quarry")).args([
+            "manifest",
+            "set",
+            manifest_path.to_str().unwrap(),
+            "--coordinator",
+            &coord.client.to_string(),
+            "--root-ca",
+            root.to_str().unwrap(),
+        ]),
+        LIMIT,
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let env = Env {
+        coordinator: coord.mesh.to_string(),
+        platform: &platform,
+        root: &root,
+        dir: t,
+    };
+    let www = t.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), "hello, outside world\n").unwrap();
+    let mut c = env.sidecar("run", "web");
+    c.arg("--")
+        .arg(PYTHON)
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(&www)
+        .arg(http_port.to_string());
+    let mut web = env.spawn(c, "web");
+    let mut app = env.proxy("app");
+    for port in [http_port, web_port, app_egress] {
+        wait_listening(port, &mut [("web", &mut web), ("app", &mut app)]);
+    }
+
+    // An external client: TLS 1.3, no client certificate, the port's certificate verified
+    // against the deployment root and the secret's DNS name.
+    let o = run(
+        Command::new("sh").arg("-c").arg(format!(
+            "printf 'GET /hello.txt?from=external HTTP/1.0\\r\\n\\r\\n' | openssl s_client -connect 127.0.0.1:{web_port} -tls1_3 \
+             -CAfile '{}' -verify_return_error -verify_hostname web.example -servername web.example -ign_eof 2>&1",
+            root.display()
+        )),
+        LIMIT,
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("Verify return code: 0 (ok)")
+            && text.contains("200 OK")
+            && text.contains("hello, outside world"),
+        "the external client was not served over a verified TLS connection:\n{text}\nweb log:\n{}",
+        web.log()
+    );
+    assert!(
+        text.contains("CN = web.example") || text.contains("CN=web.example"),
+        "the port did not serve the certificate secret:\n{text}"
+    );
+    // An egress expecting marble `web` refuses this port: the certificate secret carries no
+    // marble identity (an external port is for clients outside the mesh).
+    let resp = http_get(app_egress, "/hello.txt?from=app");
+    assert_eq!(
+        resp, "",
+        "egress accepted the certificate secret as a marble identity"
+    );
+    // Plain TCP gets nothing from the service.
+    let resp = http_get(web_port, "/hello.txt?from=plain");
+    assert!(!resp.contains("200"), "plain TCP got through: {resp:?}");
+
+    std::thread::sleep(Duration::from_millis(200));
+    let served = web.log();
+    assert_eq!(served.matches("from=external").count(), 1, "{served}");
+    for refused in ["from=plain", "from=app"] {
+        assert!(
+            !served.contains(refused),
+            "{refused} reached the server:\n{served}"
+        );
+    }
+    web.assert_alive("web");
+    app.assert_alive("app");
+}

@@ -5,7 +5,9 @@
 //! (`CertValidFor`), so the sidecars renew every ~4 s: a steady stream of requests across
 //! several renewals must see zero failures. Then `quarry revoke --uuid` revokes `app`, and its
 //! requests must be refused within one CRL interval (`--crl-interval 2s`); its next renewal
-//! is refused by the coordinator.
+//! is refused by the coordinator. The server's manifest `Files` include one rendered from
+//! `.MarbleRun.MarbleCert.Cert`: after the renewals it must hold a renewed certificate
+//! (replaced atomically, still 0600), while a file without the certificate stays as written.
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -102,6 +104,38 @@ fn spawn(mut c: Command, dir: &Path, name: &str) -> Running {
     }
 }
 
+/// Serial of the first certificate in the PEM file `path` (`openssl x509`), lowercase hex
+/// without leading zeros.
+fn pem_serial(path: &Path) -> String {
+    let o = run(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(path),
+        LIMIT,
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    normal_serial(text.trim().trim_start_matches("serial="))
+}
+
+fn normal_serial(hex: &str) -> String {
+    hex.trim()
+        .to_ascii_lowercase()
+        .trim_start_matches('0')
+        .to_string()
+}
+
+/// Serials the sidecar log reports as renewed ("marble certificate renewed … serial=…").
+fn renewed_serials(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("marble certificate renewed"))
+        .filter_map(|l| l.split("serial=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(normal_serial)
+        .collect()
+}
+
 fn quarry(args: &[&str]) -> std::process::Output {
     run(Command::new(bin("quarry")).args(args), LIMIT).unwrap()
 }
@@ -145,11 +179,20 @@ fn renewal_under_traffic_and_revocation_within_one_crl_interval() {
     let http_port = free_port();
     let server_mesh = free_port();
     let app_egress = free_port();
+    // Files the server's sidecar writes: one with its certificate, one without.
+    let files = t.join("server-files");
+    let cert_file = files.join("tls").join("cert.pem");
+    let plain_file = files.join("static.txt");
     let package = serde_json::json!({"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 0, "SecurityVersion": 0});
     let manifest = serde_json::json!({
         "Packages": {"any": package},
         "Marbles": {
-            "server": {"Package": "any", "CertValidFor": "6s", "Mesh": {"Inbound": [
+            "server": {"Package": "any", "CertValidFor": "6s",
+                "Parameters": {"Files": {
+                    cert_file.to_str().unwrap(): "{{ pem .MarbleRun.MarbleCert.Cert }}",
+                    plain_file.to_str().unwrap(): "not renewed\n"
+                }},
+                "Mesh": {"Inbound": [
                 {"Port": server_mesh, "Forward": format!("127.0.0.1:{http_port}"), "AllowFrom": ["app"]}
             ]}},
             "app": {"Package": "any", "CertValidFor": "6s", "Mesh": {"Outbound": [
@@ -217,6 +260,9 @@ fn renewal_under_traffic_and_revocation_within_one_crl_interval() {
         }
     }
 
+    let first_serial = pem_serial(&cert_file);
+    let plain_written = std::fs::metadata(&plain_file).unwrap().modified().unwrap();
+
     // A steady stream across several renewals of both leaves: zero failed requests.
     let started = Instant::now();
     let mut sent = 0;
@@ -249,6 +295,46 @@ fn renewal_under_traffic_and_revocation_within_one_crl_interval() {
         "{coordinator_log}"
     );
     assert!(sent > 50, "only {sent} requests in {STREAM:?}");
+
+    // The file rendered from the certificate now holds a renewed one, written atomically at
+    // 0600; the file without it was not touched.
+    let now_serial = pem_serial(&cert_file);
+    assert_ne!(
+        now_serial, first_serial,
+        "the certificate file was not replaced"
+    );
+    let renewed = renewed_serials(&server.log());
+    assert!(
+        renewed.contains(&now_serial),
+        "the file's serial {now_serial} is not one the server renewed to {renewed:?}; log:\n{}",
+        server.log()
+    );
+    assert!(
+        server
+            .log()
+            .contains("replaced file with the renewed certificate"),
+        "{}",
+        server.log()
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&cert_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "mode of the replaced file");
+    assert_eq!(
+        std::fs::metadata(&plain_file).unwrap().modified().unwrap(),
+        plain_written,
+        "a file without the certificate was rewritten"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&plain_file).unwrap(),
+        "not renewed\n"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(cert_file.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains("quarry-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 
     // Revoke `app` by UUID.
     let app_uuid = std::fs::read_to_string(t.join("app.uuid")).unwrap();

@@ -140,6 +140,11 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
             "WARNING: this marble was activated with SIMULATED evidence; it has no TEE protection"
         );
     }
+    // `run` writes its files before the proxies (and renewal, which replaces some of them)
+    // start.
+    if let Mode::Run { .. } = &config.mode {
+        materialise::write_files(&response.parameters.files, None, &key)?;
+    }
     let proxies = match config.mode {
         Mode::Activate { .. } => None,
         Mode::Run { .. } | Mode::Proxy { .. } => {
@@ -150,6 +155,14 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
                 spki: key.spki_der().to_vec(),
                 spiffe_id: response.spiffe_id.clone(),
                 crl_interval: config.crl_interval,
+                files: match &config.mode {
+                    Mode::Run { .. } => Some(renew::RenewedFiles {
+                        written: response.parameters.files.keys().cloned().collect(),
+                        base: None,
+                        key_pkcs8: zeroize::Zeroizing::new(key.pkcs8_der().to_vec()),
+                    }),
+                    _ => None,
+                },
             };
             start_proxies(&response, &key, upkeep).await?
         }
@@ -158,7 +171,6 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
         Mode::Run { command } => {
             // The proxies serve in the background while the service runs.
             let _proxies = proxies;
-            materialise::write_files(&response.parameters.files, None, &key)?;
             let env = materialise::environment(&response.parameters.env, &key)?;
             // `run` always measures its command, so the resolved program is known.
             let program = program.ok_or_else(|| ConfigError::Invalid {

@@ -8,19 +8,25 @@
 //! The lifetime is counted from the later of the leaf's notBefore and the moment the sidecar
 //! received it, because the coordinator backdates notBefore for clock skew.
 //!
-//! What is renewed: the certificate the proxies present. The service's own copies (the
-//! `MARBLE_PREDEFINED_MARBLE_CERTIFICATE_CHAIN` variable and manifest Files rendered at
-//! activation) are not rewritten, and `activate --out DIR` is one-shot, so its files are not
-//! renewed either; services that use the leaf themselves must be restarted (re-activated)
-//! within `CertValidFor`, as with MarbleRun.
+//! What is renewed: the certificate the proxies present, and (`run`) the manifest Files the
+//! sidecar wrote at activation whose templates use `.MarbleRun.MarbleCert.Cert`: the
+//! coordinator renders them again with the new leaf and the sidecar replaces each one
+//! atomically (temporary file, fsync, rename, mode 0600) before the next renewal is
+//! scheduled. The `MARBLE_PREDEFINED_MARBLE_CERTIFICATE_CHAIN` variable of the running service
+//! cannot change, and `activate --out DIR` is one-shot, so its files are not renewed either;
+//! services that read the leaf only at start must be restarted (re-activated) within
+//! `CertValidFor`, as with MarbleRun.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_api::evidence::activation_report_data;
-use quarry_api::http::{JSend, NonceResponse, RenewRequest, RenewResponse, MAX_BODY_BYTES};
+use quarry_api::http::{JSend, NonceResponse, RenewRequest, RenewResponse, Value, MAX_BODY_BYTES};
 use quarry_attestation::EvidenceProvider;
 use rustls::sign::CertifiedKey;
 use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
 
 use crate::client::{dangerous, TrustAnchor, NONCE_PATH};
 use crate::proxy::{CertStore, MeshIdentity, Proxies};
@@ -69,6 +75,53 @@ pub enum UpkeepError {
     /// The renewed certificate cannot be used.
     #[error("the renewed certificate is unusable: {0}")]
     Certificate(String),
+    /// A file holding the certificate could not be replaced.
+    #[error("replacing the files that hold the certificate: {0}")]
+    Files(#[from] crate::materialise::MaterialiseError),
+}
+
+/// The manifest Files the sidecar wrote at activation, replaced when a renewal brings them
+/// re-rendered with the new certificate.
+pub struct RenewedFiles {
+    /// The paths as the manifest names them (only these are ever written).
+    pub written: BTreeSet<String>,
+    /// What relative paths resolve against (`None`: the working directory), as at activation.
+    pub base: Option<PathBuf>,
+    /// The marble's private key, PKCS#8 DER, for `.MarbleRun.MarbleCert.Private` segments.
+    pub key_pkcs8: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RenewedFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenewedFiles")
+            .field("written", &self.written)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RenewedFiles {
+    /// Replaces, atomically and at mode 0600, each file of `files` that was written at
+    /// activation; others are ignored with a warning. Returns how many were replaced.
+    pub fn replace(&self, files: &BTreeMap<String, Value>) -> Result<usize, UpkeepError> {
+        let mut replaced = 0;
+        for (name, value) in files {
+            if !self.written.contains(name) {
+                tracing::warn!(path = %name, "the renewal carries a file this sidecar did not write at activation; ignored");
+                continue;
+            }
+            let relative = crate::materialise::check_path(name)?;
+            let path = match &self.base {
+                Some(base) if relative.is_relative() => base.join(relative),
+                _ => relative.to_path_buf(),
+            };
+            let bytes = Zeroizing::new(value.assemble(&self.key_pkcs8));
+            crate::materialise::write_file(&path, &bytes, crate::materialise::SECRET_FILE_MODE)?;
+            tracing::info!(path = %path.display(), "replaced file with the renewed certificate");
+            replaced += 1;
+        }
+        Ok(replaced)
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -273,6 +326,7 @@ pub struct Renewer {
     spki: Vec<u8>,
     spiffe_id: String,
     certs: Arc<CertStore>,
+    files: Option<Arc<RenewedFiles>>,
 }
 
 impl std::fmt::Debug for Renewer {
@@ -298,7 +352,14 @@ impl Renewer {
             spki,
             spiffe_id,
             certs,
+            files: None,
         }
+    }
+
+    /// Also replaces these files when a renewal brings them re-rendered.
+    pub fn with_files(mut self, files: Option<RenewedFiles>) -> Renewer {
+        self.files = files.map(Arc::new);
+        self
     }
 
     /// One renewal: nonce, evidence, request, checks, swap. Returns the new serial (hex).
@@ -310,7 +371,7 @@ impl Renewer {
             .await
             .map_err(|e| UpkeepError::Evidence(e.to_string()))?
             .map_err(|e| UpkeepError::Evidence(e.to_string()))?;
-        let response = self
+        let mut response = self
             .link
             .renew(&RenewRequest {
                 evidence,
@@ -338,6 +399,13 @@ impl Renewer {
             .keys_match()
             .map_err(|e| UpkeepError::Certificate(format!("not for this marble's key: {e}")))?;
         self.certs.replace(Arc::new(renewed));
+        if let Some(files) = self.files.clone() {
+            // fsync and rename off the proxies' thread.
+            let rendered = std::mem::take(&mut response.files);
+            tokio::task::spawn_blocking(move || files.replace(&rendered))
+                .await
+                .map_err(|e| UpkeepError::Setup(format!("file replacement task: {e}")))??;
+        }
         Ok(response.serial)
     }
 
@@ -411,6 +479,8 @@ pub struct Upkeep {
     pub spiffe_id: String,
     /// CRL refresh interval.
     pub crl_interval: Duration,
+    /// Files written at activation, replaced at each renewal (`run`); `None` for `proxy`.
+    pub files: Option<RenewedFiles>,
 }
 
 impl std::fmt::Debug for Upkeep {
@@ -437,7 +507,8 @@ impl Upkeep {
             self.spki,
             self.spiffe_id,
             identity.certs.clone(),
-        );
+        )
+        .with_files(self.files);
         proxies.spawn(renewer.run_forever());
         proxies.spawn(crate::crl::refresh_forever(
             link,
@@ -472,6 +543,60 @@ mod tests {
             renewal_delay(nb, nb + 10, nb * 1000, (nb + 20) * 1000),
             MIN_DELAY
         );
+    }
+
+    #[test]
+    fn renewed_files_replace_only_what_activation_wrote() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let files = RenewedFiles {
+            written: ["tls/cert.pem".to_string(), "both.pem".to_string()].into(),
+            base: Some(dir.path().to_path_buf()),
+            key_pkcs8: Zeroizing::new(vec![1, 2, 3]),
+        };
+        std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+        std::fs::write(dir.path().join("tls/cert.pem"), "old").unwrap();
+        let mut rendered = BTreeMap::new();
+        rendered.insert(
+            "tls/cert.pem".to_string(),
+            Value::data(b"new cert".to_vec()),
+        );
+        rendered.insert(
+            "both.pem".to_string(),
+            Value(vec![
+                quarry_api::http::Segment::Data(b"cert;".to_vec()),
+                quarry_api::http::Segment::MarblePrivateKey(quarry_api::http::KeyEncoding::Hex),
+            ]),
+        );
+        rendered.insert("other.pem".to_string(), Value::data(b"x".to_vec()));
+        assert_eq!(files.replace(&rendered).unwrap(), 2);
+        let cert = dir.path().join("tls/cert.pem");
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "new cert");
+        assert_eq!(
+            std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("both.pem")).unwrap(),
+            "cert;010203"
+        );
+        assert!(!dir.path().join("other.pem").exists());
+        // Nothing else (no temporary files) left behind.
+        let names: BTreeSet<String> = std::fs::read_dir(dir.path().join("tls"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["cert.pem".to_string()].into());
+        // An unsafe path is refused even if it was (somehow) recorded.
+        let bad = RenewedFiles {
+            written: ["../escape".to_string()].into(),
+            base: Some(dir.path().to_path_buf()),
+            key_pkcs8: Zeroizing::new(vec![]),
+        };
+        let mut rendered = BTreeMap::new();
+        rendered.insert("../escape".to_string(), Value::data(b"x".to_vec()));
+        assert!(bad.replace(&rendered).is_err());
     }
 
     #[test]

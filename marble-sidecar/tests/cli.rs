@@ -95,9 +95,14 @@ async fn unavailable_tee_exits_2_and_never_falls_back_to_simulation() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr(&out),
-        "TEE provider sgx is not available in this build (available: simulated)\n"
+    // No /dev/attestation on this machine: the hardware provider fails at startup, on one
+    // line, before any contact with the coordinator.
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("invalid --tee: TEE sgx configured but unavailable at /dev/attestation")
+            && err.contains("refusing to start (there is no fallback to simulation)"),
+        "{err}"
     );
     assert!(coord.client_keys.lock().unwrap().is_empty());
 }

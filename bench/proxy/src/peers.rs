@@ -23,6 +23,8 @@ pub struct Hop {
     pub name: &'static str,
     /// Where the load generator connects (client side, plaintext).
     pub entry: SocketAddr,
+    /// The server side's TLS port.
+    pub mesh: SocketAddr,
     /// The client-side and server-side processes.
     pub procs: Vec<Proc>,
 }
@@ -47,6 +49,7 @@ fn finish(name: &'static str, entry: u16, mesh: u16, mut procs: Vec<Proc>) -> an
     Ok(Hop {
         name,
         entry: addr(entry),
+        mesh: addr(mesh),
         procs,
     })
 }
@@ -168,4 +171,58 @@ pub fn nginx(dir: &Path, pki: &Pki, backend: SocketAddr) -> anyhow::Result<Hop> 
     };
     let procs = vec![run(&s, "server")?, run(&c, "client")?];
     finish("nginx", entry, mesh, procs)
+}
+
+/// One HTTP/1.0 GET over TLS 1.3 to `mesh` with `openssl s_client`, with the client
+/// certificate or without any; returns what came back.
+fn tls_get(
+    mesh: SocketAddr,
+    client: Option<&crate::pki::Leaf>,
+    ca: &Path,
+) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    let mut cmd = Command::new("timeout");
+    cmd.args(["10", "openssl", "s_client", "-tls1_3", "-quiet", "-ign_eof"])
+        .args(["-connect", &mesh.to_string(), "-servername", SERVER_NAME])
+        .arg("-CAfile")
+        .arg(ca);
+    if let Some(leaf) = client {
+        cmd.arg("-cert").arg(&leaf.cert).arg("-key").arg(&leaf.key);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("running openssl s_client")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n");
+    }
+    let out = child.wait_with_output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Checks that the server side of a hop serves a client with the client certificate and
+/// refuses TLS without one (so every peer really is an mTLS hop). `pki` is `None` for the
+/// Quarry hop, whose client certificates only the coordinator issues: only the refusal is
+/// checked there.
+pub fn check_mtls(
+    name: &str,
+    mesh: SocketAddr,
+    pki: Option<&Pki>,
+    ca: &Path,
+) -> anyhow::Result<()> {
+    if let Some(pki) = pki {
+        let ok = tls_get(mesh, Some(&pki.client), ca)?;
+        if !ok.contains(" 200 ") {
+            anyhow::bail!(
+                "{name}: a TLS 1.3 client with the client certificate was not served: {ok:?}"
+            );
+        }
+    }
+    let refused = tls_get(mesh, None, ca)?;
+    if refused.contains(" 200 ") {
+        anyhow::bail!("{name}: a TLS client without a client certificate was served");
+    }
+    Ok(())
 }

@@ -50,7 +50,11 @@ impl Proc {
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
         {
-            bail!("{} exited with {status}; its log:\n{}", self.name, self.log());
+            bail!(
+                "{} exited with {status}; its log:\n{}",
+                self.name,
+                self.log()
+            );
         }
         Ok(())
     }
@@ -106,9 +110,13 @@ pub fn tree(pid: u32) -> Vec<u32> {
         let p = out[i];
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
             for task in tasks.flatten() {
-                let children = std::fs::read_to_string(task.path().join("children"))
-                    .unwrap_or_default();
-                out.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+                let children =
+                    std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                out.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
             }
         }
         i += 1;

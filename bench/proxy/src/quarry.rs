@@ -14,6 +14,8 @@ use crate::procs::{free_port, wait_listening, Proc};
 pub struct QuarryHop {
     /// Where the load generator connects (the client sidecar's egress port).
     pub entry: SocketAddr,
+    /// The ingress sidecar's mesh port.
+    pub mesh: SocketAddr,
     /// The egress (client-side) sidecar.
     pub client: Proc,
     /// The ingress (server-side) sidecar.
@@ -57,7 +59,10 @@ fn wait_coordinator(proc: &mut Proc) -> anyhow::Result<(String, String)> {
         }
         proc.ensure_alive()?;
         if Instant::now() > deadline {
-            bail!("the coordinator did not listen within 60 s:\n{}", proc.log());
+            bail!(
+                "the coordinator did not listen within 60 s:\n{}",
+                proc.log()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -98,7 +103,14 @@ pub fn start(dir: &Path, bin_dir: &Path, backend: SocketAddr) -> anyhow::Result<
     let root = dir.join("root.pem");
     run_ok(
         Command::new(&quarry)
-            .args(["certificate", "root", "--coordinator", &client_api, "--insecure", "-o"])
+            .args([
+                "certificate",
+                "root",
+                "--coordinator",
+                &client_api,
+                "--insecure",
+                "-o",
+            ])
             .arg(&root),
         "quarry certificate root",
     )?;
@@ -146,10 +158,17 @@ pub fn start(dir: &Path, bin_dir: &Path, backend: SocketAddr) -> anyhow::Result<
     let mut server = spawn("backend")?;
     let mut client = spawn("client")?;
     let loopback = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-    wait_listening(loopback(mesh), &mut [&mut server, &mut client, &mut coordinator])?;
-    wait_listening(loopback(egress), &mut [&mut server, &mut client, &mut coordinator])?;
+    wait_listening(
+        loopback(mesh),
+        &mut [&mut server, &mut client, &mut coordinator],
+    )?;
+    wait_listening(
+        loopback(egress),
+        &mut [&mut server, &mut client, &mut coordinator],
+    )?;
     Ok(QuarryHop {
         entry: loopback(egress),
+        mesh: loopback(mesh),
         client,
         server,
         _coordinator: coordinator,

@@ -44,7 +44,12 @@ async fn fixture() -> Fixture {
     let manifest = serde_json::json!({
         "Packages": {"any": {"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 0, "SecurityVersion": 0}},
         "Marbles": {
-            "web": {"Package": "any", "CertValidFor": "1h"},
+            "web": {"Package": "any", "CertValidFor": "1h", "Parameters": {"Files": {
+                "/tls/cert.pem": "{{ pem .MarbleRun.MarbleCert.Cert }}",
+                "/tls/both.pem": "{{ pem .MarbleRun.MarbleCert.Cert }}{{ pem .MarbleRun.MarbleCert.Private }}",
+                "/tls/key.pem": "{{ pem .MarbleRun.MarbleCert.Private }}",
+                "/static.txt": "static"
+            }}},
             "other": {"Package": "any"}
         },
         "Users": {
@@ -200,6 +205,17 @@ async fn renewal_issues_a_new_leaf_for_the_same_key_and_logs_it() {
     .unwrap();
     assert_eq!(current.uuid.to_string(), uuid);
     assert_eq!(current.marble_type, "web");
+    // The files that use the certificate come back rendered with the new leaf; the others not.
+    assert_eq!(
+        renewed.files.keys().collect::<Vec<_>>(),
+        ["/tls/both.pem", "/tls/cert.pem"]
+    );
+    let cert_file = String::from_utf8(renewed.files["/tls/cert.pem"].assemble(&[])).unwrap();
+    assert_eq!(first_der(&cert_file), new_leaf);
+    assert!(renewed.files["/tls/both.pem"]
+        .0
+        .iter()
+        .any(|s| matches!(s, quarry_api::http::Segment::MarblePrivateKey(_))));
     // The renewed leaf renews again.
     let again = f.renew(&new_leaf, &key.spki).await.unwrap();
     assert_ne!(again.serial, renewed.serial);

@@ -592,6 +592,11 @@ impl EtcdStore {
                     .unwrap_or(0),
             };
             if current >= *max {
+                // The checks come first (as in the file store): a failed check is a conflict
+                // even when a counter is also at its limit.
+                if let Some(k) = self.failed_check(txn).await? {
+                    return Ok((Attempt::Conflict(k), Vec::new()));
+                }
                 return Err(StoreError::LimitReached {
                     key: key.clone(),
                     max: *max,
@@ -678,6 +683,27 @@ impl EtcdStore {
             fresh.push((key.clone(), value));
         }
         Ok((Attempt::Raced(fresh), written))
+    }
+
+    /// The first check of `txn` that fails against etcd now, if any.
+    async fn failed_check(&self, txn: &Txn) -> Result<Option<String>, StoreError> {
+        for c in &txn.checks {
+            let (key, ok) = match c {
+                Check::Absent(k) => (k, self.raw_get(self.data_key(k)).await?.kvs().is_empty()),
+                Check::Revision(k, r) => (
+                    k,
+                    self.raw_get(self.data_key(k))
+                        .await?
+                        .kvs()
+                        .first()
+                        .is_some_and(|kv| u64::try_from(kv.mod_revision()).ok() == Some(*r)),
+                ),
+            };
+            if !ok {
+                return Ok(Some(key.clone()));
+            }
+        }
+        Ok(None)
     }
 
     /// Sends `txn`; when the outcome is unknown (the request may have been applied), resends

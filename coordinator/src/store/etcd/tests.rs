@@ -337,6 +337,19 @@ async fn bounded_increments_hold_exactly_across_connections() {
         .await;
     assert!(matches!(r, Err(StoreError::Conflict(k)) if k == "x"));
     assert!(store.get("other").await.unwrap().is_none());
+    // Also when the counter is at its limit: the check is reported, as in the file store.
+    let r = store
+        .commit(Txn::new().require_absent("x").increment("count", 30))
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::Conflict(ref k)) if k == "x"),
+        "{r:?}"
+    );
+    let r = store.commit(Txn::new().increment("count", 30)).await;
+    assert!(
+        matches!(r, Err(StoreError::LimitReached { max: 30, .. })),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
