@@ -66,6 +66,15 @@ struct DekResponse {
     error: Option<String>,
 }
 
+impl Drop for DekResponse {
+    /// The base64 key text is wiped with the answer, wherever the answer ends.
+    fn drop(&mut self) {
+        if let Some(dek) = self.dek.as_mut() {
+            zeroize::Zeroize::zeroize(dek);
+        }
+    }
+}
+
 /// The cluster marker: proves which DEK the cluster's state is under (a MAC, not the key).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -406,12 +415,12 @@ async fn fetch_dek_inner(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, 
     let body = read_msg(&mut tls)
         .await
         .map_err(|e| format!("reading the answer: {e}"))?;
-    let resp: DekResponse =
+    let mut resp: DekResponse =
         serde_json::from_slice(&body).map_err(|e| format!("malformed answer: {e}"))?;
-    if let Some(e) = resp.error {
+    if let Some(e) = resp.error.take() {
         return Err(format!("refused by the peer: {e}"));
     }
-    let evidence = resp.evidence.ok_or("the answer has no evidence")?;
+    let evidence = resp.evidence.take().ok_or("the answer has no evidence")?;
     verify_peer(
         tee,
         own,
@@ -422,12 +431,13 @@ async fn fetch_dek_inner(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, 
     )
     .await
     .map_err(|e| format!("the peer is not a coordinator we trust: {e}"))?;
-    let dek = Zeroizing::new(resp.dek.ok_or("the answer has no key")?);
-    let bytes = quarry_api::bytes::unb64(&dek).map_err(|e| format!("key encoding: {e}"))?;
+    let dek = Zeroizing::new(resp.dek.take().ok_or("the answer has no key")?);
+    let bytes =
+        Zeroizing::new(quarry_api::bytes::unb64(&dek).map_err(|e| format!("key encoding: {e}"))?);
     if bytes.len() != seal::DEK_LEN {
         return Err(format!("the key has {} bytes", bytes.len()));
     }
-    Ok(Secret::new(bytes))
+    Ok(Secret::new(bytes.to_vec()))
 }
 
 /// Serves the DEK to attested replicas on `listener` until the task is dropped.
