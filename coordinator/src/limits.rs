@@ -2,7 +2,7 @@
 //! request body deadlines, an idle bound per connection, a cap on concurrent connections per
 //! listener, HTTP/2 stream and header limits, and per-route request body caps enforced before
 //! a handler runs. Every limit is a flag with a `QUARRY_*` environment equivalent; the
-//! defaults are documented in `docs/operations.md`.
+//! defaults are documented in `docs/OPERATIONS.md`.
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 /// OID of the marble extension (non-critical): DER `SEQUENCE { UTF8String marble-type,
 /// OCTET STRING claims-sha256, BOOLEAN simulation }`. Provisional private arc; see
-/// docs/security.md.
+/// docs/SECURITY.md.
 pub const MARBLE_EXTENSION_OID: [u64; 9] = [1, 3, 6, 1, 4, 1, 999_999, 1, 1];
 
 /// Errors of certificate issuance.
