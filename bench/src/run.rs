@@ -160,61 +160,102 @@ pub async fn scenario(
     serialized: bool,
 ) -> anyhow::Result<Outcome> {
     let next = Arc::new(AtomicUsize::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(s.count)));
-    let errors = Arc::new(Mutex::new((0usize, None::<String>)));
+    let tally = Tally::new(s.count);
     let lock: Option<SerialLock> = serialized.then(|| Arc::new(tokio::sync::Mutex::new(())));
-    let cpu0 = coord.cpu_seconds()?;
-    let self0 = cpu_seconds_of("/proc/self/stat")?;
-    let started = Instant::now();
+    let meter = Meter::start(coord)?;
     let mut tasks = Vec::new();
     for _ in 0..s.concurrency {
-        let (mesh, next, latencies, errors, lock) = (
-            mesh.clone(),
-            next.clone(),
-            latencies.clone(),
-            errors.clone(),
-            lock.clone(),
-        );
+        let (mesh, next, tally, lock) = (mesh.clone(), next.clone(), tally.clone(), lock.clone());
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < s.count {
-                match mesh.activate(lock.as_ref()).await {
-                    Ok(a) => latencies.lock().expect("latencies").push(a.total),
-                    Err(e) => {
-                        let mut g = errors.lock().expect("errors");
-                        g.0 += 1;
-                        g.1.get_or_insert_with(|| format!("{e:#}"));
-                    }
-                }
+                tally.record(mesh.activate(lock.as_ref()).await.map(|a| a.total));
             }
         }));
     }
     for t in tasks {
         t.await?;
     }
-    let secs = started.elapsed().as_secs_f64();
-    let coordinator_cpu = coord.cpu_seconds()? - cpu0;
-    let client_cpu = cpu_seconds_of("/proc/self/stat")? - self0;
-    let mut lat = std::mem::take(&mut *latencies.lock().expect("latencies"));
-    lat.sort();
-    let (errors, first_error) = errors.lock().expect("errors").clone();
-    let ok = lat.len();
-    let per = |cpu: f64| if ok == 0 { 0.0 } else { cpu * 1e6 / ok as f64 };
-    Ok(Outcome {
-        concurrency: s.concurrency,
-        serialized,
-        ok,
-        errors,
-        first_error,
-        secs,
-        per_s: ok as f64 / secs,
-        p50_ms: percentile(&lat, 0.50),
-        p99_ms: percentile(&lat, 0.99),
-        max_ms: lat.last().map_or(0.0, ms),
-        coordinator_cpu_us: per(coordinator_cpu),
-        client_cpu_us: per(client_cpu),
-        rss_mb: coord.rss_mb()?.0,
-        offered_per_s: None,
-    })
+    meter.finish(coord, &tally, s.concurrency, serialized, None)
+}
+
+/// Latencies and errors of one scenario, shared by its tasks.
+#[derive(Clone)]
+struct Tally {
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    errors: Arc<Mutex<(usize, Option<String>)>>,
+}
+
+impl Tally {
+    fn new(capacity: usize) -> Tally {
+        Tally {
+            latencies: Arc::new(Mutex::new(Vec::with_capacity(capacity))),
+            errors: Arc::new(Mutex::new((0, None))),
+        }
+    }
+
+    /// Counts one activation: its latency, or its error (the first one is kept as text).
+    fn record(&self, outcome: anyhow::Result<Duration>) {
+        match outcome {
+            Ok(latency) => self.latencies.lock().expect("latencies").push(latency),
+            Err(e) => {
+                let mut g = self.errors.lock().expect("errors");
+                g.0 += 1;
+                g.1.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+}
+
+/// Wall time and CPU (coordinator and this process) since a scenario started.
+struct Meter {
+    started: Instant,
+    coordinator_cpu: f64,
+    own_cpu: f64,
+}
+
+impl Meter {
+    fn start(coord: &Coordinator) -> anyhow::Result<Meter> {
+        Ok(Meter {
+            coordinator_cpu: coord.cpu_seconds()?,
+            own_cpu: cpu_seconds_of("/proc/self/stat")?,
+            started: Instant::now(),
+        })
+    }
+
+    /// The figures of the scenario that ran since [`Meter::start`].
+    fn finish(
+        self,
+        coord: &Coordinator,
+        tally: &Tally,
+        concurrency: usize,
+        serialized: bool,
+        offered_per_s: Option<f64>,
+    ) -> anyhow::Result<Outcome> {
+        let secs = self.started.elapsed().as_secs_f64();
+        let coordinator_cpu = coord.cpu_seconds()? - self.coordinator_cpu;
+        let client_cpu = cpu_seconds_of("/proc/self/stat")? - self.own_cpu;
+        let mut lat = std::mem::take(&mut *tally.latencies.lock().expect("latencies"));
+        lat.sort();
+        let (errors, first_error) = tally.errors.lock().expect("errors").clone();
+        let ok = lat.len();
+        let per = |cpu: f64| if ok == 0 { 0.0 } else { cpu * 1e6 / ok as f64 };
+        Ok(Outcome {
+            concurrency,
+            serialized,
+            ok,
+            errors,
+            first_error,
+            secs,
+            per_s: ok as f64 / secs,
+            p50_ms: percentile(&lat, 0.50),
+            p99_ms: percentile(&lat, 0.99),
+            max_ms: lat.last().map_or(0.0, ms),
+            coordinator_cpu_us: per(coordinator_cpu),
+            client_cpu_us: per(client_cpu),
+            rss_mb: coord.rss_mb()?.0,
+            offered_per_s,
+        })
+    }
 }
 
 /// Open loop: `count` activations started at a fixed `rate` per second, at most
@@ -231,62 +272,25 @@ pub async fn paced(
 ) -> anyhow::Result<Outcome> {
     anyhow::ensure!(rate > 0.0, "paced rate must be positive");
     let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(count)));
-    let errors = Arc::new(Mutex::new((0usize, None::<String>)));
-    let cpu0 = coord.cpu_seconds()?;
-    let self0 = cpu_seconds_of("/proc/self/stat")?;
+    let tally = Tally::new(count);
+    let meter = Meter::start(coord)?;
     let started = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
         let due = started + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due).await;
-        let (mesh, slots, latencies, errors) = (
-            mesh.clone(),
-            slots.clone(),
-            latencies.clone(),
-            errors.clone(),
-        );
+        let (mesh, slots, tally) = (mesh.clone(), slots.clone(), tally.clone());
         tasks.push(tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            match mesh.activate(None).await {
-                Ok(_) => latencies.lock().expect("latencies").push(due.elapsed()),
-                Err(e) => {
-                    let mut g = errors.lock().expect("errors");
-                    g.0 += 1;
-                    g.1.get_or_insert_with(|| format!("{e:#}"));
-                }
-            }
+            tally.record(mesh.activate(None).await.map(|_| due.elapsed()));
         }));
     }
     for t in tasks {
         t.await?;
     }
-    let secs = started.elapsed().as_secs_f64();
-    let coordinator_cpu = coord.cpu_seconds()? - cpu0;
-    let client_cpu = cpu_seconds_of("/proc/self/stat")? - self0;
-    let mut lat = std::mem::take(&mut *latencies.lock().expect("latencies"));
-    lat.sort();
-    let (errors, first_error) = errors.lock().expect("errors").clone();
-    let ok = lat.len();
-    let per = |cpu: f64| if ok == 0 { 0.0 } else { cpu * 1e6 / ok as f64 };
-    Ok(Outcome {
-        concurrency: max_in_flight,
-        serialized: false,
-        ok,
-        errors,
-        first_error,
-        secs,
-        per_s: ok as f64 / secs,
-        p50_ms: percentile(&lat, 0.50),
-        p99_ms: percentile(&lat, 0.99),
-        max_ms: lat.last().map_or(0.0, ms),
-        coordinator_cpu_us: per(coordinator_cpu),
-        client_cpu_us: per(client_cpu),
-        rss_mb: coord.rss_mb()?.0,
-        offered_per_s: Some(rate),
-    })
+    meter.finish(coord, &tally, max_in_flight, false, Some(rate))
 }
 
 /// Nearest-rank percentile of sorted durations, in ms.
