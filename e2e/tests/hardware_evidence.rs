@@ -138,15 +138,12 @@ fn sidecar(s: &Setup, tee_args: &[&str]) -> std::process::Output {
     run(&mut c, LIMIT).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_sgx_quote_passes_every_check_up_to_the_key_binding() {
-    let s = setup(&["--dangerous-verification-time", RECORDED_AT]).await;
-    let (root, collateral) = (
-        s.gramine.to_str().unwrap().to_string(),
-        s.collateral.to_str().unwrap().to_string(),
-    );
-    let o = sidecar(
-        &s,
+/// The sidecar on the prepared Gramine directory, sending the quote's collateral.
+fn sidecar_with_collateral(s: &Setup) -> std::process::Output {
+    let root = s.gramine.to_str().unwrap().to_string();
+    let collateral = s.collateral.to_str().unwrap().to_string();
+    sidecar(
+        s,
         &[
             "--tee",
             "gramine-sgx",
@@ -155,7 +152,14 @@ async fn a_real_sgx_quote_passes_every_check_up_to_the_key_binding() {
             "--collateral",
             &collateral,
         ],
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_sgx_quote_passes_every_check_up_to_the_key_binding() {
+    let s = setup(&["--dangerous-verification-time", RECORDED_AT]).await;
+    let root = s.gramine.to_str().unwrap().to_string();
+    let o = sidecar_with_collateral(&s);
     let out = text(&o);
     assert!(
         !o.status.success(),
@@ -191,21 +195,7 @@ async fn a_real_sgx_quote_passes_every_check_up_to_the_key_binding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_todays_date_the_same_quote_is_refused_for_its_expired_collateral() {
     let s = setup(&[]).await;
-    let (root, collateral) = (
-        s.gramine.to_str().unwrap().to_string(),
-        s.collateral.to_str().unwrap().to_string(),
-    );
-    let o = sidecar(
-        &s,
-        &[
-            "--tee",
-            "gramine-sgx",
-            "--attestation-root",
-            &root,
-            "--collateral",
-            &collateral,
-        ],
-    );
+    let o = sidecar_with_collateral(&s);
     let out = text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(
