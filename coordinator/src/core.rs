@@ -174,10 +174,15 @@ impl Core {
                 key_path.display(),
                 data_dir.join(crate::store::file::LOG_FILE).display()
             ))?,
-            (true, true) => match reload(data_dir, &tee).await {
-                Ok(inner) => inner,
-                Err(reason) => recovery(reason)?,
-            },
+            (true, true) => {
+                // An unusable directory is not damaged state: refuse to start rather than
+                // enter Recovery, which would invite a new deployment over intact state.
+                ensure_writable(data_dir)?;
+                match reload(data_dir, &tee).await {
+                    Ok(inner) => inner,
+                    Err(reason) => recovery(reason)?,
+                }
+            }
         };
         if let Phase::Recovery { reason } = inner.phase.as_ref() {
             tracing::error!(
@@ -673,6 +678,29 @@ async fn open_state(data_dir: &Path, dek: Secret) -> Result<Inner, String> {
         dek: Some(Arc::new(dek)),
         etcd: None,
     })
+}
+
+/// Refuses a data directory whose state files cannot be opened for writing, or in which no
+/// file can be created (read-only mount, wrong owner or mode), naming the OS error. Opening
+/// for writing writes nothing; the probe file is removed at once.
+fn ensure_writable(data_dir: &Path) -> anyhow::Result<()> {
+    let refuse = |what: String, e: std::io::Error| {
+        anyhow::anyhow!(
+            "the data directory {} is not writable: {what}: {e}; fix its mount or permissions and restart (the stored state was not touched)",
+            data_dir.display()
+        )
+    };
+    for name in [crate::store::file::LOG_FILE, SEALED_KEY_FILE] {
+        let path = data_dir.join(name);
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| refuse(format!("cannot open {name} for writing"), e))?;
+    }
+    let probe = data_dir.join(".quarry-write-probe");
+    std::fs::write(&probe, b"").map_err(|e| refuse("cannot create a file in it".into(), e))?;
+    std::fs::remove_file(&probe).map_err(|e| refuse("cannot remove a file from it".into(), e))
 }
 
 /// Checks the opened state against the last acknowledged head (`found`: None = fresh

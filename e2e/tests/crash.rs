@@ -368,23 +368,16 @@ async fn a_read_only_data_dir_is_a_clear_error_and_changes_nothing() {
         text.contains(cause),
         "the read-only data directory is not named as the cause:\n{text}"
     );
-    eprintln!(
-        "read-only data dir: {}",
-        if started.is_ok() {
-            "started in Recovery"
-        } else {
-            "refused to start"
-        }
-    );
+    // An unusable directory is an operator problem, not damaged state: the coordinator
+    // refuses to start (it used to enter Recovery, which invites a new deployment).
     if let Ok(mut coord) = started {
-        // It may serve, in Recovery (its TLS root is then an ephemeral one), but it must not
-        // run the deployment it cannot write.
-        assert!(
-            text.contains("RECOVERY"),
-            "a coordinator that cannot write its state started without Recovery:\n{text}"
-        );
         coord.kill();
+        panic!("a coordinator that cannot write its state started:\n{text}");
     }
+    assert!(
+        text.contains("is not writable") && text.contains("the stored state was not touched"),
+        "the refusal says what to fix:\n{text}"
+    );
     if !as_root {
         std::process::Command::new("chmod")
             .args(["-R", "u+w", &data])
