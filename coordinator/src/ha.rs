@@ -23,8 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use quarry_api::manifest::SealMode;
 use quarry_api::{Claims, Evidence, Secret};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -229,8 +228,9 @@ fn ephemeral_identity() -> Result<TlsIdentity, String> {
     ))
 }
 
-/// Accepts any certificate whose holder proves possession of its key; who the peer is, is
-/// decided by its evidence, bound to that key.
+/// Accepts any server certificate whose holder proves possession of its key; who the peer
+/// is, is decided by its evidence, bound to that key (the serving side uses
+/// [`crate::tls::AnyClientCert`], the same rule for clients).
 #[derive(Debug)]
 struct KeyPossession(Arc<rustls::crypto::CryptoProvider>);
 
@@ -247,41 +247,6 @@ impl KeyPossession {
             dss,
             &self.0.signature_verification_algorithms,
         )
-    }
-}
-
-impl ClientCertVerifier for KeyPossession {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.verify13(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -452,7 +417,7 @@ pub async fn serve_peers(core: Arc<Core>, listener: tokio::net::TcpListener, own
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map(|b| {
-            b.with_client_cert_verifier(Arc::new(KeyPossession(provider())))
+            b.with_client_cert_verifier(Arc::new(crate::tls::AnyClientCert::new(true)))
                 .with_single_cert(
                     vec![CertificateDer::from(cert)],
                     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),

@@ -37,9 +37,19 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// handshake. Who the certificate belongs to is decided by the handlers: marbles by the
 /// evidence binding to the key, users by exact certificate match.
 #[derive(Debug)]
-struct AnyClientCert {
+pub(crate) struct AnyClientCert {
     mandatory: bool,
     provider: Arc<CryptoProvider>,
+}
+
+impl AnyClientCert {
+    /// The verifier; `mandatory` refuses clients that present no certificate.
+    pub(crate) fn new(mandatory: bool) -> AnyClientCert {
+        AnyClientCert {
+            mandatory,
+            provider: provider(),
+        }
+    }
 }
 
 impl ClientCertVerifier for AnyClientCert {
