@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs one fuzz target for a bounded time: fuzz/run.sh TARGET SECONDS
-# Targets: manifest, evidence, api_body. Needs cargo-fuzz (`cargo install cargo-fuzz`). With a
+# Targets: manifest, evidence, api_body, bundle. Needs cargo-fuzz (`cargo install cargo-fuzz`). With a
 # nightly toolchain the targets run under AddressSanitizer; without one they run on stable
 # with RUSTC_BOOTSTRAP=1 and no sanitizer (Rust code is memory-safe, so libFuzzer still finds
 # panics, overflows, aborts, timeouts and memory blow-ups). The corpus (fuzz/corpus/TARGET) is seeded from the test
-# data; new inputs libFuzzer finds are added to it, crashes land in fuzz/artifacts/TARGET.
+# data; new inputs libFuzzer finds are added to it, crashes land in fuzz/artifacts/TARGET (copy
+# one to fuzz/regressions/TARGET once fixed: every `cargo test` replays that directory).
+# FUZZ_PROFILE=release (default) is cargo-fuzz's optimised build, the fastest fuzzing;
+# FUZZ_PROFILE=dev (`cargo fuzz --dev`, see fuzz/Cargo.toml) builds in half the time with
+# debug assertions on, for short runs such as CI's.
 set -euo pipefail
 cd "$(dirname "$0")"
 target="${1:?usage: fuzz/run.sh TARGET SECONDS}"
@@ -13,6 +17,7 @@ shared="${QUARRY_SHARED_DIR:-../../shared}/testdata"
 mkdir -p "corpus/$target"
 # Seed: the checked-in seeds, plus the shared test data (real manifests and evidence).
 cp -n seeds/"$target"/* "corpus/$target/" 2>/dev/null || true
+cp -n regressions/"$target"/* "corpus/$target/" 2>/dev/null || true
 case "$target" in
   manifest) cp -n "$shared"/marblerun-manifests/*.json "$shared"/marblerun-manifests/*.yaml "corpus/$target/" 2>/dev/null || true ;;
   evidence)
@@ -27,9 +32,14 @@ case "$target" in
     done ;;
 esac
 limits=(-max_total_time="$secs" -rss_limit_mb=2048 -timeout=10)
+case "${FUZZ_PROFILE:-release}" in
+  release) build=(-O) ;;
+  dev) build=(--dev) ;;
+  *) echo "fuzz/run.sh: FUZZ_PROFILE must be release or dev" >&2; exit 2 ;;
+esac
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  exec cargo +nightly fuzz run "$target" "corpus/$target" -- "${limits[@]}"
+  exec cargo +nightly fuzz run "${build[@]}" "$target" "corpus/$target" -- "${limits[@]}"
 fi
 echo "fuzz/run.sh: no nightly toolchain; running on stable without a sanitizer" >&2
 export RUSTC_BOOTSTRAP=1
-exec cargo fuzz run --sanitizer none "$target" "corpus/$target" -- "${limits[@]}"
+exec cargo fuzz run "${build[@]}" --sanitizer none "$target" "corpus/$target" -- "${limits[@]}"

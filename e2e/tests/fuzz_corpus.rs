@@ -1,4 +1,5 @@
-//! Replays the fuzz seeds (fuzz/seeds), any saved fuzz findings (fuzz/artifacts) and the
+//! Replays the fuzz seeds (fuzz/seeds), the committed regression inputs (fuzz/regressions),
+//! any local fuzz findings (fuzz/artifacts, not committed) and the
 //! shared test data (manifests, evidence of every TEE type) through the fuzz target bodies,
 //! so every `cargo test` runs the corpus even where cargo-fuzz and nightly are unavailable.
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ fn replay(target: &str, run: fn(&[u8]), extra: &[(PathBuf, Option<u8>)]) -> usiz
     let mut n = 0;
     for dir in [
         fuzz.join("seeds").join(target),
+        fuzz.join("regressions").join(target),
         fuzz.join("artifacts").join(target),
     ] {
         for f in files(&dir) {
@@ -78,4 +80,12 @@ fn evidence_corpus_of_every_tee_type_verifies_without_panic() {
 #[test]
 fn api_body_corpus_parses_without_panic() {
     assert!(replay("api_body", targets::api_body, &[]) > 0);
+}
+
+#[test]
+fn bundle_corpus_parses_and_verifies_without_panic() {
+    assert!(
+        replay("bundle", targets::bundle, &[]) > 0,
+        "no bundle corpus found"
+    );
 }

@@ -3,6 +3,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quarry_api::evidence::{Evidence, EvidenceType};
+use quarry_api::{Claims, TcbStatus, TeeKind};
 use quarry_attestation::Verifier;
 
 /// Manifest parsing and validation (JSON), and the YAML front end.
@@ -43,6 +44,52 @@ pub fn api_body(data: &[u8]) {
     let _ = serde_json::from_slice::<ManifestSetRequest>(data);
     let _ = serde_json::from_slice::<JSend<serde_json::Value>>(data);
     let _ = serde_json::from_slice::<ActivateResponse>(data);
+}
+
+/// Offline bundles (`quarry verify --bundle`) and coordinator policy files. A fuzzer cannot
+/// forge evidence, so after the real verifiers have seen the bundle's evidence, a stand-in
+/// check accepts it with the claims the statement asks for: that way the statement, CA,
+/// manifest and transparency-log checks behind the evidence check are reached too.
+pub fn bundle(data: &[u8]) {
+    use quarry_api::attestation::{verify_attestation, verify_log, Bundle, CoordinatorPolicy};
+    let _ = CoordinatorPolicy::parse(data);
+    let Ok(bundle) = serde_json::from_slice::<Bundle>(data) else {
+        return;
+    };
+    let st = &bundle.attestation.statement;
+    let _ = verify_log(&bundle.log, st);
+    let nonce = st.nonce.as_deref().and_then(|n| hex::decode(n).ok());
+    let now = UNIX_EPOCH + Duration::from_secs(bundle.captured_at.min(1 << 40));
+    let accept = |evidence: &Evidence, at: SystemTime| -> Result<Claims, String> {
+        verify_all(evidence, at);
+        Ok(Claims {
+            tee: TeeKind::Simulated,
+            identity: Default::default(),
+            debug: false,
+            report_data: st.report_data(),
+            tcb_status: TcbStatus::UpToDate,
+            advisory_ids: vec![],
+            platform_id: None,
+            simulation: st.simulation,
+            reported_tcb: None,
+        })
+    };
+    let deployed = bundle
+        .attestation
+        .manifest
+        .as_deref()
+        .and_then(|b64| quarry_api::bytes::unb64(b64).ok());
+    for manifest in [None, deployed.as_deref()] {
+        let opts = quarry_api::attestation::VerifyOptions {
+            nonce: nonce.as_deref(),
+            manifest,
+            allow_simulation: true,
+            presented_chain: None,
+            log: Some(&bundle.log),
+            now,
+        };
+        let _ = verify_attestation(&bundle.attestation, &opts, &accept);
+    }
 }
 
 fn verify_all(evidence: &Evidence, now: SystemTime) {
