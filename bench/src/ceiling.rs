@@ -144,7 +144,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn tls_configs(
     root: &CaKey,
 ) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = quarry_coordinator::tls::provider();
     let (leaf, leaf_key) = root.issue_server_cert(&["127.0.0.1".to_string()])?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -156,18 +156,21 @@ fn tls_configs(
             ],
             PrivateKeyDer::Pkcs8(leaf_key.expose().to_vec().into()),
         )?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    quarry_coordinator::tls::apply_server_policy(&mut server);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(root.cert_der().to_vec()))?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let cert = rcgen::CertificateParams::new(vec![])?.self_signed(&key)?;
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )?;
+    // The sidecars' provider: ring's default order (the server picks the suite).
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )?;
     Ok((Arc::new(server), Arc::new(client)))
 }
 

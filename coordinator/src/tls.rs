@@ -28,9 +28,15 @@ use crate::limits::Limits;
 #[derive(Clone, Debug, Default)]
 pub struct PeerCert(pub Option<Arc<Vec<u8>>>);
 
-/// The crypto provider used everywhere (ring).
+/// The crypto provider used everywhere (ring), with TLS 1.3's AES-128-GCM-SHA256 first: it
+/// matches the 128-bit strength of the P-256 keys, and SHA-256 (the handshake's key
+/// schedule) runs on the CPU's SHA extensions where SHA-384 does not.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// Accepts any client certificate whose holder proves possession of its key in the
@@ -190,8 +196,22 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    apply_server_policy(&mut cfg);
     Ok(Arc::new(cfg))
+}
+
+/// The coordinator's TLS server settings beyond the protocol version and certificates
+/// (shared with the benchmark's ceiling so that it measures the same handshake).
+pub fn apply_server_policy(cfg: &mut rustls::ServerConfig) {
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No session resumption: a resumed session would skip the client's proof of key
+    // possession and carry the identity of an earlier handshake, and no client of this API
+    // (sidecars, the CLI) ever resumes. Without tickets the server keeps no per-client state
+    // and sends two fewer messages per handshake.
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    // The provider's order (AES-128-GCM-SHA256 first), whatever the client prefers.
+    cfg.ignore_client_order = true;
 }
 
 /// Serves `router` over TLS on `listener` until the task is dropped, within `limits`: at
@@ -418,5 +438,103 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::CaKey;
+    use rustls_pki_types::ServerName;
+
+    /// A server with the coordinator's settings and a client with a fresh self-signed
+    /// certificate that prefers AES-256-GCM (ring's default order), as a sidecar does.
+    fn pair() -> (rustls::ServerConnection, rustls::ClientConnection) {
+        let root = CaKey::new_root().unwrap();
+        let (leaf, key) = root.issue_server_cert(&["127.0.0.1".into()]).unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(AnyClientCert::new(true)))
+            .with_single_cert(
+                vec![
+                    CertificateDer::from(leaf),
+                    CertificateDer::from(root.cert_der().to_vec()),
+                ],
+                PrivateKeyDer::Pkcs8(key.expose().to_vec().into()),
+            )
+            .unwrap();
+        apply_server_policy(&mut server);
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(root.cert_der().to_vec()))
+            .unwrap();
+        let client_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let client_cert = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .self_signed(&client_key)
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from(client_cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(client_key.serialize_der().into()),
+        )
+        .unwrap();
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        (
+            rustls::ServerConnection::new(Arc::new(server)).unwrap(),
+            rustls::ClientConnection::new(Arc::new(client), name).unwrap(),
+        )
+    }
+
+    /// Moves every pending TLS byte from `from` to `to` and processes it; returns how many
+    /// bytes moved.
+    fn transfer(from: &mut rustls::Connection, to: &mut rustls::Connection) -> usize {
+        let mut buf = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut buf).unwrap();
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            to.read_tls(&mut rd).unwrap();
+            to.process_new_packets().unwrap();
+        }
+        buf.len()
+    }
+
+    #[test]
+    fn the_server_picks_aes_128_gcm_and_sends_no_session_tickets() {
+        let (server, client) = pair();
+        let (mut server, mut client) = (
+            rustls::Connection::from(server),
+            rustls::Connection::from(client),
+        );
+        transfer(&mut client, &mut server); // ClientHello
+        transfer(&mut server, &mut client); // ServerHello .. server Finished
+        transfer(&mut client, &mut server); // client Certificate, CertificateVerify, Finished
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        assert_eq!(
+            server.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+            "the client preferred AES-256-GCM; the server's order must win"
+        );
+        // With tickets the server would now send NewSessionTicket messages.
+        assert_eq!(
+            transfer(&mut server, &mut client),
+            0,
+            "the server sent something after the handshake (a session ticket?)"
+        );
+    }
+
+    #[test]
+    fn the_provider_puts_aes_128_gcm_first() {
+        let suites: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(suites[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert!(suites.contains(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384));
     }
 }
