@@ -37,8 +37,12 @@ case "${FUZZ_PROFILE:-release}" in
   dev) build=(--dev) ;;
   *) echo "fuzz/run.sh: FUZZ_PROFILE must be release or dev" >&2; exit 2 ;;
 esac
+# FUZZ_SANITIZER=address (default on nightly) or none: the Rust code is memory-safe, so
+# without a sanitizer libFuzzer still finds panics, overflows (dev), timeouts and blow-ups;
+# the build is a quarter faster (dev: 3m28s against 4m37s on 2 cores).
+sanitizer="${FUZZ_SANITIZER:-address}"
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  exec cargo +nightly fuzz run "${build[@]}" "$target" "corpus/$target" -- "${limits[@]}"
+  exec cargo +nightly fuzz run "${build[@]}" --sanitizer "$sanitizer" "$target" "corpus/$target" -- "${limits[@]}"
 fi
 echo "fuzz/run.sh: no nightly toolchain; running on stable without a sanitizer" >&2
 export RUSTC_BOOTSTRAP=1

@@ -9,10 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use quarry_attestation::simulated::{SimProvider, SimVerifier};
 use quarry_attestation::{EvidenceProvider, Verifier};
 use quarry_coordinator::pki::{CaKey, LeafRequest};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Serialize;
 
 /// Per-operation costs in microseconds (median of rounds) and the ceiling they imply.
@@ -148,7 +145,7 @@ fn tls_configs(
     let (leaf, leaf_key) = root.issue_server_cert(&["127.0.0.1".to_string()])?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(KeyPossession(provider.clone())))
+        .with_client_cert_verifier(Arc::new(quarry_coordinator::tls::AnyClientCert::new(true)))
         .with_single_cert(
             vec![
                 CertificateDer::from(leaf),
@@ -222,51 +219,4 @@ fn handshake(
         "in-memory handshake did not complete"
     );
     Ok((st, ct))
-}
-
-/// Accepts any client certificate whose key signs the TLS 1.3 handshake (what the
-/// coordinator's mesh API does; identity comes from the evidence binding).
-#[derive(Debug)]
-struct KeyPossession(Arc<rustls::crypto::CryptoProvider>);
-
-impl ClientCertVerifier for KeyPossession {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -43,14 +43,14 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// handshake. Who the certificate belongs to is decided by the handlers: marbles by the
 /// evidence binding to the key, users by exact certificate match.
 #[derive(Debug)]
-pub(crate) struct AnyClientCert {
+pub struct AnyClientCert {
     mandatory: bool,
     provider: Arc<CryptoProvider>,
 }
 
 impl AnyClientCert {
     /// The verifier; `mandatory` refuses clients that present no certificate.
-    pub(crate) fn new(mandatory: bool) -> AnyClientCert {
+    pub fn new(mandatory: bool) -> AnyClientCert {
         AnyClientCert {
             mandatory,
             provider: provider(),
@@ -188,10 +188,7 @@ pub fn server_config(
     client_cert_required: bool,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = provider();
-    let verifier = Arc::new(AnyClientCert {
-        mandatory: client_cert_required,
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(AnyClientCert::new(client_cert_required));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
