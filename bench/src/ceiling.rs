@@ -27,21 +27,25 @@ pub struct Ceiling {
     pub client_key_us: f64,
     /// Sidecar evidence generation (simulated: one ECDSA signature).
     pub evidence_us: f64,
-    /// CPUs available to this run.
+    /// CPUs the coordinator runs on (all of this machine's unless pinned).
     pub cores: usize,
+    /// The coordinator's CPU list when pinned (`--coordinator-cpus`), else `None`.
+    pub coordinator_cpus: Option<String>,
     /// verify + sign + server handshake.
     pub coordinator_us: f64,
     /// `cores` / `coordinator_us`: activations per second if the cores did nothing else.
     pub per_s: f64,
 }
 
-/// Measures the ceiling; `provider` signs evidence that `verifier` accepts.
+/// Measures the ceiling of a coordinator on `cores` CPUs (`pinned`: their list, if the
+/// coordinator is pinned); `provider` signs evidence that `verifier` accepts.
 pub fn measure(
     provider: &SimProvider,
     verifier: &SimVerifier,
     round: Duration,
+    cores: usize,
+    pinned: Option<String>,
 ) -> anyhow::Result<Ceiling> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
     let rd = quarry_api::evidence::activation_report_data(&spki, Some(&[7; 32]));
@@ -107,6 +111,7 @@ pub fn measure(
         client_key_us,
         evidence_us,
         cores,
+        coordinator_cpus: pinned,
         coordinator_us,
         per_s: cores as f64 * 1e6 / coordinator_us,
     })

@@ -31,6 +31,7 @@ impl Coordinator {
         data_dir: &Path,
         platform: &Path,
         log: &Path,
+        cpus: Option<&str>,
     ) -> anyhow::Result<Coordinator> {
         let start_len = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0) as usize;
         let log_file = std::fs::OpenOptions::new()
@@ -38,7 +39,16 @@ impl Coordinator {
             .append(true)
             .open(log)?;
         let started = Instant::now();
-        let child = Command::new(binary)
+        // Pinned with taskset(1), which execs the coordinator in place (same pid).
+        let mut command = match cpus {
+            Some(list) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(list).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(["--tee", "simulated", "--log-format", "json"])
             .arg("--sim-platform")
             .arg(platform)

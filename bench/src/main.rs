@@ -5,6 +5,7 @@
 
 mod ceiling;
 mod coordinator;
+mod cpus;
 mod report;
 mod run;
 mod sidecar;
@@ -56,6 +57,12 @@ struct Args {
     /// Keep the data directory and coordinator log (printed) instead of deleting them.
     #[arg(long)]
     keep: bool,
+    /// Pin the coordinator to these CPUs (taskset list, e.g. `0` or `0-1`) and count only
+    /// them in the ceiling. Run the benchmark itself on the other CPUs
+    /// (`taskset -c 1 quarry-bench --coordinator-cpus 0`), so the sidecars do not share the
+    /// coordinator's cores.
+    #[arg(long, value_name = "LIST")]
+    coordinator_cpus: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,11 +106,34 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     )?);
     let verifier = SimVerifier::from_ca_file(&SimVerifier::ca_path(&platform_dir))?;
 
+    let cores = match &args.coordinator_cpus {
+        Some(list) => {
+            let coordinator = cpus::parse_list(list)
+                .map_err(|e| anyhow::anyhow!("--coordinator-cpus {list:?}: {e}"))?;
+            let own = cpus::own()?;
+            if !coordinator.is_disjoint(&own) {
+                eprintln!(
+                    "warning: the benchmark may run on the coordinator's CPUs ({list}); run it \
+                     under taskset on the others (this process may use {own:?})"
+                );
+            }
+            coordinator.len()
+        }
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let pinned = args.coordinator_cpus.as_deref();
+
     progress(&args, "measuring the crypto ceiling");
-    let ceiling = ceiling::measure(&provider, &verifier, Duration::from_millis(args.round_ms))?;
+    let ceiling = ceiling::measure(
+        &provider,
+        &verifier,
+        Duration::from_millis(args.round_ms),
+        cores,
+        args.coordinator_cpus.clone(),
+    )?;
 
     progress(&args, "starting the coordinator and setting the manifest");
-    let coord = Coordinator::start(&binary, &data_dir, &platform_dir, &log)?;
+    let coord = Coordinator::start(&binary, &data_dir, &platform_dir, &log, pinned)?;
     let mesh = Arc::new(run::prepare(&coord, provider.clone()).await?);
     let mut activated = run::warm_up(&mesh, 20).await?;
 
@@ -163,7 +193,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
     progress(&args, "restarting (SIGKILL) and reloading the sealed state");
     coord.kill();
-    let coord = Coordinator::start(&binary, &data_dir, &platform_dir, &log)?;
+    let coord = Coordinator::start(&binary, &data_dir, &platform_dir, &log, pinned)?;
     let (rss_reload_mb, _) = coord.rss_mb()?;
     let reload_s = coord.startup.as_secs_f64();
     let reload_state_ms = coord.reload_ms;

@@ -113,9 +113,13 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let c = &self.ceiling;
+        let pinned = match &c.coordinator_cpus {
+            Some(list) => format!(": the coordinator's, pinned to CPUs {list}"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "\nCeiling ({} cores), µs per operation, one core:",
+            "\nCeiling ({} cores{pinned}), µs per operation, one core:",
             c.cores
         );
         let _ = writeln!(out, "| evidence verify | leaf sign | TLS 1.3 mTLS handshake, server | coordinator sum | ceiling/s |");
@@ -127,8 +131,15 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "Sidecar side (shares the cores here): key + self-signed cert {:.1} µs, evidence {:.1} µs, handshake client {:.1} µs\n",
-            c.client_key_us, c.evidence_us, c.handshake_client_us
+            "Sidecar side ({}): key + self-signed cert {:.1} µs, evidence {:.1} µs, handshake client {:.1} µs\n",
+            if c.coordinator_cpus.is_some() {
+                "on the benchmark's own CPUs"
+            } else {
+                "shares the cores here"
+            },
+            c.client_key_us,
+            c.evidence_us,
+            c.handshake_client_us
         );
         let _ = writeln!(out, "| concurrency | mode | activations | errors | act/s | p50 ms | p99 ms | max ms | coordinator CPU µs/act | sidecar CPU µs/act | RSS MiB |");
         let _ = writeln!(
