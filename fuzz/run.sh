@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs one fuzz target for a bounded time: fuzz/run.sh TARGET SECONDS
-# Targets: manifest, evidence, api_body, bundle. Needs cargo-fuzz (`cargo install cargo-fuzz`). With a
-# nightly toolchain the targets run under AddressSanitizer; without one they run on stable
-# with RUSTC_BOOTSTRAP=1 and no sanitizer (Rust code is memory-safe, so libFuzzer still finds
-# panics, overflows, aborts, timeouts and memory blow-ups). The corpus (fuzz/corpus/TARGET) is seeded from the test
+# Targets: manifest, evidence, api_body, bundle. Needs cargo-fuzz (`cargo install
+# cargo-fuzz`). With a nightly toolchain the targets run under AddressSanitizer (unless
+# FUZZ_SANITIZER=none); without one they run on stable with RUSTC_BOOTSTRAP=1 and no
+# sanitizer (Rust code is memory-safe, so libFuzzer still finds panics, overflows, aborts,
+# timeouts and memory blow-ups). The corpus (fuzz/corpus/TARGET) is seeded from the test
 # data; new inputs libFuzzer finds are added to it, crashes land in fuzz/artifacts/TARGET (copy
 # one to fuzz/regressions/TARGET once fixed: every `cargo test` replays that directory).
 # FUZZ_PROFILE=release (default) is cargo-fuzz's optimised build, the fastest fuzzing;

@@ -2,7 +2,8 @@
 //! simulated evidence verification, one marble leaf signature (the coordinator's own
 //! `issue_marble_leaf`) and the server side of one TLS 1.3 handshake with client
 //! authentication (in memory, the coordinator's TLS settings). The client-side costs a
-//! sidecar pays are measured too, because in this benchmark the sidecars share the cores.
+//! sidecar pays are measured too: unless the coordinator is pinned (`--coordinator-cpus`),
+//! the sidecars of this benchmark share its cores.
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 

@@ -1,7 +1,7 @@
 //! Replays the fuzz seeds (fuzz/seeds), the committed regression inputs (fuzz/regressions),
-//! any local fuzz findings (fuzz/artifacts, not committed) and the
-//! shared test data (manifests, evidence of every TEE type) through the fuzz target bodies,
-//! so every `cargo test` runs the corpus even where cargo-fuzz and nightly are unavailable.
+//! any local fuzz findings (fuzz/artifacts, not committed) and the shared test data
+//! (manifests, evidence of every TEE type) through the fuzz target bodies, so every
+//! `cargo test` runs the corpus even where cargo-fuzz and nightly are unavailable.
 use std::path::{Path, PathBuf};
 
 #[allow(dead_code)]
