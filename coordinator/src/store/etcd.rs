@@ -24,16 +24,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions,
-    TxnOp, TxnOpResponse,
-};
 use quarry_api::Secret;
+use tonic::Status;
+
+use wire::pb;
+use wire::Client;
 
 use super::file::HeadTracker;
 use super::head::Head;
 use super::seal;
 use super::{Check, Store, StoreError, Txn, Versioned};
+
+mod wire;
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "/quarry/";
@@ -72,18 +74,12 @@ pub struct EtcdConn {
     prefix: String,
 }
 
-/// Maps an etcd client error to [`StoreError::Unavailable`] naming the operation.
-fn unavailable(what: &str) -> impl Fn(etcd_client::Error) -> StoreError + '_ {
+/// Maps an etcd error to [`StoreError::Unavailable`] naming the operation.
+fn unavailable(what: &str) -> impl Fn(Status) -> StoreError + '_ {
     move |e| StoreError::Unavailable(format!("etcd {what}: {}", describe(&e)))
 }
 
-/// A short description of an etcd client error (gRPC status message or transport error).
-fn describe(e: &etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
-        other => other.to_string(),
-    }
-}
+use wire::{describe, might_have_applied};
 
 /// How long a read is retried while etcd endpoints fail (another member may answer).
 const READ_RETRY: Duration = Duration::from_secs(8);
@@ -94,7 +90,7 @@ const READ_RETRY: Duration = Duration::from_secs(8);
 async fn retry_read<T, F, Fut>(what: &str, mut op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    Fut: std::future::Future<Output = Result<T, Status>>,
 {
     let started = Instant::now();
     loop {
@@ -135,40 +131,38 @@ impl EtcdConn {
                 config.prefix
             )));
         }
-        let mut options = ConnectOptions::new()
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_require_leader(true);
+        let options = wire::ChannelOptions {
+            request_timeout: REQUEST_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
+            keep_alive: (Duration::from_secs(5), Duration::from_secs(3)),
+            max_message: MAX_MESSAGE,
+        };
         let read = |p: &PathBuf, what: &str| {
             std::fs::read(p).map_err(|e| {
                 StoreError::Unavailable(format!("reading the etcd {what} {}: {e}", p.display()))
             })
         };
+        let mut tls = None;
         if config.ca.is_some() || config.cert.is_some() || config.key.is_some() {
-            let mut tls = TlsOptions::new();
-            if let Some(ca) = &config.ca {
-                tls = tls.ca_certificate(Certificate::from_pem(read(ca, "CA")?));
-            }
-            match (&config.cert, &config.key) {
+            let identity = match (&config.cert, &config.key) {
                 (Some(c), Some(k)) => {
-                    tls = tls.identity(Identity::from_pem(
-                        read(c, "client certificate")?,
-                        read(k, "client key")?,
-                    ));
+                    Some((read(c, "client certificate")?, read(k, "client key")?))
                 }
-                (None, None) => {}
+                (None, None) => None,
                 _ => {
                     return Err(StoreError::Unavailable(
                         "--etcd-cert and --etcd-key must be given together".into(),
                     ))
                 }
-            }
-            options = options.with_tls(tls);
+            };
+            let ca = match &config.ca {
+                Some(ca) => Some(read(ca, "CA")?),
+                None => None,
+            };
+            tls = Some(wire::TlsMaterial { ca, identity });
         }
-        let client = Client::connect(&config.endpoints, Some(options))
-            .await
-            .map_err(unavailable("connect"))?;
+        let client =
+            Client::new(&config.endpoints, &options, tls).map_err(StoreError::Unavailable)?;
         Ok(EtcdConn {
             client,
             prefix: config.prefix.clone(),
@@ -183,31 +177,24 @@ impl EtcdConn {
     /// Reads control key `name`: (value, mod_revision).
     pub async fn get_control(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
         let key = self.control(name);
-        let resp = retry_read("get", || {
-            let mut kv = self.client.kv_client();
-            let key = key.clone();
-            async move { kv.get(key, None).await }
-        })
-        .await?;
+        let resp = retry_read("get", || self.client.get(key.clone())).await?;
         Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+            .kvs
+            .into_iter()
+            .next()
+            .map(|kv| (kv.value, kv.mod_revision)))
     }
 
     /// Creates control key `name` unless it exists; true when this call created it.
     pub async fn create_control(&self, name: &str, value: Vec<u8>) -> Result<bool, StoreError> {
         let key = self.control(name);
-        let txn = etcd_client::Txn::new()
-            .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then(vec![TxnOp::put(key, value.clone(), None)]);
-        let resp = retry_read("create", || {
-            let mut kv = self.client.kv_client();
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })
-        .await?;
-        if resp.succeeded() {
+        let txn = pb::TxnRequest {
+            compare: vec![wire::version_equals(key.clone(), 0)],
+            success: vec![wire::put_op(key, value.clone())],
+            failure: Vec::new(),
+        };
+        let resp = retry_read("create", || self.client.txn(txn.clone())).await?;
+        if resp.succeeded {
             return Ok(true);
         }
         // A resend after an unknown outcome finds its own write (values are unique).
@@ -220,18 +207,19 @@ impl EtcdConn {
     /// Control keys under `<prefix>c/<dir>`: (name after `dir`, value).
     pub async fn scan_control(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let start = self.control(dir);
-        let resp = retry_read("scan", || {
-            let mut kv = self.client.kv_client();
-            let start = start.clone();
-            async move { kv.get(start, Some(GetOptions::new().with_prefix())).await }
-        })
-        .await?;
+        let request = pb::RangeRequest {
+            key: start.clone(),
+            range_end: prefix_end(&start),
+            ..Default::default()
+        };
+        let resp = retry_read("scan", || self.client.range(request.clone())).await?;
         Ok(resp
-            .kvs()
-            .iter()
+            .kvs
+            .into_iter()
             .map(|kv| {
-                let name = String::from_utf8_lossy(&kv.key()[start.len()..]).into_owned();
-                (name, kv.value().to_vec())
+                let name = String::from_utf8_lossy(kv.key.get(start.len()..).unwrap_or_default())
+                    .into_owned();
+                (name, kv.value)
             })
             .collect())
     }
@@ -239,34 +227,21 @@ impl EtcdConn {
     /// True when at least one store key (`<prefix>s/`) exists.
     pub async fn has_state(&self) -> Result<bool, StoreError> {
         let start = format!("{}s/", self.prefix).into_bytes();
-        let resp = retry_read("count", || {
-            let mut kv = self.client.kv_client();
-            let start = start.clone();
-            async move {
-                kv.get(
-                    start,
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )
-                .await
-            }
-        })
-        .await?;
-        Ok(resp.count() > 0)
+        let request = pb::RangeRequest {
+            key: start.clone(),
+            range_end: prefix_end(&start),
+            count_only: true,
+            ..Default::default()
+        };
+        let resp = retry_read("count", || self.client.range(request.clone())).await?;
+        Ok(resp.count > 0)
     }
 
     /// etcd's current revision.
     pub async fn revision(&self) -> Result<u64, StoreError> {
         let key = self.control("cluster");
-        let resp = retry_read("get", || {
-            let mut kv = self.client.kv_client();
-            let key = key.clone();
-            async move { kv.get(key, None).await }
-        })
-        .await?;
-        Ok(resp
-            .header()
-            .map(|h| u64::try_from(h.revision()).unwrap_or(0))
-            .unwrap_or(0))
+        let resp = retry_read("get", || self.client.get(key.clone())).await?;
+        Ok(u64::try_from(wire::header_revision(resp.header.as_ref())).unwrap_or(0))
     }
 
     /// Writes control key `name` under a lease of `ttl` and keeps the lease alive until the
@@ -290,47 +265,24 @@ impl EtcdConn {
         })
     }
 
-    async fn keep_announced(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        ttl: i64,
-    ) -> Result<(), etcd_client::Error> {
-        let mut lease = self.client.lease_client();
-        let granted = lease.grant(ttl, None).await?;
-        let id = granted.id();
-        self.client
-            .kv_client()
-            .put(
-                key.to_vec(),
-                value.to_vec(),
-                Some(etcd_client::PutOptions::new().with_lease(id)),
-            )
-            .await?;
-        let (mut keeper, mut responses) = lease.keep_alive(id).await?;
+    async fn keep_announced(&self, key: &[u8], value: &[u8], ttl: i64) -> Result<(), Status> {
+        let id = self.client.lease_grant(ttl).await?;
+        self.client.put(key.to_vec(), value.to_vec(), id).await?;
+        let (keeper, mut responses) = self.client.lease_keep_alive(id).await?;
         let period = Duration::from_secs(u64::try_from(ttl / 3).unwrap_or(1).max(1));
         loop {
-            keeper.keep_alive().await?;
             match tokio::time::timeout(REQUEST_TIMEOUT, responses.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                Ok(Ok(Some(_))) => {
-                    return Err(etcd_client::Error::LeaseKeepAliveError(
-                        "the lease expired".into(),
-                    ))
-                }
-                Ok(Ok(None)) => {
-                    return Err(etcd_client::Error::LeaseKeepAliveError(
-                        "keep-alive stream closed".into(),
-                    ))
-                }
+                Ok(Ok(Some(r))) if r.ttl > 0 => {}
+                Ok(Ok(Some(_))) => return Err(Status::unavailable("the lease expired")),
+                Ok(Ok(None)) => return Err(Status::unavailable("keep-alive stream closed")),
                 Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(etcd_client::Error::LeaseKeepAliveError(
-                        "keep-alive timed out".into(),
-                    ))
-                }
+                Err(_) => return Err(Status::deadline_exceeded("keep-alive timed out")),
             }
             tokio::time::sleep(period).await;
+            keeper
+                .send(pb::LeaseKeepAliveRequest { id })
+                .await
+                .map_err(|_| Status::cancelled("keep-alive stream closed"))?;
         }
     }
 
@@ -349,11 +301,8 @@ impl EtcdConn {
                     return;
                 }
                 let start = data_prefix.clone();
-                let options = etcd_client::WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(next);
-                let mut stream = match conn.client.watch_client().watch(start, Some(options)).await
-                {
+                let end = prefix_end(&start);
+                let mut stream = match conn.client.watch(start, end, next).await {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(error = %describe(&e), "etcd watch failed; retrying");
@@ -374,8 +323,8 @@ impl EtcdConn {
                             break;
                         }
                     };
-                    if resp.compact_revision() > 0 {
-                        next = resp.compact_revision();
+                    if resp.compact_revision > 0 {
+                        next = resp.compact_revision;
                         let _ = tx
                             .send(vec![Changed {
                                 key: String::new(),
@@ -384,21 +333,22 @@ impl EtcdConn {
                             .await;
                         break;
                     }
-                    if resp.canceled() {
+                    if resp.canceled {
+                        tracing::warn!(reason = %resp.cancel_reason, "etcd cancelled the watch; re-establishing");
                         break;
                     }
                     let mut batch = Vec::new();
-                    for ev in resp.events() {
-                        if let Some(kv) = ev.kv() {
+                    for ev in &resp.events {
+                        if let Some(kv) = &ev.kv {
                             let key = kv
-                                .key()
+                                .key
                                 .get(data_prefix.len()..)
                                 .map(|k| String::from_utf8_lossy(k).into_owned())
                                 .unwrap_or_default();
-                            next = next.max(kv.mod_revision() + 1);
+                            next = next.max(kv.mod_revision + 1);
                             batch.push(Changed {
                                 key,
-                                revision: u64::try_from(kv.mod_revision()).unwrap_or(0),
+                                revision: u64::try_from(kv.mod_revision).unwrap_or(0),
                             });
                         }
                     }
@@ -478,19 +428,19 @@ impl EtcdStore {
         })
     }
 
-    fn versioned(&self, kv: &etcd_client::KeyValue) -> Result<(String, Versioned), StoreError> {
+    fn versioned(&self, kv: &pb::KeyValue) -> Result<(String, Versioned), StoreError> {
         let name = kv
-            .key()
+            .key
             .get(self.data_prefix_len()..)
             .and_then(|k| std::str::from_utf8(k).ok())
             .ok_or_else(|| StoreError::Corrupt("an etcd key is not UTF-8".into()))?
             .to_string();
-        let value = self.decrypt(&name, kv.value())?;
+        let value = self.decrypt(&name, &kv.value)?;
         Ok((
             name,
             Versioned {
                 value,
-                revision: u64::try_from(kv.mod_revision()).unwrap_or(0),
+                revision: u64::try_from(kv.mod_revision).unwrap_or(0),
             },
         ))
     }
@@ -538,26 +488,18 @@ impl EtcdStore {
     }
 
     /// Gets one raw etcd key (retried across members).
-    async fn raw_get(&self, key: Vec<u8>) -> Result<etcd_client::GetResponse, StoreError> {
-        retry_read("get", || {
-            let mut kv = self.conn.client.kv_client();
-            let key = key.clone();
-            async move { kv.get(key, None).await }
-        })
-        .await
+    async fn raw_get(&self, key: Vec<u8>) -> Result<Option<pb::KeyValue>, StoreError> {
+        let resp = retry_read("get", || self.conn.client.get(key.clone())).await?;
+        Ok(resp.kvs.into_iter().next())
     }
 
     /// Reads counter `key`: (value, mod_revision), None when absent.
     async fn read_counter(&self, key: &str) -> Result<Option<(u64, i64)>, StoreError> {
-        let resp = self.raw_get(self.data_key(key)).await?;
-        match resp.kvs().first() {
+        match self.raw_get(self.data_key(key)).await? {
             None => Ok(None),
             Some(kv) => {
-                let plain = self.decrypt(key, kv.value())?;
-                Ok(Some((
-                    super::decode_counter(key, &plain)?,
-                    kv.mod_revision(),
-                )))
+                let plain = self.decrypt(key, &kv.value)?;
+                Ok(Some((super::decode_counter(key, &plain)?, kv.mod_revision)))
             }
         }
     }
@@ -571,10 +513,9 @@ impl EtcdStore {
         let mut compares = Vec::new();
         for c in &txn.checks {
             compares.push(match c {
-                Check::Absent(k) => Compare::version(self.data_key(k), CompareOp::Equal, 0),
-                Check::Revision(k, r) => Compare::mod_revision(
+                Check::Absent(k) => wire::version_equals(self.data_key(k), 0),
+                Check::Revision(k, r) => wire::mod_revision_equals(
                     self.data_key(k),
-                    CompareOp::Equal,
                     i64::try_from(*r).unwrap_or(i64::MAX),
                 ),
             });
@@ -609,8 +550,8 @@ impl EtcdStore {
         }
         for (key, read) in counters {
             compares.push(match read {
-                None => Compare::version(self.data_key(key), CompareOp::Equal, 0),
-                Some((_, rev)) => Compare::mod_revision(self.data_key(key), CompareOp::Equal, *rev),
+                None => wire::version_equals(self.data_key(key), 0),
+                Some((_, rev)) => wire::mod_revision_equals(self.data_key(key), *rev),
             });
         }
         let mut ops = Vec::new();
@@ -622,10 +563,10 @@ impl EtcdStore {
         ) {
             let sealed = self.encrypt(&k, &v)?;
             written.push((self.data_key(&k), sealed.clone()));
-            ops.push(TxnOp::put(self.data_key(&k), sealed, None));
+            ops.push(wire::put_op(self.data_key(&k), sealed));
         }
         for k in &txn.deletes {
-            ops.push(TxnOp::delete(self.data_key(k), None));
+            ops.push(wire::delete_op(self.data_key(k)));
         }
         // On failure, read back every compared key to tell a failed check from a race.
         let mut reads = Vec::new();
@@ -637,23 +578,24 @@ impl EtcdStore {
             })
             .chain(counters.iter().map(|(k, _)| k))
         {
-            reads.push(TxnOp::get(self.data_key(k), None));
+            reads.push(wire::get_op(self.data_key(k)));
         }
-        let etcd_txn = etcd_client::Txn::new()
-            .when(compares)
-            .and_then(ops)
-            .or_else(reads);
+        let etcd_txn = pb::TxnRequest {
+            compare: compares,
+            success: ops,
+            failure: reads,
+        };
         let outcome = self.send_txn(etcd_txn, &written).await?;
         let resp = match outcome {
             Sent::Applied(rev) => return Ok((Attempt::Done(rev), written)),
             Sent::Failed(resp) => resp,
         };
         // Which compare failed? Responses come in the order of `reads`.
-        let got: Vec<Option<etcd_client::KeyValue>> = resp
-            .op_responses()
+        let got: Vec<Option<pb::KeyValue>> = resp
+            .responses
             .into_iter()
-            .map(|r| match r {
-                TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            .map(|r| match r.response {
+                Some(pb::response_op::Response::ResponseRange(g)) => g.kvs.into_iter().next(),
                 _ => None,
             })
             .collect();
@@ -664,7 +606,7 @@ impl EtcdStore {
                 Check::Revision(k, r) => (
                     k,
                     kv.as_ref()
-                        .is_some_and(|kv| u64::try_from(kv.mod_revision()).ok() == Some(*r)),
+                        .is_some_and(|kv| u64::try_from(kv.mod_revision).ok() == Some(*r)),
                 ),
             };
             if !ok {
@@ -676,8 +618,8 @@ impl EtcdStore {
             let value = match got.get(txn.checks.len() + j).cloned().flatten() {
                 None => None,
                 Some(kv) => {
-                    let plain = self.decrypt(key, kv.value())?;
-                    Some((super::decode_counter(key, &plain)?, kv.mod_revision()))
+                    let plain = self.decrypt(key, &kv.value)?;
+                    Some((super::decode_counter(key, &plain)?, kv.mod_revision))
                 }
             };
             fresh.push((key.clone(), value));
@@ -689,14 +631,12 @@ impl EtcdStore {
     async fn failed_check(&self, txn: &Txn) -> Result<Option<String>, StoreError> {
         for c in &txn.checks {
             let (key, ok) = match c {
-                Check::Absent(k) => (k, self.raw_get(self.data_key(k)).await?.kvs().is_empty()),
+                Check::Absent(k) => (k, self.raw_get(self.data_key(k)).await?.is_none()),
                 Check::Revision(k, r) => (
                     k,
                     self.raw_get(self.data_key(k))
                         .await?
-                        .kvs()
-                        .first()
-                        .is_some_and(|kv| u64::try_from(kv.mod_revision()).ok() == Some(*r)),
+                        .is_some_and(|kv| u64::try_from(kv.mod_revision).ok() == Some(*r)),
                 ),
             };
             if !ok {
@@ -710,15 +650,15 @@ impl EtcdStore {
     /// it until etcd answers, and decides from `written` whether an earlier send applied.
     async fn send_txn(
         &self,
-        txn: etcd_client::Txn,
+        txn: pb::TxnRequest,
         written: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<Sent, StoreError> {
         let started = Instant::now();
         let mut uncertain = false;
         loop {
-            match self.conn.client.kv_client().txn(txn.clone()).await {
-                Ok(resp) if resp.succeeded() => {
-                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            match self.conn.client.txn(txn.clone()).await {
+                Ok(resp) if resp.succeeded => {
+                    let rev = wire::header_revision(resp.header.as_ref());
                     return Ok(Sent::Applied(u64::try_from(rev).unwrap_or(0)));
                 }
                 Ok(resp) => {
@@ -766,10 +706,9 @@ impl EtcdStore {
         written: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<Option<u64>, StoreError> {
         for (key, sealed) in written {
-            let resp = self.raw_get(key.clone()).await?;
-            if let Some(kv) = resp.kvs().first() {
-                if kv.value() == sealed.as_slice() {
-                    return Ok(Some(u64::try_from(kv.mod_revision()).unwrap_or(0)));
+            if let Some(kv) = self.raw_get(key.clone()).await? {
+                if kv.value == *sealed {
+                    return Ok(Some(u64::try_from(kv.mod_revision).unwrap_or(0)));
                 }
             }
         }
@@ -779,31 +718,15 @@ impl EtcdStore {
 
 enum Sent {
     Applied(u64),
-    Failed(etcd_client::TxnResponse),
-}
-
-/// True when a failed request may nevertheless have been applied by etcd.
-fn might_have_applied(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => matches!(
-            s.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Unknown
-                | tonic::Code::Cancelled
-        ),
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        _ => false,
-    }
+    Failed(pb::TxnResponse),
 }
 
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let resp = self.raw_get(self.data_key(key)).await?;
-        match resp.kvs().first() {
+        match self.raw_get(self.data_key(key)).await? {
             None => Ok(None),
-            Some(kv) => Ok(Some(self.versioned(kv)?.1)),
+            Some(kv) => Ok(Some(self.versioned(&kv)?.1)),
         }
     }
 
@@ -821,32 +744,24 @@ impl Store for EtcdStore {
         let mut out = Vec::new();
         let mut revision = 0;
         loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(SCAN_PAGE);
-            if revision > 0 {
-                // Every page from the same revision: one consistent snapshot.
-                options = options.with_revision(revision);
-            }
-            let resp = retry_read("scan", || {
-                let mut kv = self
-                    .conn
-                    .client
-                    .kv_client()
-                    .max_decoding_message_size(MAX_MESSAGE);
-                let (from, options) = (from.clone(), options.clone());
-                async move { kv.get(from, Some(options)).await }
-            })
-            .await?;
+            // Every page from the same revision: one consistent snapshot.
+            let request = pb::RangeRequest {
+                key: from.clone(),
+                range_end: end.clone(),
+                limit: SCAN_PAGE,
+                revision,
+                ..Default::default()
+            };
+            let resp = retry_read("scan", || self.conn.client.range(request.clone())).await?;
             if revision == 0 {
-                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                revision = wire::header_revision(resp.header.as_ref());
             }
-            for kv in resp.kvs() {
+            for kv in &resp.kvs {
                 out.push(self.versioned(kv)?);
             }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    from = last.key().to_vec();
+            match resp.kvs.last() {
+                Some(last) if resp.more => {
+                    from = last.key.clone();
                     from.push(0);
                 }
                 _ => return Ok(out),

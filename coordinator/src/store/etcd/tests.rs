@@ -206,11 +206,11 @@ async fn commits_compare_on_revisions_and_values_are_encrypted() {
     assert!(matches!(stale, Err(StoreError::Conflict(k)) if k == "a"));
     assert_eq!(store.get("a").await.unwrap().unwrap().value, b"two");
     // The raw etcd value is ciphertext bound to its key.
-    let mut kv = etcd.conn("/").await.client.kv_client();
-    let raw = kv.get("/q1/s/a", None).await.unwrap();
-    let raw = raw.kvs()[0].value().to_vec();
+    let raw_client = etcd.conn("/").await.client;
+    let raw = raw_client.get(b"/q1/s/a".to_vec()).await.unwrap();
+    let raw = raw.kvs[0].value.clone();
     assert!(!raw.windows(3).any(|w| w == b"two"));
-    kv.put("/q1/s/b", raw, None).await.unwrap();
+    raw_client.put(b"/q1/s/b".to_vec(), raw, 0).await.unwrap();
     let moved = store.get("b").await;
     assert!(matches!(moved, Err(StoreError::Corrupt(_))), "{moved:?}");
     // Another DEK cannot read the values.
