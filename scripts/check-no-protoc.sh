@@ -18,7 +18,10 @@ provision
 work=$(mktemp -d)
 coordinator=
 cleanup() {
-  [ -n "$coordinator" ] && kill "$coordinator" 2>/dev/null && wait "$coordinator" 2>/dev/null
+  if [ -n "$coordinator" ]; then
+    kill "$coordinator" 2>/dev/null || true
+    wait "$coordinator" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -53,7 +56,8 @@ fi
   --data-dir "$work/data" --client-addr "127.0.0.1:$client_port" \
   --mesh-addr "127.0.0.1:$mesh_port") >"$work/coordinator.log" 2>&1 &
 coordinator=$!
-for _ in $(seq 1 300); do
+# Up to 3 minutes: `cargo run` rebuilds first when a source changed since the build above.
+for _ in $(seq 1 900); do
   if status=$(curl -sfk --max-time 2 "https://127.0.0.1:$client_port/api/v2/status"); then
     echo "GET /api/v2/status: $status"
     echo "$status" | grep -q '"status":"success"' || { echo "error: unexpected status body" >&2; exit 1; }

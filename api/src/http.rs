@@ -44,6 +44,66 @@ impl<T> JSend<T> {
     }
 }
 
+/// The `data` of a JSend `fail` body: why a request was refused, for programs to act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailData {
+    /// Stable refusal code (`policy-mismatch`, `nonce`, `bad-request`, ...; docs/OPERATIONS.md).
+    pub code: String,
+    /// The same text as the envelope's `message`.
+    pub message: String,
+    /// The compared fields, when the refusal compares values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldMismatch>,
+    /// JSON pointer of the offending input (manifest errors), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+}
+
+/// One compared value of a refusal: what the policy requires and what was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldMismatch {
+    /// The field (`SecurityVersion`, `UniqueID`, ...).
+    pub field: String,
+    /// What the policy requires (`>= 3`).
+    pub expected: String,
+    /// What the evidence shows.
+    pub found: String,
+}
+
+impl FailData {
+    /// One line for operators: `refused [code] field: expected X, found Y; ...`, or the
+    /// message when no field was compared.
+    pub fn summary(&self) -> String {
+        if self.fields.is_empty() {
+            format!("refused [{}] {}", self.code, self.message)
+        } else {
+            let fields: Vec<String> = self.fields.iter().map(ToString::to_string).collect();
+            format!("refused [{}] {}", self.code, fields.join("; "))
+        }
+    }
+}
+
+impl JSend<serde_json::Value> {
+    /// The typed details of a `fail` envelope, when the server sent them (older servers and
+    /// other error paths send only a message).
+    pub fn fail_data(&self) -> Option<FailData> {
+        if self.status != "fail" {
+            return None;
+        }
+        serde_json::from_value(self.data.clone()?).ok()
+    }
+}
+
+impl std::fmt::Display for FieldMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: expected {}, found {}",
+            self.field, self.expected, self.found
+        )
+    }
+}
+
 /// Coordinator states (MarbleRun codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {

@@ -404,8 +404,13 @@ fn parse_certs(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 /// The message of a non-2xx answer: the JSend message if there is one, else the status.
 fn refusal_message(body: &[u8], status: reqwest::StatusCode) -> String {
     if let Ok(envelope) = serde_json::from_slice::<JSend<serde_json::Value>>(body) {
+        // A typed refusal leads with its stable code (docs/OPERATIONS.md, "Refusal codes").
+        let code = envelope.fail_data().map(|d| d.code);
         if let Some(m) = envelope.message.filter(|m| !m.trim().is_empty()) {
-            return output::one_line(&m);
+            return match code {
+                Some(code) => output::one_line(&format!("[{code}] {m}")),
+                None => output::one_line(&m),
+            };
         }
     }
     let text = String::from_utf8_lossy(body);

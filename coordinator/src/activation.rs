@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::core::{keys, Core, Deployment, Phase};
 use crate::error::ApiError;
 use crate::pki::{pem_cert, LeafRequest};
+use crate::refusal::Refusal;
 use crate::secrets::{self, ActivationContext, SecretValue};
 use crate::store::{Store, StoreError, Txn};
 
@@ -48,12 +49,12 @@ pub async fn activate(
         .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
     let manifest = &deployment.manifest;
     let marble_type = req.marble_type.as_str();
+    let refuse = |refusal: Refusal| refuse(marble_type, &req.uuid, refusal);
     let marble = manifest.marbles.get(marble_type).ok_or_else(|| {
-        refuse(
-            marble_type,
-            &req.uuid,
-            format!("unknown marble type {marble_type:?}"),
-        )
+        refuse(Refusal::UnknownMarbleType {
+            marble_type: marble_type.to_string(),
+            removed: false,
+        })
     })?;
     let package = manifest.packages.get(&marble.package).ok_or_else(|| {
         ApiError::Internal(format!("marble {marble_type} references a missing package"))
@@ -63,7 +64,7 @@ pub async fn activate(
     crate::revocation::ensure_not_revoked(store.as_ref(), &uuid, None)
         .await
         .map_err(|e| match e {
-            ApiError::Forbidden(m) => refuse(marble_type, &req.uuid, m),
+            ApiError::Forbidden(m) => refuse(Refusal::Revoked(m)),
             other => other,
         })?;
     let spki = spki_of(peer_cert)?;
@@ -76,7 +77,7 @@ pub async fn activate(
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| ApiError::BadRequest("nonce must be 64 hex digits".into()))?;
             core.take_nonce(&bytes, &spki_hash)
-                .map_err(|e| refuse(marble_type, &req.uuid, e.to_string()))?;
+                .map_err(|e| refuse(Refusal::Nonce(e.to_string())))?;
             Some(bytes)
         }
     };
@@ -86,13 +87,10 @@ pub async fn activate(
             .iter()
             .any(|a| a.eq_ignore_ascii_case(name))
         {
-            return Err(refuse(
-                marble_type,
-                &req.uuid,
-                format!(
-                    "requested DNS name {name:?} is not allowed by Marbles/{marble_type}/DNSNames"
-                ),
-            ));
+            return Err(refuse(Refusal::DnsName {
+                name: name.clone(),
+                marble_type: marble_type.to_string(),
+            }));
         }
     }
 
@@ -105,18 +103,14 @@ pub async fn activate(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
-    .map_err(|e| refuse(marble_type, &req.uuid, format!("evidence refused: {e}")))?;
+    .map_err(|e| refuse(Refusal::Evidence(e.to_string())))?;
     quarry_attestation::binding::check_activation_binding(&claims, &spki, nonce.as_ref())
-        .map_err(|e| refuse(marble_type, &req.uuid, e.to_string()))?;
+        .map_err(|e| refuse(Refusal::KeyBinding(e.to_string())))?;
     quarry_attestation::check_package(package, &claims).map_err(|e| {
         for m in &e.0 {
             tracing::warn!(marble_type, uuid = %req.uuid, package = %marble.package, field = m.field, expected = %m.expected, actual = %m.actual, "package field mismatch");
         }
-        refuse(
-            marble_type,
-            &req.uuid,
-            format!("package {}: {e}", marble.package),
-        )
+        refuse(Refusal::policy(&marble.package, &e))
     })?;
 
     // Everything that can fail for reasons of the deployment's configuration runs before the
@@ -152,7 +146,7 @@ pub async fn activate(
     record_activation(&view.log, &store, marble_type, marble, &uuid, event)
         .await
         .map_err(|e| match e {
-            ApiError::Forbidden(m) => refuse(marble_type, &req.uuid, m),
+            ApiError::Refused(r) => refuse(r),
             other => other,
         })?;
     let root_der = view.identity.root.cert_der().to_vec();
@@ -190,11 +184,10 @@ pub async fn activate(
     })
 }
 
-/// Logs a refusal with its reason and turns it into a 403.
-fn refuse(marble_type: &str, uuid: &str, reason: String) -> ApiError {
-    let kind = crate::metrics::refusal_reason(&reason);
-    tracing::warn!(marble_type, uuid, kind, %reason, "activation refused");
-    ApiError::Forbidden(reason)
+/// Logs a refusal with its code and reason and turns it into a 403.
+fn refuse(marble_type: &str, uuid: &str, refusal: Refusal) -> ApiError {
+    tracing::warn!(marble_type, uuid, code = refusal.code(), reason = %refusal, "activation refused");
+    ApiError::Refused(refusal)
 }
 
 /// SubjectPublicKeyInfo DER of a certificate.
@@ -229,14 +222,17 @@ async fn record_activation(
         {
             Ok(_) => return Ok(()),
             Err(StoreError::LimitReached { max, .. }) => {
-                return Err(ApiError::Forbidden(format!(
-                    "MaxActivations of marble type {marble_type} exhausted ({max} of {max} used)"
-                )))
+                return Err(Refusal::MaxActivations {
+                    marble_type: marble_type.to_string(),
+                    max,
+                }
+                .into())
             }
             Err(StoreError::Conflict(k)) if k == crate::revocation::uuid_key(uuid) => {
-                return Err(ApiError::Forbidden(format!(
+                return Err(Refusal::Revoked(format!(
                     "marble {uuid} is revoked: it can neither activate nor renew"
-                )))
+                ))
+                .into())
             }
             // A store shared with other writers (etcd) may refuse a stale read; retry.
             Err(StoreError::Conflict(_)) => continue,

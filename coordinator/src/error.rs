@@ -14,7 +14,18 @@ pub enum ApiError {
     /// Not authenticated (401).
     #[error("{0}")]
     Unauthorized(String),
-    /// Refused by policy: attestation, budget, unknown type (403).
+    /// A marble refused (activation, renewal), with its stable code (403).
+    #[error("{0}")]
+    Refused(crate::refusal::Refusal),
+    /// A manifest that breaks a rule, with the JSON pointer of the offending part (400).
+    #[error("invalid manifest: {message}")]
+    InvalidManifest {
+        /// JSON pointer of the offending part (`/Secrets/tls/Size`; empty for the whole).
+        pointer: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Refused by policy: user permissions, recovery, updates (403).
     #[error("{0}")]
     Forbidden(String),
     /// Nothing there (404).
@@ -44,7 +55,8 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidManifest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Refused(_) => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -54,6 +66,58 @@ impl ApiError {
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl ApiError {
+    /// The stable code of this failure, carried in the JSend `fail` body, the refusal log
+    /// lines and the metrics (docs/OPERATIONS.md, "Refusal codes").
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Refused(r) => r.code(),
+            ApiError::InvalidManifest { .. } => "invalid-manifest",
+            ApiError::BadRequest(_) => "bad-request",
+            ApiError::Unauthorized(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::MethodNotAllowed(_) => "method-not-allowed",
+            ApiError::WrongState(_) => "wrong-state",
+            ApiError::TooLarge(_) => "too-large",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The JSend `fail` details of a client error.
+    pub fn fail_data(&self) -> quarry_api::http::FailData {
+        quarry_api::http::FailData {
+            code: self.code().to_string(),
+            message: self.to_string(),
+            fields: match self {
+                ApiError::Refused(r) => r.fields().to_vec(),
+                _ => Vec::new(),
+            },
+            pointer: match self {
+                ApiError::InvalidManifest { pointer, .. } => Some(pointer.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl From<crate::refusal::Refusal> for ApiError {
+    fn from(r: crate::refusal::Refusal) -> ApiError {
+        ApiError::Refused(r)
+    }
+}
+
+impl From<quarry_api::manifest::ManifestError> for ApiError {
+    fn from(e: quarry_api::manifest::ManifestError) -> ApiError {
+        ApiError::InvalidManifest {
+            pointer: e.path.clone(),
+            message: e.to_string(),
         }
     }
 }
@@ -86,7 +150,9 @@ impl IntoResponse for ApiError {
             other if status.is_server_error() => {
                 json!({"status": "error", "message": other.to_string()})
             }
-            other => json!({"status": "fail", "data": null, "message": other.to_string()}),
+            other => {
+                json!({"status": "fail", "data": other.fail_data(), "message": other.to_string()})
+            }
         };
         (status, Json(body)).into_response()
     }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pki;
 pub mod recovery;
+pub mod refusal;
 pub mod renewal;
 pub mod revocation;
 pub mod routes;

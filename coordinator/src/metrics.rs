@@ -30,23 +30,30 @@ use crate::store::{Store, StoreError, Txn, Versioned};
 /// The marble-type label of a type that the current manifest does not define.
 pub const UNKNOWN_MARBLE_TYPE: &str = "unknown";
 
-/// Every value of the `outcome` label of activations and renewals.
+/// Every value of the `outcome` label of activations and renewals: `ok` or the failure's
+/// stable code ([`ApiError::code`], [`crate::refusal::Refusal::code`]).
 pub const OUTCOMES: &[&str] = &[
     "ok",
-    "unknown_type",
-    "evidence",
-    "binding",
-    "policy",
-    "max_activations",
-    "dns_name",
-    "nonce",
+    "unknown-marble-type",
     "revoked",
-    "state",
-    "bad_request",
+    "nonce",
+    "dns-name",
+    "evidence",
+    "key-binding",
+    "policy-mismatch",
+    "max-activations",
+    "certificate",
+    "invalid-manifest",
+    "bad-request",
     "unauthenticated",
+    "forbidden",
+    "not-found",
+    "method-not-allowed",
+    "wrong-state",
+    "too-large",
+    "timeout",
     "unavailable",
-    "error",
-    "other",
+    "internal",
 ];
 
 /// Latency buckets in seconds, from 0.5 ms to 10 s.
@@ -63,14 +70,9 @@ pub fn activation(core: &Core, marble_type: &str, error: Option<&ApiError>) {
         .inc();
 }
 
-/// Records the outcome of one certificate renewal: `outcome` is `ok` or a refusal message.
+/// Records the outcome of one certificate renewal: `outcome` is `ok` or a refusal code.
 /// `marble_type` comes from a leaf the coordinator issued (`?` before that is checked).
-pub fn renewal(marble_type: &str, outcome: &str) {
-    let outcome = if outcome == "ok" {
-        "ok"
-    } else {
-        refusal_reason(outcome)
-    };
+pub fn renewal(marble_type: &str, outcome: &'static str) {
     let marble_type = match marble_type {
         "" | "?" => UNKNOWN_MARBLE_TYPE,
         t => t,
@@ -92,45 +94,9 @@ pub fn time_verification<T>(kind: EvidenceType, verify: impl FnOnce() -> T) -> T
     out
 }
 
-/// The bounded `outcome` label of a request result.
+/// The bounded `outcome` label of a request result: `ok` or the failure's stable code.
 pub fn outcome(error: Option<&ApiError>) -> &'static str {
-    match error {
-        None => "ok",
-        Some(ApiError::Forbidden(reason)) => refusal_reason(reason),
-        Some(ApiError::WrongState(_)) => "state",
-        Some(ApiError::BadRequest(_))
-        | Some(ApiError::TooLarge(_))
-        | Some(ApiError::Timeout(_)) => "bad_request",
-        Some(ApiError::Unauthorized(_)) => "unauthenticated",
-        Some(ApiError::Unavailable(_)) => "unavailable",
-        Some(ApiError::Internal(_)) => "error",
-        Some(ApiError::NotFound(_)) | Some(ApiError::MethodNotAllowed(_)) => "other",
-    }
-}
-
-/// The bounded reason label of a refusal message (the text of a 403 from activation or
-/// renewal); `other` for a message of no known kind.
-pub fn refusal_reason(message: &str) -> &'static str {
-    let m = message.to_ascii_lowercase();
-    if m.starts_with("unknown marble type") {
-        "unknown_type"
-    } else if m.starts_with("evidence refused") {
-        "evidence"
-    } else if m.starts_with("binding mismatch") {
-        "binding"
-    } else if m.starts_with("package ") || m.contains("does not match the package") {
-        "policy"
-    } else if m.contains("maxactivations") {
-        "max_activations"
-    } else if m.contains("dns name") {
-        "dns_name"
-    } else if m.contains("nonce") {
-        "nonce"
-    } else if m.contains("revoked") {
-        "revoked"
-    } else {
-        "other"
-    }
+    error.map_or("ok", ApiError::code)
 }
 
 /// axum middleware counting requests by API, matched route template, method and status.
@@ -308,7 +274,7 @@ fn not_after(der: &[u8]) -> Option<i64> {
 fn marble_label(core: &Core, marble_type: &str, outcome: &str) -> String {
     let view = core.view();
     let known = matches!(view.phase.as_ref(), Phase::Running(d) if d.manifest.marbles.contains_key(marble_type));
-    bounded_marble_label(known && outcome != "unknown_type", marble_type)
+    bounded_marble_label(known && outcome != "unknown-marble-type", marble_type)
 }
 
 fn bounded_marble_label(known: bool, marble_type: &str) -> String {
@@ -506,50 +472,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusal_messages_map_to_their_bounded_reason() {
-        let cases = [
-            ("unknown marble type \"x\"", "unknown_type"),
-            ("evidence refused: bad signature: ...", "evidence"),
-            ("evidence refused: debug evidence refused: nonce", "evidence"),
-            (
-                "binding mismatch: report_data[32..64] does not match the nonce issued",
-                "binding",
-            ),
-            (
-                "package db: evidence does not match the package: SecurityVersion: expected 2, got 1",
-                "policy",
-            ),
-            (
-                "MaxActivations of marble type db exhausted (1 of 1 used)",
-                "max_activations",
-            ),
-            (
-                "requested DNS name \"evil\" is not allowed by Marbles/db/DNSNames",
-                "dns_name",
-            ),
-            ("unknown or already used nonce", "nonce"),
-            ("the nonce was issued to another TLS key", "nonce"),
-            ("the certificate was revoked", "revoked"),
-            ("something new", "other"),
-        ];
-        for (message, reason) in cases {
-            assert_eq!(refusal_reason(message), reason, "{message}");
-        }
-    }
-
-    #[test]
-    fn every_outcome_is_in_the_fixed_list_whatever_the_message() {
-        let messages = [
-            "",
-            "a UUID 0f8fad5b-d9cb-469f-a165-70867728950e",
-            "nonce",
-            "x",
-        ];
+    fn every_outcome_is_in_the_fixed_list_and_is_the_failures_code() {
+        use crate::refusal::Refusal;
+        let messages = ["", "a UUID 0f8fad5b-d9cb-469f-a165-70867728950e", "nonce"];
         for m in messages {
-            for e in [
+            let mut errors = vec![
                 ApiError::Forbidden(m.into()),
                 ApiError::WrongState(m.into()),
                 ApiError::BadRequest(m.into()),
+                ApiError::InvalidManifest {
+                    pointer: "/Secrets".into(),
+                    message: m.into(),
+                },
                 ApiError::Unauthorized(m.into()),
                 ApiError::NotFound(m.into()),
                 ApiError::MethodNotAllowed(m.into()),
@@ -557,12 +491,35 @@ mod tests {
                 ApiError::Timeout(m.into()),
                 ApiError::Unavailable(m.into()),
                 ApiError::Internal(m.into()),
-            ] {
+            ];
+            errors.extend([
+                Refusal::Nonce(m.into()).into(),
+                Refusal::Evidence(m.into()).into(),
+                Refusal::MaxActivations {
+                    marble_type: m.into(),
+                    max: 1,
+                }
+                .into(),
+            ]);
+            for e in errors {
                 assert!(OUTCOMES.contains(&outcome(Some(&e))), "{e:?}");
+                assert_eq!(outcome(Some(&e)), e.code());
             }
         }
+        for code in Refusal::CODES {
+            assert!(OUTCOMES.contains(&code), "{code}");
+        }
         assert_eq!(outcome(None), "ok");
-        assert_eq!(outcome(Some(&ApiError::WrongState("x".into()))), "state");
+        assert_eq!(
+            outcome(Some(&ApiError::WrongState("x".into()))),
+            "wrong-state"
+        );
+        assert_eq!(
+            outcome(Some(
+                &Refusal::Nonce("unknown or already used nonce".into()).into()
+            )),
+            "nonce"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use x509_parser::extensions::GeneralName;
 use crate::core::{Core, Phase};
 use crate::error::ApiError;
 use crate::pki::{pem_cert, LeafRequest};
+use crate::refusal::Refusal;
 use crate::store::{StoreError, Txn};
 use crate::tls::PeerCert;
 
@@ -126,11 +127,11 @@ fn sans(leaf: &X509Certificate<'_>) -> Result<(String, Vec<String>), String> {
     }
 }
 
-/// Logs a refusal with its reason and turns it into a 403.
-fn refuse(marble_type: &str, uuid: &str, reason: String) -> ApiError {
-    tracing::warn!(marble_type, uuid, %reason, "renewal refused");
-    crate::metrics::renewal(marble_type, &reason);
-    ApiError::Forbidden(reason)
+/// Logs a refusal with its code and reason, counts it, and turns it into a 403.
+fn refuse(marble_type: &str, uuid: &str, refusal: Refusal) -> ApiError {
+    tracing::warn!(marble_type, uuid, code = refusal.code(), reason = %refusal, "renewal refused");
+    crate::metrics::renewal(marble_type, refusal.code());
+    ApiError::Refused(refusal)
 }
 
 /// `POST /api/v2/renew`. `peer_cert` is the TLS client certificate of the connection.
@@ -157,20 +158,21 @@ pub async fn renew(
         &manifest.config.trust_domain,
         now,
     )
-    .map_err(|e| refuse("?", "?", e))?;
+    .map_err(|e| refuse("?", "?", Refusal::Certificate(e)))?;
     let marble_type = current.marble_type.as_str();
     let uuid_text = current.uuid.hyphenated().to_string();
-    let refuse = |reason: String| refuse(marble_type, &uuid_text, reason);
+    let refuse = |refusal: Refusal| refuse(marble_type, &uuid_text, refusal);
     crate::revocation::ensure_not_revoked(store.as_ref(), &current.uuid, Some(&current.serial))
         .await
         .map_err(|e| match e {
-            ApiError::Forbidden(m) => refuse(m),
+            ApiError::Forbidden(m) => refuse(Refusal::Revoked(m)),
             other => other,
         })?;
     let marble = manifest.marbles.get(marble_type).ok_or_else(|| {
-        refuse(format!(
-            "marble type {marble_type:?} is no longer in the manifest"
-        ))
+        refuse(Refusal::UnknownMarbleType {
+            marble_type: marble_type.to_string(),
+            removed: true,
+        })
     })?;
     let package = manifest.packages.get(&marble.package).ok_or_else(|| {
         ApiError::Internal(format!("marble {marble_type} references a missing package"))
@@ -181,7 +183,7 @@ pub async fn renew(
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| ApiError::BadRequest("nonce must be 64 hex digits".into()))?;
     core.take_nonce(&nonce, &spki_hash)
-        .map_err(|e| refuse(e.to_string()))?;
+        .map_err(|e| refuse(Refusal::Nonce(e.to_string())))?;
 
     // The same checks as activation, with no lock held during verification.
     let verifier = core.tee.verifier.clone();
@@ -190,11 +192,11 @@ pub async fn renew(
     let claims: Claims = tokio::task::spawn_blocking(move || verifier.verify(&evidence, at))
         .await
         .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
-        .map_err(|e| refuse(format!("evidence refused: {e}")))?;
+        .map_err(|e| refuse(Refusal::Evidence(e.to_string())))?;
     quarry_attestation::binding::check_activation_binding(&claims, &current.spki, Some(&nonce))
-        .map_err(|e| refuse(e.to_string()))?;
+        .map_err(|e| refuse(Refusal::KeyBinding(e.to_string())))?;
     quarry_attestation::check_package(package, &claims)
-        .map_err(|e| refuse(format!("package {}: {e}", marble.package)))?;
+        .map_err(|e| refuse(Refusal::policy(&marble.package, &e)))?;
 
     // Names stay as issued, minus any the manifest no longer allows.
     let names: Vec<String> = current
@@ -262,9 +264,9 @@ pub async fn renew(
     match view.log.commit_with_events(&store, txn, vec![event]).await {
         Ok(_) => {}
         Err(StoreError::Conflict(_)) => {
-            return Err(refuse(
+            return Err(refuse(Refusal::Revoked(
                 "the marble was revoked while its renewal was in progress".into(),
-            ))
+            )))
         }
         Err(e) => return Err(e.into()),
     }

@@ -354,7 +354,7 @@ async fn core_loop_end_to_end() {
     let o = sidecar.run("alpha", &t.join("x.uuid"), &["--sim-debug"], &alpha);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("Debug: expected false, got true"),
+        stderr(&o).contains("refused [policy-mismatch] Debug: expected false, found true"),
         "{}",
         stderr(&o)
     );
@@ -367,7 +367,7 @@ async fn core_loop_end_to_end() {
     );
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("SecurityVersion: expected >= 2, got 1"),
+        stderr(&o).contains("refused [policy-mismatch] SecurityVersion: expected >= 2, found 1"),
         "{}",
         stderr(&o)
     );
@@ -379,7 +379,7 @@ async fn core_loop_end_to_end() {
     );
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("ProductID: expected 7, got 8"),
+        stderr(&o).contains("refused [policy-mismatch] ProductID: expected 7, found 8"),
         "{}",
         stderr(&o)
     );

@@ -228,13 +228,19 @@ async fn metrics_health_and_logs_after_an_end_to_end_run() {
         1.0
     );
     assert_eq!(
-        expect(act_total, &[("marble_type", "web"), ("outcome", "policy")]),
+        expect(
+            act_total,
+            &[("marble_type", "web"), ("outcome", "policy-mismatch")]
+        ),
         1.0
     );
     assert_eq!(
         expect(
             act_total,
-            &[("marble_type", "unknown"), ("outcome", "unknown_type")]
+            &[
+                ("marble_type", "unknown"),
+                ("outcome", "unknown-marble-type")
+            ]
         ),
         1.0
     );
@@ -308,12 +314,15 @@ async fn metrics_health_and_logs_after_an_end_to_end_run() {
         .filter(|v| v["fields"]["message"] == "activation refused")
         .collect();
     assert_eq!(refusals.len(), 2, "{text}");
-    for (uuid, kind) in [(&unknown_uuid, "unknown_type"), (&wrong_uuid, "policy")] {
+    for (uuid, code) in [
+        (&unknown_uuid, "unknown-marble-type"),
+        (&wrong_uuid, "policy-mismatch"),
+    ] {
         let line = refusals
             .iter()
             .find(|v| v["fields"]["uuid"] == uuid.as_str())
             .unwrap_or_else(|| panic!("no refusal line for {uuid}:\n{text}"));
-        assert_eq!(line["fields"]["kind"], kind, "{line}");
+        assert_eq!(line["fields"]["code"], code, "{line}");
         assert!(line["fields"]["marble_type"].is_string(), "{line}");
         assert!(line["fields"]["reason"].is_string(), "{line}");
     }

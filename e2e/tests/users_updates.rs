@@ -277,7 +277,8 @@ fn users_roles_secrets_and_updates() {
     )
     .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("SecurityVersion: expected >= 3, got 2"));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("refused [policy-mismatch] SecurityVersion: expected >= 3, found 2"));
 
     // Full update, 2 of 2 acknowledgements.
     let m2_value = manifest(&web_id, &users, true);

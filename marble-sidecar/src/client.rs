@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_api::evidence::activation_report_data;
-use quarry_api::http::{ActivateRequest, ActivateResponse, JSend, NonceResponse, MAX_BODY_BYTES};
+use quarry_api::http::{
+    ActivateRequest, ActivateResponse, FieldMismatch, JSend, NonceResponse, MAX_BODY_BYTES,
+};
 use quarry_attestation::{EvidenceProvider, ProviderError};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
@@ -74,10 +76,15 @@ pub enum ClientError {
         reason: String,
     },
     /// The coordinator answered with a JSend fail/error or an error status.
-    #[error("activation refused by coordinator: {message}")]
+    #[error("activation refused by coordinator: {}", refusal_line(code.as_deref(), message, fields))]
     Refused {
         /// The coordinator's message (control characters removed, shortened).
         message: String,
+        /// The stable refusal code (`policy-mismatch`, `nonce`, ...), when the coordinator
+        /// sent one (docs/OPERATIONS.md, "Refusal codes").
+        code: Option<String>,
+        /// The compared fields of the refusal (sanitised like the message).
+        fields: Vec<FieldMismatch>,
     },
     /// The coordinator's answer is not what the protocol says.
     #[error("unexpected answer from the coordinator to {what}: {reason}")]
@@ -409,9 +416,21 @@ fn interpret<T: DeserializeOwned>(
             };
             return Err(ClientError::Refused {
                 message: sanitize(&message),
+                code: None,
+                fields: Vec::new(),
             });
         }
     };
+    let refusal = (envelope.status != "success").then(|| {
+        let message = envelope
+            .message
+            .clone()
+            .unwrap_or_else(|| format!("status {}", envelope.status));
+        refused(&envelope, &message)
+    });
+    if let Some(refusal) = refusal {
+        return Err(refusal);
+    }
     match envelope.into_result() {
         Ok(data) if status.is_success() => {
             serde_json::from_value(data).map_err(|e| ClientError::Protocol {
@@ -425,7 +444,46 @@ fn interpret<T: DeserializeOwned>(
         }),
         Err(message) => Err(ClientError::Refused {
             message: sanitize(&message),
+            code: None,
+            fields: Vec::new(),
         }),
+    }
+}
+
+/// What an operator reads of a refusal: `refused [code] field: expected X, found Y` when the
+/// coordinator said which fields failed, `refused [code] message` when it gave a code only,
+/// and the bare message from a coordinator that sends neither.
+fn refusal_line(code: Option<&str>, message: &str, fields: &[FieldMismatch]) -> String {
+    match code {
+        None => message.to_string(),
+        Some(code) => quarry_api::http::FailData {
+            code: code.to_string(),
+            message: message.to_string(),
+            fields: fields.to_vec(),
+            pointer: None,
+        }
+        .summary(),
+    }
+}
+
+/// The refusal of a `fail`/`error` envelope, its code and fields sanitised for display.
+fn refused(envelope: &JSend<serde_json::Value>, message: &str) -> ClientError {
+    let data = envelope.fail_data();
+    ClientError::Refused {
+        message: sanitize(message),
+        code: data.as_ref().map(|d| sanitize(&d.code)),
+        fields: data
+            .map(|d| {
+                d.fields
+                    .iter()
+                    .map(|f| FieldMismatch {
+                        field: sanitize(&f.field),
+                        expected: sanitize(&f.expected),
+                        found: sanitize(&f.found),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -224,6 +224,8 @@ impl Link {
                 UpkeepError::Refused(format!("HTTP {status}"))
             }
         })?;
+        // A refusal with a code reads `refused [code] ...` (the fields when there are any).
+        let typed = envelope.fail_data().map(|d| d.summary());
         match envelope.into_result() {
             Ok(data) if status.is_success() => {
                 serde_json::from_value(data).map_err(|e| UpkeepError::Protocol {
@@ -235,7 +237,7 @@ impl Link {
                 what,
                 reason: format!("HTTP {status} with a success envelope"),
             }),
-            Err(message) => Err(UpkeepError::Refused(one_line(&message))),
+            Err(message) => Err(UpkeepError::Refused(one_line(&typed.unwrap_or(message)))),
         }
     }
 

@@ -171,10 +171,23 @@ impl Fixture {
     }
 }
 
+/// A user-permission 403 (revocation) whose message mentions `needle`.
 fn forbidden(r: Result<impl std::fmt::Debug, ApiError>, needle: &str) {
     match r {
         Err(ApiError::Forbidden(m)) => assert!(m.contains(needle), "{m:?} must mention {needle:?}"),
         other => panic!("expected 403 mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+/// A marble refusal with `code` whose message mentions `needle`.
+fn refused(r: Result<impl std::fmt::Debug, ApiError>, code: &str, needle: &str) {
+    match r {
+        Err(ApiError::Refused(refusal)) => {
+            assert_eq!(refusal.code(), code, "{refusal}");
+            let m = refusal.to_string();
+            assert!(m.contains(needle), "{m:?} must mention {needle:?}");
+        }
+        other => panic!("expected refusal [{code}] mentioning {needle:?}, got {other:?}"),
     }
 }
 
@@ -246,8 +259,9 @@ async fn renewal_with_evidence_for_another_key_is_refused() {
         .await
         .unwrap();
     let other = marble_key();
-    forbidden(
+    refused(
         f.renew(&leaf, &other.spki).await,
+        "key-binding",
         "SHA-256 of the TLS client key",
     );
     // A nonce issued to another key is refused too.
@@ -259,7 +273,7 @@ async fn renewal_with_evidence_for_another_key_is_refused() {
         evidence: f.evidence(&key.spki, &nonce),
         nonce: hex::encode(nonce),
     };
-    forbidden(renew(&f.core, req, &leaf).await, "another TLS key");
+    refused(renew(&f.core, req, &leaf).await, "nonce", "another TLS key");
     // A nonce cannot be used twice.
     let nonce = f
         .core
@@ -270,7 +284,7 @@ async fn renewal_with_evidence_for_another_key_is_refused() {
         nonce: hex::encode(nonce),
     };
     renew(&f.core, req.clone(), &leaf).await.unwrap();
-    forbidden(renew(&f.core, req, &leaf).await, "already used");
+    refused(renew(&f.core, req, &leaf).await, "nonce", "already used");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,13 +318,15 @@ async fn expired_foreign_or_self_signed_certificates_cannot_renew() {
             simulation: true,
         })
         .unwrap();
-    forbidden(
+    refused(
         f.renew(&foreign, &key.spki).await,
+        "certificate",
         "not a leaf of this deployment",
     );
     // The self-signed activation certificate is no leaf either.
-    forbidden(
+    refused(
         f.renew(&key.cert, &key.spki).await,
+        "certificate",
         "not a leaf of this deployment",
     );
 }
@@ -358,9 +374,13 @@ async fn revoked_uuid_cannot_renew_or_activate_and_is_listed_in_the_crl() {
 
     // Neither the current leaf nor the old one renews; the UUID cannot activate again.
     let new_leaf = first_der(&renewed.certificate_chain);
-    forbidden(f.renew(&new_leaf, &key.spki).await, "revoked");
-    forbidden(f.renew(&leaf, &key.spki).await, "revoked");
-    forbidden(f.activate(&marble_key(), "web", &uuid).await, "revoked");
+    refused(f.renew(&new_leaf, &key.spki).await, "revoked", "revoked");
+    refused(f.renew(&leaf, &key.spki).await, "revoked", "revoked");
+    refused(
+        f.activate(&marble_key(), "web", &uuid).await,
+        "revoked",
+        "revoked",
+    );
     // Other marbles are unaffected.
     let other_key = marble_key();
     let other = f
@@ -413,7 +433,7 @@ async fn revoking_one_serial_refuses_that_certificate_only_and_owners_may_revoke
     let resp = f.revoke(&f.owner, req).await.unwrap();
     assert_eq!(resp.serials, vec![serial.clone()]);
     assert_eq!(resp.uuid, uuid);
-    forbidden(f.renew(&leaf, &key.spki).await, "revoked");
+    refused(f.renew(&leaf, &key.spki).await, "revoked", "revoked");
     // The UUID itself is not revoked: it may activate again and renew the new leaf.
     let key2 = marble_key();
     let leaf2 = f.activate(&key2, "other", &uuid).await.unwrap();
@@ -437,4 +457,132 @@ async fn revoking_one_serial_refuses_that_certificate_only_and_owners_may_revoke
         .await,
         Err(ApiError::NotFound(_))
     ));
+}
+
+/// Activation refusals in-process, each with its stable code, the compared fields where there
+/// are any, and the JSend `fail` body that carries both (issue 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_refusals_carry_their_code_fields_and_body() {
+    let f = fixture().await;
+    let key = marble_key();
+    refused(
+        f.activate(&key, "nope", &uuid::Uuid::new_v4().to_string())
+            .await,
+        "unknown-marble-type",
+        "unknown marble type \"nope\"",
+    );
+    // A DNS name the manifest does not allow.
+    let nonce = f
+        .core
+        .issue_nonce(Sha256::digest(&key.spki).into())
+        .unwrap();
+    let req = ActivateRequest {
+        marble_type: "web".into(),
+        uuid: uuid::Uuid::new_v4().to_string(),
+        evidence: f.evidence(&key.spki, &nonce),
+        dns_names: vec!["evil.example".into()],
+        nonce: Some(hex::encode(nonce)),
+    };
+    refused(
+        crate::activation::activate(&f.core, req, &key.cert).await,
+        "dns-name",
+        "Marbles/web/DNSNames",
+    );
+    // A nonce that was never issued.
+    let req = ActivateRequest {
+        marble_type: "web".into(),
+        uuid: uuid::Uuid::new_v4().to_string(),
+        evidence: f.evidence(&key.spki, &[9; 32]),
+        dns_names: vec![],
+        nonce: Some(hex::encode([9u8; 32])),
+    };
+    refused(
+        crate::activation::activate(&f.core, req, &key.cert).await,
+        "nonce",
+        "nonce",
+    );
+    // Evidence bound to another key.
+    let other = marble_key();
+    let nonce = f
+        .core
+        .issue_nonce(Sha256::digest(&key.spki).into())
+        .unwrap();
+    let req = ActivateRequest {
+        marble_type: "web".into(),
+        uuid: uuid::Uuid::new_v4().to_string(),
+        evidence: f.evidence(&other.spki, &nonce),
+        dns_names: vec![],
+        nonce: Some(hex::encode(nonce)),
+    };
+    refused(
+        crate::activation::activate(&f.core, req, &key.cert).await,
+        "key-binding",
+        "TLS client key",
+    );
+    // Claims that do not match the package: every field named, expected and found.
+    let wrong = SimProvider::new(
+        SimPlatform::load(&f._dir.path().join("sim")).unwrap(),
+        SimIdentity {
+            unique_id: [7; 32],
+            signer_id: [1; 32],
+            product_id: 0,
+            security_version: 0,
+            debug: false,
+        },
+    )
+    .unwrap();
+    let nonce = f
+        .core
+        .issue_nonce(Sha256::digest(&key.spki).into())
+        .unwrap();
+    let rd = quarry_api::evidence::activation_report_data(&key.spki, Some(&nonce));
+    let req = ActivateRequest {
+        marble_type: "web".into(),
+        uuid: uuid::Uuid::new_v4().to_string(),
+        evidence: wrong.evidence(&rd).unwrap(),
+        dns_names: vec![],
+        nonce: Some(hex::encode(nonce)),
+    };
+    let err = crate::activation::activate(&f.core, req, &key.cert)
+        .await
+        .unwrap_err();
+    let ApiError::Refused(refusal) = &err else {
+        panic!("expected a refusal, got {err:?}");
+    };
+    assert_eq!(refusal.code(), "policy-mismatch");
+    assert_eq!(
+        refusal.fields(),
+        [quarry_api::http::FieldMismatch {
+            field: "SignerID".into(),
+            expected: "00".repeat(32),
+            found: "01".repeat(32),
+        }]
+    );
+    assert_eq!(crate::metrics::outcome(Some(&err)), "policy-mismatch");
+    let data = err.fail_data();
+    assert_eq!(data.code, "policy-mismatch");
+    assert_eq!(data.fields, refusal.fields());
+    assert_eq!(
+        data.summary(),
+        format!(
+            "refused [policy-mismatch] SignerID: expected {}, found {}",
+            "00".repeat(32),
+            "01".repeat(32)
+        )
+    );
+    // The HTTP body: 403, JSend fail with the code and fields beside the message.
+    let resp = axum::response::IntoResponse::into_response(err);
+    assert_eq!(resp.status(), axum::http::StatusCode::FORBIDDEN);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["status"], "fail");
+    assert_eq!(v["data"]["code"], "policy-mismatch");
+    assert_eq!(v["data"]["fields"][0]["field"], "SignerID");
+    assert_eq!(v["data"]["fields"][0]["found"], "01".repeat(32));
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .contains("package any: evidence does not match the package"));
 }

@@ -1,0 +1,215 @@
+//! Why the coordinator refused a marble (activation and renewal): one variant per reason, a
+//! stable [`Refusal::code`] that the API body, the log line and the metric label all carry,
+//! and the compared fields where the refusal compares values.
+use quarry_api::http::FieldMismatch;
+
+/// A refused activation or renewal. The codes are part of the API (docs/OPERATIONS.md,
+/// "Refusal codes"): never rename one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The marble type is not in the manifest (any more).
+    UnknownMarbleType {
+        /// The requested type.
+        marble_type: String,
+        /// True for a renewal of a type the manifest no longer has.
+        removed: bool,
+    },
+    /// The UUID or certificate was revoked.
+    Revoked(String),
+    /// The activation nonce is unknown, used, expired or bound to another TLS key.
+    Nonce(String),
+    /// A requested DNS name is not allowed by the marble's `DNSNames`.
+    DnsName {
+        /// The requested name.
+        name: String,
+        /// The marble type.
+        marble_type: String,
+    },
+    /// The evidence did not verify (signature, chain, collateral, TCB, time, simulation).
+    Evidence(String),
+    /// The evidence is not bound to the connection's TLS key (or nonce).
+    KeyBinding(String),
+    /// The verified claims do not match the marble's package.
+    PolicyMismatch {
+        /// The package name.
+        package: String,
+        /// Every mismatching field.
+        fields: Vec<FieldMismatch>,
+    },
+    /// The marble type's `MaxActivations` budget is spent.
+    MaxActivations {
+        /// The marble type.
+        marble_type: String,
+        /// The budget.
+        max: u64,
+    },
+    /// The renewing certificate is not a marble leaf of this deployment.
+    Certificate(String),
+}
+
+impl Refusal {
+    /// The stable code of this refusal (`policy-mismatch`, `nonce`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::UnknownMarbleType { .. } => "unknown-marble-type",
+            Refusal::Revoked(_) => "revoked",
+            Refusal::Nonce(_) => "nonce",
+            Refusal::DnsName { .. } => "dns-name",
+            Refusal::Evidence(_) => "evidence",
+            Refusal::KeyBinding(_) => "key-binding",
+            Refusal::PolicyMismatch { .. } => "policy-mismatch",
+            Refusal::MaxActivations { .. } => "max-activations",
+            Refusal::Certificate(_) => "certificate",
+        }
+    }
+
+    /// The compared fields (empty unless the refusal compares values).
+    pub fn fields(&self) -> &[FieldMismatch] {
+        match self {
+            Refusal::PolicyMismatch { fields, .. } => fields,
+            _ => &[],
+        }
+    }
+
+    /// Every code, for the metric's fixed label set and the docs.
+    pub const CODES: [&'static str; 9] = [
+        "unknown-marble-type",
+        "revoked",
+        "nonce",
+        "dns-name",
+        "evidence",
+        "key-binding",
+        "policy-mismatch",
+        "max-activations",
+        "certificate",
+    ];
+
+    /// The policy mismatch of `package` from the verifier's field list.
+    pub fn policy(package: &str, mismatch: &quarry_attestation::PolicyMismatch) -> Refusal {
+        Refusal::PolicyMismatch {
+            package: package.to_string(),
+            fields: mismatch
+                .0
+                .iter()
+                .map(|m| FieldMismatch {
+                    field: m.field.to_string(),
+                    expected: m.expected.clone(),
+                    found: m.actual.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::UnknownMarbleType {
+                marble_type,
+                removed: false,
+            } => write!(f, "unknown marble type {marble_type:?}"),
+            Refusal::UnknownMarbleType {
+                marble_type,
+                removed: true,
+            } => write!(
+                f,
+                "marble type {marble_type:?} is no longer in the manifest"
+            ),
+            Refusal::Revoked(m) | Refusal::Nonce(m) | Refusal::Certificate(m) => f.write_str(m),
+            Refusal::KeyBinding(m) => f.write_str(m),
+            Refusal::DnsName { name, marble_type } => write!(
+                f,
+                "requested DNS name {name:?} is not allowed by Marbles/{marble_type}/DNSNames"
+            ),
+            Refusal::Evidence(m) => write!(f, "evidence refused: {m}"),
+            Refusal::PolicyMismatch { package, fields } => {
+                write!(
+                    f,
+                    "package {package}: evidence does not match the package: "
+                )?;
+                for (i, m) in fields.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{}: expected {}, got {}", m.field, m.expected, m.found)?;
+                }
+                Ok(())
+            }
+            Refusal::MaxActivations { marble_type, max } => write!(
+                f,
+                "MaxActivations of marble type {marble_type} exhausted ({max} of {max} used)"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_and_listed() {
+        let all = [
+            Refusal::UnknownMarbleType {
+                marble_type: "x".into(),
+                removed: false,
+            },
+            Refusal::Revoked("r".into()),
+            Refusal::Nonce("n".into()),
+            Refusal::DnsName {
+                name: "a".into(),
+                marble_type: "t".into(),
+            },
+            Refusal::Evidence("e".into()),
+            Refusal::KeyBinding("b".into()),
+            Refusal::PolicyMismatch {
+                package: "p".into(),
+                fields: vec![],
+            },
+            Refusal::MaxActivations {
+                marble_type: "t".into(),
+                max: 1,
+            },
+            Refusal::Certificate("c".into()),
+        ];
+        let codes: Vec<&str> = all.iter().map(Refusal::code).collect();
+        assert_eq!(codes, Refusal::CODES);
+    }
+
+    #[test]
+    fn a_policy_mismatch_keeps_every_field_and_names_them_in_its_message() {
+        let mismatch = quarry_attestation::PolicyMismatch(vec![
+            quarry_attestation::FieldMismatch {
+                field: "SecurityVersion",
+                expected: ">= 3".into(),
+                actual: "2".into(),
+            },
+            quarry_attestation::FieldMismatch {
+                field: "ProductID",
+                expected: "7".into(),
+                actual: "8".into(),
+            },
+        ]);
+        let r = Refusal::policy("db", &mismatch);
+        assert_eq!(r.code(), "policy-mismatch");
+        assert_eq!(
+            r.fields(),
+            [
+                FieldMismatch {
+                    field: "SecurityVersion".into(),
+                    expected: ">= 3".into(),
+                    found: "2".into()
+                },
+                FieldMismatch {
+                    field: "ProductID".into(),
+                    expected: "7".into(),
+                    found: "8".into()
+                }
+            ]
+        );
+        assert_eq!(
+            r.to_string(),
+            "package db: evidence does not match the package: SecurityVersion: expected >= 3, got 2; ProductID: expected 7, got 8"
+        );
+    }
+}
