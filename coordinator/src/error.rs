@@ -90,6 +90,22 @@ impl ApiError {
         }
     }
 
+    /// The codes of failures that are not marble refusals (those are
+    /// [`crate::refusal::Refusal::CODES`]).
+    pub const REQUEST_CODES: [&'static str; 11] = [
+        "invalid-manifest",
+        "bad-request",
+        "unauthenticated",
+        "forbidden",
+        "not-found",
+        "method-not-allowed",
+        "wrong-state",
+        "too-large",
+        "timeout",
+        "unavailable",
+        "internal",
+    ];
+
     /// The JSend `fail` details of a client error.
     pub fn fail_data(&self) -> quarry_api::http::FailData {
         quarry_api::http::FailData {

@@ -459,12 +459,29 @@ async fn revoking_one_serial_refuses_that_certificate_only_and_owners_may_revoke
     ));
 }
 
+/// An activation request for a `web` marble with `nonce` and `evidence`.
+fn web_request(
+    evidence: quarry_api::evidence::Evidence,
+    nonce: [u8; 32],
+    dns_names: &[&str],
+) -> ActivateRequest {
+    ActivateRequest {
+        marble_type: "web".into(),
+        uuid: uuid::Uuid::new_v4().to_string(),
+        evidence,
+        dns_names: dns_names.iter().map(|n| n.to_string()).collect(),
+        nonce: Some(hex::encode(nonce)),
+    }
+}
+
 /// Activation refusals in-process, each with its stable code, the compared fields where there
 /// are any, and the JSend `fail` body that carries both (issue 17).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activation_refusals_carry_their_code_fields_and_body() {
     let f = fixture().await;
     let key = marble_key();
+    let nonce_for = |spki: &[u8]| f.core.issue_nonce(Sha256::digest(spki).into()).unwrap();
+    let activate = |req| crate::activation::activate(&f.core, req, &key.cert);
     refused(
         f.activate(&key, "nope", &uuid::Uuid::new_v4().to_string())
             .await,
@@ -472,53 +489,17 @@ async fn activation_refusals_carry_their_code_fields_and_body() {
         "unknown marble type \"nope\"",
     );
     // A DNS name the manifest does not allow.
-    let nonce = f
-        .core
-        .issue_nonce(Sha256::digest(&key.spki).into())
-        .unwrap();
-    let req = ActivateRequest {
-        marble_type: "web".into(),
-        uuid: uuid::Uuid::new_v4().to_string(),
-        evidence: f.evidence(&key.spki, &nonce),
-        dns_names: vec!["evil.example".into()],
-        nonce: Some(hex::encode(nonce)),
-    };
-    refused(
-        crate::activation::activate(&f.core, req, &key.cert).await,
-        "dns-name",
-        "Marbles/web/DNSNames",
-    );
+    let nonce = nonce_for(&key.spki);
+    let req = web_request(f.evidence(&key.spki, &nonce), nonce, &["evil.example"]);
+    refused(activate(req).await, "dns-name", "Marbles/web/DNSNames");
     // A nonce that was never issued.
-    let req = ActivateRequest {
-        marble_type: "web".into(),
-        uuid: uuid::Uuid::new_v4().to_string(),
-        evidence: f.evidence(&key.spki, &[9; 32]),
-        dns_names: vec![],
-        nonce: Some(hex::encode([9u8; 32])),
-    };
-    refused(
-        crate::activation::activate(&f.core, req, &key.cert).await,
-        "nonce",
-        "nonce",
-    );
+    let req = web_request(f.evidence(&key.spki, &[9; 32]), [9; 32], &[]);
+    refused(activate(req).await, "nonce", "nonce");
     // Evidence bound to another key.
     let other = marble_key();
-    let nonce = f
-        .core
-        .issue_nonce(Sha256::digest(&key.spki).into())
-        .unwrap();
-    let req = ActivateRequest {
-        marble_type: "web".into(),
-        uuid: uuid::Uuid::new_v4().to_string(),
-        evidence: f.evidence(&other.spki, &nonce),
-        dns_names: vec![],
-        nonce: Some(hex::encode(nonce)),
-    };
-    refused(
-        crate::activation::activate(&f.core, req, &key.cert).await,
-        "key-binding",
-        "TLS client key",
-    );
+    let nonce = nonce_for(&key.spki);
+    let req = web_request(f.evidence(&other.spki, &nonce), nonce, &[]);
+    refused(activate(req).await, "key-binding", "TLS client key");
     // Claims that do not match the package: every field named, expected and found.
     let wrong = SimProvider::new(
         SimPlatform::load(&f._dir.path().join("sim")).unwrap(),
@@ -531,21 +512,10 @@ async fn activation_refusals_carry_their_code_fields_and_body() {
         },
     )
     .unwrap();
-    let nonce = f
-        .core
-        .issue_nonce(Sha256::digest(&key.spki).into())
-        .unwrap();
+    let nonce = nonce_for(&key.spki);
     let rd = quarry_api::evidence::activation_report_data(&key.spki, Some(&nonce));
-    let req = ActivateRequest {
-        marble_type: "web".into(),
-        uuid: uuid::Uuid::new_v4().to_string(),
-        evidence: wrong.evidence(&rd).unwrap(),
-        dns_names: vec![],
-        nonce: Some(hex::encode(nonce)),
-    };
-    let err = crate::activation::activate(&f.core, req, &key.cert)
-        .await
-        .unwrap_err();
+    let req = web_request(wrong.evidence(&rd).unwrap(), nonce, &[]);
+    let err = activate(req).await.unwrap_err();
     let ApiError::Refused(refusal) = &err else {
         panic!("expected a refusal, got {err:?}");
     };
