@@ -21,8 +21,8 @@ pub struct SetOutcome {
 /// `POST /api/v2/manifest`.
 pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiError> {
     let _guard = core.manifest_lock.lock().await;
-    let CheckedManifest { manifest, warnings } = quarry_api::manifest::parse(&raw)
-        .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
+    let CheckedManifest { manifest, warnings } =
+        quarry_api::manifest::parse(&raw).map_err(ApiError::from)?;
     secrets::check_generatable(&manifest.secrets)
         .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
     match core.view().phase.as_ref() {

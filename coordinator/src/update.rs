@@ -127,8 +127,7 @@ pub async fn propose(
     if quarry_api::manifest::is_package_update(&raw) {
         return package_update(core, &d, &user, &raw).await;
     }
-    let checked = quarry_api::manifest::parse(&raw)
-        .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
+    let checked = quarry_api::manifest::parse(&raw).map_err(ApiError::from)?;
     secrets::check_generatable(&checked.manifest.secrets)
         .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
     authorize(&d.manifest, &user, Action::UpdateManifest, &[])?;

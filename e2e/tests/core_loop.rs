@@ -198,6 +198,32 @@ async fn core_loop_end_to_end() {
             .contains("line 1 column 2"),
         "{body}"
     );
+    assert_eq!(body["data"]["code"], "bad-request", "{body}");
+    // A manifest that breaks a rule: the body names the JSON pointer as a field of its own.
+    let broken = serde_json::json!({
+        "Packages": {"p": {"TEE": "simulated", "SignerID": "00".repeat(32)}},
+        "Marbles": {"a": {"Package": "missing"}}
+    });
+    let (code, body) = jsend(
+        client
+            .post(format!("{}/api/v2/manifest", coord.client_url()))
+            .json(&serde_json::json!({"manifest": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, broken.to_string())}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["data"]["code"], "invalid-manifest", "{body}");
+    assert_eq!(body["data"]["pointer"], "/Marbles/a/Package", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid manifest: "),
+        "{body}"
+    );
     let big = vec![b'a'; quarry_api::http::MAX_BODY_BYTES + 1];
     let resp = client
         .post(format!("{}/api/v2/manifest", coord.client_url()))
