@@ -335,7 +335,8 @@ pub struct CertSecret {
     pub private: Secret,
 }
 
-/// Checks a secret's key parameters without generating anything (for manifest checks).
+/// The key generator's own guard on its parameters (manifests are checked by quarry-api
+/// validation, which refuses every size this refuses before anything is generated).
 pub fn check_key_params(kind: CertKeyKind, size: u32) -> Result<(), String> {
     match kind {
         CertKeyKind::Ecdsa if matches!(size, 256 | 384) => Ok(()),

@@ -127,9 +127,8 @@ pub async fn propose(
     if quarry_api::manifest::is_package_update(&raw) {
         return package_update(core, &d, &user, &raw).await;
     }
-    let checked = quarry_api::manifest::parse(&raw).map_err(ApiError::from)?;
-    secrets::check_generatable(&checked.manifest.secrets)
-        .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
+    // Validated now (the same rules as `quarry manifest check`); parsed again when applied.
+    quarry_api::manifest::parse(&raw).map_err(ApiError::from)?;
     authorize(&d.manifest, &user, Action::UpdateManifest, &[])?;
     let store = store_of(core)?;
     if pending(store.as_ref()).await?.is_some() {

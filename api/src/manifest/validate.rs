@@ -110,22 +110,26 @@ fn check_secret(
     warnings: &mut Vec<Warning>,
 ) -> Result<(), ManifestError> {
     let size = ptr.join("Size");
-    let generated = !spec.user_defined;
+    // The key-parameter rule of every certificate secret, generated or uploaded: a Size the
+    // coordinator could not generate or use is refused here, so `quarry manifest check` and
+    // the coordinator give one verdict. An uploaded (UserDefined) key may leave Size at 0:
+    // the uploaded key then decides.
+    let checked = !spec.user_defined || spec.size != 0;
     match spec.kind {
         SecretKind::SymmetricKey if spec.size == 0 || !spec.size.is_multiple_of(8) => {
             return Err(size
                 .err("a symmetric-key needs a Size in bits, greater than 0 and a multiple of 8"));
         }
-        SecretKind::CertEcdsa if generated && [224, 521].contains(&spec.size) => {
+        SecretKind::CertEcdsa if checked && [224, 521].contains(&spec.size) => {
             return Err(size.err(
                 "cert-ecdsa Size 224 and 521 (P-224, P-521) are not supported by Quarry's crypto provider; use 256 or 384",
             ));
         }
-        SecretKind::CertEcdsa if generated && ![256, 384].contains(&spec.size) => {
+        SecretKind::CertEcdsa if checked && ![256, 384].contains(&spec.size) => {
             return Err(size.err("cert-ecdsa Size must be 256 or 384"));
         }
         SecretKind::CertRsa
-            if generated
+            if checked
                 && (spec.size < 2048 || spec.size > 8192 || !spec.size.is_multiple_of(8)) =>
         {
             return Err(size.err("cert-rsa Size must be between 2048 and 8192 and a multiple of 8"));
