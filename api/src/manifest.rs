@@ -33,6 +33,7 @@ pub use error::{ManifestError, Warning};
 pub use mesh::{AllowFrom, Mesh, MeshInbound, MeshOutbound, EXTERNAL_CLIENTS};
 pub use model::*;
 pub use update::{is_package_update, parse_package_update, PackageUpdate};
+pub use validate::check_cert_key_size;
 
 use error::Ptr;
 

@@ -335,23 +335,22 @@ pub struct CertSecret {
     pub private: Secret,
 }
 
-/// The key generator's own guard on its parameters (manifests are checked by quarry-api
-/// validation, which refuses every size this refuses before anything is generated).
-pub fn check_key_params(kind: CertKeyKind, size: u32) -> Result<(), String> {
-    match kind {
-        CertKeyKind::Ecdsa if matches!(size, 256 | 384) => Ok(()),
-        CertKeyKind::Ecdsa => Err(format!(
-            "ECDSA size {size} is not supported (use 256 or 384; P-224 and P-521 are not offered by this build's crypto provider)"
-        )),
-        CertKeyKind::Rsa if size == 0 || (2048..=8192).contains(&size) && size.is_multiple_of(8) => Ok(()),
-        CertKeyKind::Rsa => Err(format!("RSA size {size} is not supported (2048..=8192, multiple of 8)")),
-        CertKeyKind::Ed25519 if size == 0 => Ok(()),
-        CertKeyKind::Ed25519 => Err("Ed25519 keys take no Size".into()),
+impl CertKeyKind {
+    /// The manifest secret type of this key algorithm.
+    pub fn secret_kind(self) -> quarry_api::manifest::SecretKind {
+        use quarry_api::manifest::SecretKind;
+        match self {
+            CertKeyKind::Ecdsa => SecretKind::CertEcdsa,
+            CertKeyKind::Rsa => SecretKind::CertRsa,
+            CertKeyKind::Ed25519 => SecretKind::CertEd25519,
+        }
     }
 }
 
 fn generate_key(kind: CertKeyKind, size: u32) -> Result<(Secret, Vec<u8>), PkiError> {
-    check_key_params(kind, size).map_err(PkiError::Key)?;
+    // The manifest's rule (quarry-api validation already refused any other size).
+    quarry_api::manifest::check_cert_key_size(kind.secret_kind(), size)
+        .map_err(|e| PkiError::Key(e.into()))?;
     match kind {
         CertKeyKind::Ecdsa => {
             let alg = if size == 384 {
@@ -374,8 +373,7 @@ fn generate_key(kind: CertKeyKind, size: u32) -> Result<(Secret, Vec<u8>), PkiEr
         }
         CertKeyKind::Rsa => {
             use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
-            let bits = if size == 0 { 2048 } else { size as usize };
-            let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, bits)
+            let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, size as usize)
                 .map_err(|e| PkiError::Key(format!("RSA key generation: {e}")))?;
             let pkcs8 = key
                 .to_pkcs8_der()

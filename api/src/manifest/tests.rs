@@ -533,3 +533,55 @@ fn marbles_roles_grant_revoke_marble_on_existing_types_only() {
         json!({"r": {"ResourceType": "Secrets", "ResourceNames": [], "Actions": ["RevokeMarble"]}});
     assert_refused(&v, "/Roles/r/Actions/0", "does not apply to Secrets");
 }
+
+#[test]
+fn cert_key_sizes_follow_one_rule_at_the_size_pointer() {
+    // (Type, Size, UserDefined, accepted)
+    let cases = [
+        ("cert-ecdsa", 256, false, true),
+        ("cert-ecdsa", 384, false, true),
+        ("cert-ecdsa", 384, true, true),
+        ("cert-ecdsa", 0, true, true),
+        ("cert-ecdsa", 0, false, false),
+        ("cert-ecdsa", 224, false, false),
+        ("cert-ecdsa", 521, false, false),
+        ("cert-ecdsa", 521, true, false),
+        ("cert-ecdsa", 512, false, false),
+        ("cert-rsa", 2048, false, true),
+        ("cert-rsa", 3072, false, true),
+        ("cert-rsa", 8192, false, true),
+        ("cert-rsa", 0, true, true),
+        ("cert-rsa", 4096, true, true),
+        ("cert-rsa", 0, false, false),
+        ("cert-rsa", 1000, false, false),
+        ("cert-rsa", 1000, true, false),
+        ("cert-rsa", 2049, false, false),
+        ("cert-rsa", 8200, false, false),
+        ("cert-ed25519", 0, false, true),
+        ("cert-ed25519", 0, true, true),
+        ("cert-ed25519", 256, false, false),
+        ("cert-ed25519", 256, true, false),
+    ];
+    for (kind, size, user_defined, accepted) in cases {
+        let name = format!("{kind} Size {size} UserDefined {user_defined}");
+        let mut v = base();
+        v["Secrets"] = json!({"my/key": {"Type": kind, "Size": size, "UserDefined": user_defined}});
+        let rule = check_cert_key_size(SecretKind::parse(kind).expect("kind"), size);
+        match parse_json(&v) {
+            Ok(_) => {
+                assert!(accepted, "{name}: accepted");
+                assert!(
+                    rule.is_ok() || (user_defined && size == 0),
+                    "{name}: {rule:?}"
+                );
+            }
+            Err(err) => {
+                assert!(!accepted, "{name}: refused with {err}");
+                assert_eq!(err.path, "/Secrets/my~1key/Size", "{name}");
+                assert_eq!(Err(err.message.as_str()), rule, "{name}");
+            }
+        }
+    }
+    assert_eq!(check_cert_key_size(SecretKind::SymmetricKey, 12), Ok(()));
+    assert_eq!(check_cert_key_size(SecretKind::Plain, 0), Ok(()));
+}

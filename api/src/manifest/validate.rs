@@ -110,32 +110,10 @@ fn check_secret(
     warnings: &mut Vec<Warning>,
 ) -> Result<(), ManifestError> {
     let size = ptr.join("Size");
-    // The key-parameter rule of every certificate secret, generated or uploaded: a Size the
-    // coordinator could not generate or use is refused here, so `quarry manifest check` and
-    // the coordinator give one verdict. An uploaded (UserDefined) key may leave Size at 0:
-    // the uploaded key then decides.
-    let checked = !spec.user_defined || spec.size != 0;
     match spec.kind {
         SecretKind::SymmetricKey if spec.size == 0 || !spec.size.is_multiple_of(8) => {
             return Err(size
                 .err("a symmetric-key needs a Size in bits, greater than 0 and a multiple of 8"));
-        }
-        SecretKind::CertEcdsa if checked && [224, 521].contains(&spec.size) => {
-            return Err(size.err(
-                "cert-ecdsa Size 224 and 521 (P-224, P-521) are not supported by Quarry's crypto provider; use 256 or 384",
-            ));
-        }
-        SecretKind::CertEcdsa if checked && ![256, 384].contains(&spec.size) => {
-            return Err(size.err("cert-ecdsa Size must be 256 or 384"));
-        }
-        SecretKind::CertRsa
-            if checked
-                && (spec.size < 2048 || spec.size > 8192 || !spec.size.is_multiple_of(8)) =>
-        {
-            return Err(size.err("cert-rsa Size must be between 2048 and 8192 and a multiple of 8"));
-        }
-        SecretKind::CertEd25519 if spec.size != 0 => {
-            return Err(size.err("cert-ed25519 takes no Size"));
         }
         SecretKind::Plain if !spec.user_defined => {
             return Err(ptr
@@ -143,6 +121,12 @@ fn check_secret(
                 .err("a plain secret must be UserDefined (it cannot be generated)"));
         }
         _ => {}
+    }
+    // The key-parameter rule of every certificate secret, generated or uploaded, so
+    // `quarry manifest check` and the coordinator give one verdict. An uploaded (UserDefined)
+    // key may leave Size at 0: the uploaded key then decides.
+    if !spec.user_defined || spec.size != 0 {
+        check_cert_key_size(spec.kind, spec.size).map_err(|e| size.err(e))?;
     }
     if spec.kind.is_cert() {
         if spec.valid_for_days.is_some()
@@ -167,6 +151,30 @@ fn check_secret(
         }
     }
     Ok(())
+}
+
+/// The key-size rule of certificate secrets: why a key of `kind` and `size` bits is refused.
+///
+/// `size` 0 means no Size was given. `cert-ecdsa` takes 256 or 384 (the crypto provider has
+/// no P-224/P-521), `cert-rsa` 2048 to 8192 in multiples of 8, `cert-ed25519` no Size; other
+/// kinds are not certificates and pass.
+/// Manifest validation applies it to every generated certificate secret and to uploaded ones
+/// that give a Size; the coordinator's key generator applies it too.
+pub fn check_cert_key_size(kind: SecretKind, size: u32) -> Result<(), &'static str> {
+    match kind {
+        SecretKind::CertEcdsa if matches!(size, 256 | 384) => Ok(()),
+        SecretKind::CertEcdsa if matches!(size, 224 | 521) => Err(
+            "cert-ecdsa Size 224 and 521 (P-224, P-521) are not supported by Quarry's crypto provider; use 256 or 384",
+        ),
+        SecretKind::CertEcdsa => Err("cert-ecdsa Size must be 256 or 384"),
+        SecretKind::CertRsa if (2048..=8192).contains(&size) && size.is_multiple_of(8) => Ok(()),
+        SecretKind::CertRsa => {
+            Err("cert-rsa Size must be between 2048 and 8192 and a multiple of 8")
+        }
+        SecretKind::CertEd25519 if size == 0 => Ok(()),
+        SecretKind::CertEd25519 => Err("cert-ed25519 takes no Size"),
+        SecretKind::SymmetricKey | SecretKind::Plain => Ok(()),
+    }
 }
 
 fn check_users(m: &Manifest) -> Result<(), ManifestError> {
