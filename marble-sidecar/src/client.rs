@@ -1,27 +1,36 @@
-//! Talking to the coordinator's mesh API: the TLS 1.3 client configuration (the marble key as
-//! client certificate, the coordinator authenticated by a pinned root CA), the HTTP client and
-//! the activation exchange (nonce, evidence, `POST /api/v2/activate`) with retries.
+//! Talking to the coordinator's mesh API, with one client ([`MeshClient`]) for everything the
+//! sidecar asks: the attestation, nonces, `POST /api/v2/activate`, `POST /api/v2/renew` and
+//! the CRL. Also the TLS 1.3 client configurations (the marble key, or the current leaf, as
+//! client certificate; the coordinator authenticated as [`TrustAnchor`] says) and the
+//! activation exchange with retries.
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use quarry_api::attestation::AttestationResponse;
 use quarry_api::evidence::activation_report_data;
 use quarry_api::http::{
-    ActivateRequest, ActivateResponse, FieldMismatch, JSend, NonceResponse, MAX_BODY_BYTES,
+    ActivateRequest, ActivateResponse, FieldMismatch, JSend, NonceResponse, RenewRequest,
+    RenewResponse, MAX_BODY_BYTES,
 };
 use quarry_attestation::{EvidenceProvider, ProviderError};
+use quarry_trust::tls::{self, dangerous::AcceptAnyServerCert, Recording};
+use rustls::client::WantsClientCert;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::config::CoordinatorTrust;
 use crate::identity::MarbleKey;
-
-pub mod dangerous;
+use crate::proxy::CertStore;
 
 /// Path of the nonce endpoint.
 pub const NONCE_PATH: &str = "/api/v2/activate/nonce";
 /// Path of the activation endpoint.
 pub const ACTIVATE_PATH: &str = "/api/v2/activate";
+/// Path of the renewal endpoint.
+pub const RENEW_PATH: &str = "/api/v2/renew";
+/// Path of the CRL endpoint.
+pub const CRL_PATH: &str = "/api/v2/crl";
 /// Upper bound of one request, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound of establishing a connection.
@@ -116,6 +125,9 @@ pub enum TrustAnchor {
     PinnedRoot(Arc<rustls::RootCertStore>),
     /// Any server certificate is accepted (the handshake signature is still checked).
     DangerousAcceptAnyCoordinator,
+    /// Any server chain is accepted and recorded; the coordinator's attestation must then
+    /// vouch for it (`--coordinator-policy`, before a root is pinned).
+    Recording(Arc<Recording>),
 }
 
 impl TrustAnchor {
@@ -163,23 +175,37 @@ pub fn tls_config(
     trust: &TrustAnchor,
     key: &MarbleKey,
 ) -> Result<rustls::ClientConfig, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ClientError::Setup(e.to_string()))?;
-    let builder = match trust {
-        TrustAnchor::PinnedRoot(roots) => builder.with_root_certificates(roots.clone()),
-        TrustAnchor::DangerousAcceptAnyCoordinator => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(dangerous::AcceptAnyCoordinator::new(
-                provider,
-            ))),
-    };
-    let mut config = builder
+    let mut config = client_builder(trust)?
         .with_client_auth_cert(vec![key.cert_der()], key.private_key_der())
         .map_err(|e| ClientError::Setup(format!("client certificate: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The TLS 1.3 client configuration of renewals and CRL fetches: the marble's *current* leaf
+/// (from `certs`, which renewal replaces) as client certificate.
+pub fn leaf_tls_config(
+    trust: &TrustAnchor,
+    certs: Arc<CertStore>,
+) -> Result<rustls::ClientConfig, ClientError> {
+    let mut config = client_builder(trust)?.with_client_cert_resolver(certs);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // A resumed session would carry the identity of the certificate it was made with.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+fn client_builder(
+    trust: &TrustAnchor,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, WantsClientCert>, ClientError> {
+    match trust {
+        TrustAnchor::PinnedRoot(roots) => tls::client_with_roots(roots.clone()),
+        TrustAnchor::DangerousAcceptAnyCoordinator => {
+            tls::client_with_verifier(Arc::new(AcceptAnyServerCert::new()))
+        }
+        TrustAnchor::Recording(recording) => tls::client_with_verifier(recording.clone()),
+    }
+    .map_err(|e| ClientError::Setup(e.to_string()))
 }
 
 /// Retry schedule for connection failures (a sidecar may start before its coordinator).
@@ -213,17 +239,48 @@ pub struct MeshClient {
 impl MeshClient {
     /// A client of the mesh API at `base` (`https://host:port`) using `tls`.
     pub fn new(base: reqwest::Url, tls: rustls::ClientConfig) -> Result<MeshClient, ClientError> {
-        let http = reqwest::Client::builder()
+        MeshClient::build(base, tls, true)
+    }
+
+    /// A client that authenticates with the marble's *current* leaf certificate (renewals,
+    /// CRL). No connection is reused, so every request presents the certificate in force at
+    /// that moment.
+    pub fn with_current_leaf(
+        base: reqwest::Url,
+        trust: &TrustAnchor,
+        certs: Arc<CertStore>,
+    ) -> Result<MeshClient, ClientError> {
+        MeshClient::build(base, leaf_tls_config(trust, certs)?, false)
+    }
+
+    fn build(
+        base: reqwest::Url,
+        tls: rustls::ClientConfig,
+        reuse_connections: bool,
+    ) -> Result<MeshClient, ClientError> {
+        let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .https_only(true)
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("quarry-marble-sidecar/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("quarry-marble-sidecar/", env!("CARGO_PKG_VERSION")));
+        if !reuse_connections {
+            builder = builder.pool_max_idle_per_host(0);
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Setup(error_chain(&e)))?;
         Ok(MeshClient { http, base })
+    }
+
+    /// `GET /api/v2/attestation?nonce=HEX`: the coordinator's evidence and statement
+    /// (unverified; see [`quarry_trust::relying_party::verify`]).
+    pub async fn attestation(&self, nonce: &[u8]) -> Result<AttestationResponse, ClientError> {
+        let url = self.url(&quarry_trust::relying_party::attestation_path(nonce))?;
+        self.call(self.http.get(url.clone()), &url, "the attestation request")
+            .await
     }
 
     /// `GET /api/v2/activate/nonce`: a fresh nonce bound to this client's TLS key.
@@ -255,6 +312,36 @@ impl MeshClient {
         .await
     }
 
+    /// `POST /api/v2/renew`.
+    pub async fn renew(&self, request: &RenewRequest) -> Result<RenewResponse, ClientError> {
+        let url = self.url(RENEW_PATH)?;
+        self.call(
+            self.http.post(url.clone()).json(request),
+            &url,
+            "the renewal request",
+        )
+        .await
+    }
+
+    /// `GET /api/v2/crl`: the DER CRL (unverified; see [`crate::crl::verify_crl`]).
+    pub async fn crl(&self) -> Result<Vec<u8>, ClientError> {
+        let what = "the CRL request";
+        let url = self.url(CRL_PATH)?;
+        let (status, body) = self.fetch(self.http.get(url.clone()), &url, what).await?;
+        if status.is_success() {
+            // The CRL is the body itself, not a JSend envelope.
+            return Ok(body.to_vec());
+        }
+        // A refusal is an envelope like any other; interpret never accepts an error status.
+        match interpret::<serde_json::Value>(status, &body, what) {
+            Err(e) => Err(e),
+            Ok(_) => Err(ClientError::Protocol {
+                what,
+                reason: format!("HTTP {status}"),
+            }),
+        }
+    }
+
     fn url(&self, path: &str) -> Result<reqwest::Url, ClientError> {
         self.base
             .join(path)
@@ -267,6 +354,17 @@ impl MeshClient {
         url: &reqwest::Url,
         what: &'static str,
     ) -> Result<T, ClientError> {
+        let (status, body) = self.fetch(request, url, what).await?;
+        interpret(status, &body, what)
+    }
+
+    /// Sends `request`; returns the status and the whole (bounded) body.
+    async fn fetch(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &reqwest::Url,
+        what: &'static str,
+    ) -> Result<(reqwest::StatusCode, Zeroizing<Vec<u8>>), ClientError> {
         let response = request.send().await.map_err(|e| transport_error(url, &e))?;
         let status = response.status();
         let body = read_body(response, what).await.map_err(|e| match e {
@@ -276,7 +374,7 @@ impl MeshClient {
                 reason: format!("the body exceeds {MAX_BODY_BYTES} bytes"),
             },
         })?;
-        interpret(status, &body, what)
+        Ok((status, body))
     }
 }
 
@@ -453,7 +551,7 @@ fn interpret<T: DeserializeOwned>(
 /// What an operator reads of a refusal: `refused [code] field: expected X, found Y` when the
 /// coordinator said which fields failed, `refused [code] message` when it gave a code only,
 /// and the bare message from a coordinator that sends neither.
-fn refusal_line(code: Option<&str>, message: &str, fields: &[FieldMismatch]) -> String {
+pub fn refusal_line(code: Option<&str>, message: &str, fields: &[FieldMismatch]) -> String {
     match code {
         None => message.to_string(),
         Some(code) => quarry_api::http::FailData {

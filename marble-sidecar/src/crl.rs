@@ -15,8 +15,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::client::MeshClient;
 use crate::proxy::CertStore;
-use crate::renew::Link;
 
 /// CRL refresh interval used when none is configured.
 pub const DEFAULT_CRL_INTERVAL: Duration = Duration::from_secs(30);
@@ -176,11 +176,14 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
 /// Fetches, verifies and installs the coordinator's CRL once; returns how many serials it
 /// newly revoked.
 pub async fn refresh_once(
-    link: &Link,
+    link: &MeshClient,
     certs: &CertStore,
     revoked: &Revoked,
 ) -> Result<usize, String> {
-    let der = link.crl().await.map_err(|e| e.to_string())?;
+    let der = link
+        .crl()
+        .await
+        .map_err(|e| crate::renew::UpkeepError::from(e).to_string())?;
     let current = certs.current();
     let mesh_ca = current
         .cert
@@ -192,7 +195,7 @@ pub async fn refresh_once(
 
 /// Refreshes the CRL every `interval`, forever (runs beside the proxies).
 pub async fn refresh_forever(
-    link: Arc<Link>,
+    link: Arc<MeshClient>,
     certs: Arc<CertStore>,
     revoked: Arc<Revoked>,
     interval: Duration,

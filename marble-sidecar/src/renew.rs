@@ -22,27 +22,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_api::evidence::activation_report_data;
-use quarry_api::http::{JSend, NonceResponse, RenewRequest, RenewResponse, Value, MAX_BODY_BYTES};
+use quarry_api::http::{RenewRequest, Value};
 use quarry_attestation::EvidenceProvider;
 use rustls::sign::CertifiedKey;
-use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::client::{dangerous, TrustAnchor, NONCE_PATH};
+use crate::client::{ClientError, MeshClient, TrustAnchor};
 use crate::proxy::{CertStore, MeshIdentity, Proxies};
-
-/// Path of the renewal endpoint (mesh API).
-pub const RENEW_PATH: &str = "/api/v2/renew";
-/// Path of the CRL endpoint (mesh API).
-pub const CRL_PATH: &str = "/api/v2/crl";
 /// First wait after a failed renewal; doubles after each further failure.
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between two renewal attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Shortest wait before a renewal or retry.
 const MIN_DELAY: Duration = Duration::from_millis(100);
-/// Upper bound of one request to the coordinator.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why renewal or a CRL fetch failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +70,34 @@ pub enum UpkeepError {
     /// A file holding the certificate could not be replaced.
     #[error("replacing the files that hold the certificate: {0}")]
     Files(#[from] crate::materialise::MaterialiseError),
+}
+
+impl From<ClientError> for UpkeepError {
+    /// The mesh client's errors, worded for renewal and CRL refresh (a refusal here is not
+    /// an activation refusal).
+    fn from(e: ClientError) -> UpkeepError {
+        match e {
+            ClientError::Refused {
+                message,
+                code,
+                fields,
+            } => UpkeepError::Refused(crate::client::refusal_line(
+                code.as_deref(),
+                &message,
+                &fields,
+            )),
+            ClientError::Unreachable { url, reason }
+            | ClientError::Transport { url, reason }
+            | ClientError::Handshake { url, reason }
+            | ClientError::CoordinatorNotAuthenticated { url, reason } => {
+                UpkeepError::Transport { url, reason }
+            }
+            ClientError::Protocol { what, reason } => UpkeepError::Protocol { what, reason },
+            ClientError::Evidence(e) => UpkeepError::Evidence(e.to_string()),
+            ClientError::LeafKeyMismatch => UpkeepError::Certificate(e.to_string()),
+            ClientError::RootCa { .. } | ClientError::Setup(_) => UpkeepError::Setup(e.to_string()),
+        }
+    }
 }
 
 /// The manifest Files the sidecar wrote at activation, replaced when a renewal brings them
@@ -132,165 +152,6 @@ pub fn unix_now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A mesh API client that authenticates with the marble's *current* leaf certificate. No
-/// connection is reused, so every request presents the certificate in force at that moment.
-#[derive(Debug)]
-pub struct Link {
-    http: reqwest::Client,
-    base: reqwest::Url,
-}
-
-impl Link {
-    /// A client of the mesh API at `base`, verifying the coordinator as `trust` says.
-    pub fn new(
-        base: reqwest::Url,
-        trust: &TrustAnchor,
-        certs: Arc<CertStore>,
-    ) -> Result<Link, UpkeepError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| UpkeepError::Setup(e.to_string()))?;
-        let builder = match trust {
-            TrustAnchor::PinnedRoot(roots) => builder.with_root_certificates(roots.clone()),
-            TrustAnchor::DangerousAcceptAnyCoordinator => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(dangerous::AcceptAnyCoordinator::new(
-                    provider,
-                ))),
-        };
-        let mut tls = builder.with_client_cert_resolver(certs);
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // A resumed session would carry the identity of the certificate it was made with.
-        tls.resumption = rustls::client::Resumption::disabled();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .https_only(true)
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(crate::client::CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .pool_max_idle_per_host(0)
-            .user_agent(concat!("quarry-marble-sidecar/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| UpkeepError::Setup(e.to_string()))?;
-        Ok(Link { http, base })
-    }
-
-    fn url(&self, path: &str) -> Result<reqwest::Url, UpkeepError> {
-        self.base
-            .join(path)
-            .map_err(|e| UpkeepError::Setup(e.to_string()))
-    }
-
-    async fn body(
-        &self,
-        request: reqwest::RequestBuilder,
-        url: &reqwest::Url,
-    ) -> Result<(reqwest::StatusCode, Vec<u8>), UpkeepError> {
-        let transport = |e: reqwest::Error| UpkeepError::Transport {
-            url: url.to_string(),
-            reason: crate::client::error_chain(&e),
-        };
-        let mut response = request.send().await.map_err(transport)?;
-        let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(UpkeepError::Protocol {
-                    what: "a mesh API request",
-                    reason: format!("the body exceeds {MAX_BODY_BYTES} bytes"),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((status, body))
-    }
-
-    async fn jsend<T: DeserializeOwned>(
-        &self,
-        request: reqwest::RequestBuilder,
-        url: &reqwest::Url,
-        what: &'static str,
-    ) -> Result<T, UpkeepError> {
-        let (status, body) = self.body(request, url).await?;
-        let envelope: JSend<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
-            if status.is_success() {
-                UpkeepError::Protocol {
-                    what,
-                    reason: format!("not a JSend envelope: {e}"),
-                }
-            } else {
-                UpkeepError::Refused(format!("HTTP {status}"))
-            }
-        })?;
-        // A refusal with a code reads `refused [code] ...` (the fields when there are any).
-        let typed = envelope.fail_data().map(|d| d.summary());
-        match envelope.into_result() {
-            Ok(data) if status.is_success() => {
-                serde_json::from_value(data).map_err(|e| UpkeepError::Protocol {
-                    what,
-                    reason: format!("unexpected data: {e}"),
-                })
-            }
-            Ok(_) => Err(UpkeepError::Protocol {
-                what,
-                reason: format!("HTTP {status} with a success envelope"),
-            }),
-            Err(message) => Err(UpkeepError::Refused(one_line(&typed.unwrap_or(message)))),
-        }
-    }
-
-    /// `GET /api/v2/activate/nonce` on a leaf-authenticated connection.
-    pub async fn nonce(&self) -> Result<[u8; 32], UpkeepError> {
-        let url = self.url(NONCE_PATH)?;
-        let data: NonceResponse = self
-            .jsend(self.http.get(url.clone()), &url, "the nonce request")
-            .await?;
-        hex::decode(data.nonce.trim())
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or(UpkeepError::Protocol {
-                what: "the nonce request",
-                reason: "the nonce is not 32 bytes of hex".into(),
-            })
-    }
-
-    /// `POST /api/v2/renew`.
-    pub async fn renew(&self, request: &RenewRequest) -> Result<RenewResponse, UpkeepError> {
-        let url = self.url(RENEW_PATH)?;
-        self.jsend(
-            self.http.post(url.clone()).json(request),
-            &url,
-            "the renewal request",
-        )
-        .await
-    }
-
-    /// `GET /api/v2/crl`: the DER CRL (unverified; see [`crate::crl::verify_crl`]).
-    pub async fn crl(&self) -> Result<Vec<u8>, UpkeepError> {
-        let url = self.url(CRL_PATH)?;
-        let (status, body) = self.body(self.http.get(url.clone()), &url).await?;
-        if !status.is_success() {
-            let message = serde_json::from_slice::<JSend<serde_json::Value>>(&body)
-                .ok()
-                .and_then(|e| e.into_result().err())
-                .unwrap_or_else(|| format!("HTTP {status}"));
-            return Err(UpkeepError::Refused(one_line(&message)));
-        }
-        Ok(body)
-    }
-}
-
-/// One line, printable, bounded: coordinator text goes to the logs.
-fn one_line(message: &str) -> String {
-    message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(512)
-        .collect()
-}
-
 /// notBefore and notAfter of a certificate (DER), Unix seconds.
 pub fn leaf_times(cert_der: &[u8]) -> Result<(i64, i64), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
@@ -323,7 +184,7 @@ pub fn retry_delay(backoff: Duration, not_after: i64, now_ms: i64) -> Duration {
 
 /// Renews the marble's leaf for as long as the proxies run.
 pub struct Renewer {
-    link: Arc<Link>,
+    link: Arc<MeshClient>,
     provider: Arc<dyn EvidenceProvider>,
     spki: Vec<u8>,
     spiffe_id: String,
@@ -342,7 +203,7 @@ impl std::fmt::Debug for Renewer {
 impl Renewer {
     /// A renewer of the leaf in `certs` for the key `spki` with SPIFFE ID `spiffe_id`.
     pub fn new(
-        link: Arc<Link>,
+        link: Arc<MeshClient>,
         provider: Arc<dyn EvidenceProvider>,
         spki: Vec<u8>,
         spiffe_id: String,
@@ -498,7 +359,7 @@ impl std::fmt::Debug for Upkeep {
 impl Upkeep {
     /// Starts renewal and CRL refresh beside `proxies` (they stop with them).
     pub fn start(self, proxies: &mut Proxies, identity: &MeshIdentity) -> Result<(), UpkeepError> {
-        let link = Arc::new(Link::new(
+        let link = Arc::new(MeshClient::with_current_leaf(
             self.coordinator,
             &self.trust,
             identity.certs.clone(),

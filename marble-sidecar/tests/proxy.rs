@@ -219,8 +219,7 @@ async fn tls_exchange(
     // The server is checked against the root only; the test's leaves carry no DNS names, so
     // use an accept-chain-only verifier built from the egress one.
     let server_verifier =
-        marble_sidecar::proxy::egress::MeshServerVerifier::new(&pki_identity(pki), "server")
-            .unwrap();
+        marble_sidecar::proxy::egress::server_verifier(&pki_identity(pki), "server").unwrap();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()

@@ -6,11 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quarry_api::http::MeshOutboundConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use quarry_trust::tls::{PeerCheck, PinnedRootServer};
+use rustls::CertificateError;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
@@ -131,12 +129,9 @@ fn client_config(
     entry: &MeshOutboundConfig,
     id: &MeshIdentity,
 ) -> Result<rustls::ClientConfig, ProxyError> {
-    let verifier = MeshServerVerifier::new(id, &entry.marble)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(id.provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+    let verifier = server_verifier(id, &entry.marble)?;
+    let mut config = quarry_trust::tls::client_with_verifier(Arc::new(verifier))
         .map_err(|e| ProxyError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(id.certs.clone());
     // Every connection is a full handshake: the server is always verified afresh.
     config.resumption = rustls::client::Resumption::disabled();
@@ -155,87 +150,47 @@ fn server_name(address: &str) -> ServerName<'static> {
 }
 
 /// Server certificate verifier of an egress port: the chain must reach the deployment root
-/// (webpki, serverAuth), and the leaf must carry the SPIFFE ID of a marble of the expected
-/// type in this trust domain. The host name is deliberately not checked.
+/// (webpki, serverAuth), then [`ExpectedServer`] judges the leaf. The host name is
+/// deliberately not checked.
+pub type MeshServerVerifier = PinnedRootServer<ExpectedServer>;
+
+/// The verifier of an egress port trusting `id.roots` only, expecting a server of type
+/// `expected`.
+pub fn server_verifier(
+    id: &MeshIdentity,
+    expected: &str,
+) -> Result<MeshServerVerifier, ProxyError> {
+    let check = ExpectedServer {
+        trust_domain: id.trust_domain.clone(),
+        expected: expected.to_string(),
+        revoked: id.revoked.clone(),
+    };
+    PinnedRootServer::new(id.roots.clone(), check)
+        .map_err(|e| ProxyError::Tls(format!("server verifier: {e}")))
+}
+
+/// What an egress port requires of its server's leaf: the SPIFFE ID of a marble of the
+/// expected type in this trust domain, and a serial the CRL does not list.
 #[derive(Debug)]
-pub struct MeshServerVerifier {
-    signatures: Arc<WebPkiServerVerifier>,
-    roots: Arc<rustls::RootCertStore>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+pub struct ExpectedServer {
     trust_domain: String,
     expected: String,
     revoked: Arc<crate::crl::Revoked>,
 }
 
-impl MeshServerVerifier {
-    /// A verifier trusting `id.roots` only, expecting a server of type `expected`.
-    pub fn new(id: &MeshIdentity, expected: &str) -> Result<Self, ProxyError> {
-        let signatures =
-            WebPkiServerVerifier::builder_with_provider(id.roots.clone(), id.provider.clone())
-                .build()
-                .map_err(|e| ProxyError::Tls(format!("server verifier: {e}")))?;
-        Ok(MeshServerVerifier {
-            signatures,
-            roots: id.roots.clone(),
-            provider: id.provider.clone(),
-            trust_domain: id.trust_domain.clone(),
-            expected: expected.to_string(),
-            revoked: id.revoked.clone(),
-        })
-    }
-}
-
-impl ServerCertVerifier for MeshServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+impl PeerCheck for ExpectedServer {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), CertificateError> {
         let peer = allow::peer_identity(end_entity, &self.trust_domain).map_err(|e| {
             tracing::warn!(proxy = "egress", marble = %self.expected, error = %e, "server refused: no marble identity");
-            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+            CertificateError::ApplicationVerificationFailure
         })?;
         allow::check_server(&peer, &self.expected).map_err(|e| {
             tracing::warn!(proxy = "egress", server = %peer, reason = %e, "server refused");
-            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+            CertificateError::ApplicationVerificationFailure
         })?;
         self.revoked.check(end_entity).map_err(|e| {
             tracing::warn!(proxy = "egress", server = %peer, reason = %e, "server refused: certificate revoked");
-            rustls::Error::InvalidCertificate(CertificateError::Revoked)
-        })?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.signatures.supported_verify_schemes()
+            CertificateError::Revoked
+        })
     }
 }

@@ -8,11 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quarry_api::http::{MeshAllow, MeshInboundConfig};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use quarry_trust::tls::{PeerCheck, PinnedRootClient};
+use rustls::CertificateError;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -142,12 +140,11 @@ fn server_config(
     entry: &MeshInboundConfig,
     id: &MeshIdentity,
 ) -> Result<rustls::ServerConfig, ProxyError> {
-    let builder = rustls::ServerConfig::builder_with_provider(id.provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let builder =
+        quarry_trust::tls::server_builder().map_err(|e| ProxyError::Tls(e.to_string()))?;
     let mut config = match Policy::from_wire(&entry.allow) {
         Some(policy) => {
-            let verifier = MeshClientVerifier::new(id, policy, entry.port)?;
+            let verifier = client_verifier(id, policy, entry.port)?;
             builder
                 .with_client_cert_verifier(Arc::new(verifier))
                 .with_cert_resolver(id.certs.clone())
@@ -169,83 +166,49 @@ fn server_config(
     Ok(config)
 }
 
-/// Client certificate verifier of a mesh port: the chain must reach the deployment root
-/// (webpki), then the certificate must name a marble of this trust domain whose type the
-/// port's policy admits.
+/// Client certificate verifier of a mesh port: a client certificate is required, its chain
+/// must reach the deployment root (webpki), then [`AllowedPeer`] judges the leaf.
+pub type MeshClientVerifier = PinnedRootClient<AllowedPeer>;
+
+/// The verifier of mesh port `port` trusting `id.roots` only, admitting per `policy`.
+pub fn client_verifier(
+    id: &MeshIdentity,
+    policy: Policy,
+    port: u16,
+) -> Result<MeshClientVerifier, ProxyError> {
+    let check = AllowedPeer {
+        trust_domain: id.trust_domain.clone(),
+        policy,
+        port,
+        revoked: id.revoked.clone(),
+    };
+    PinnedRootClient::new(id.roots.clone(), check)
+        .map_err(|e| ProxyError::Tls(format!("client verifier: {e}")))
+}
+
+/// What a mesh port requires of its client's leaf: the SPIFFE ID of a marble of this trust
+/// domain whose type the port's policy admits, and a serial the CRL does not list.
 #[derive(Debug)]
-pub struct MeshClientVerifier {
-    chain: Arc<dyn ClientCertVerifier>,
+pub struct AllowedPeer {
     trust_domain: String,
     policy: Policy,
     port: u16,
     revoked: Arc<crate::crl::Revoked>,
 }
 
-impl MeshClientVerifier {
-    /// A verifier trusting `id.roots` only, admitting per `policy`.
-    pub fn new(id: &MeshIdentity, policy: Policy, port: u16) -> Result<Self, ProxyError> {
-        let chain =
-            WebPkiClientVerifier::builder_with_provider(id.roots.clone(), id.provider.clone())
-                .build()
-                .map_err(|e| ProxyError::Tls(format!("client verifier: {e}")))?;
-        Ok(MeshClientVerifier {
-            chain,
-            trust_domain: id.trust_domain.clone(),
-            policy,
-            port,
-            revoked: id.revoked.clone(),
-        })
-    }
-}
-
-impl ClientCertVerifier for MeshClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.chain.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .chain
-            .verify_client_cert(end_entity, intermediates, now)?;
+impl PeerCheck for AllowedPeer {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), CertificateError> {
         let peer = allow::peer_identity(end_entity, &self.trust_domain).map_err(|e| {
             tracing::warn!(proxy = "ingress", port = self.port, error = %e, "peer refused: no marble identity");
-            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+            CertificateError::ApplicationVerificationFailure
         })?;
         self.policy.check(&peer).map_err(|e| {
             tracing::warn!(proxy = "ingress", port = self.port, peer = %peer, reason = %e, "peer refused by AllowFrom");
-            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+            CertificateError::ApplicationVerificationFailure
         })?;
         self.revoked.check(end_entity).map_err(|e| {
             tracing::warn!(proxy = "ingress", port = self.port, peer = %peer, reason = %e, "peer refused: certificate revoked");
-            rustls::Error::InvalidCertificate(CertificateError::Revoked)
-        })?;
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.chain.supported_verify_schemes()
+            CertificateError::Revoked
+        })
     }
 }
