@@ -12,11 +12,11 @@ use quarry_api::template::{Reference, Target, TemplateContext};
 use quarry_api::Claims;
 use sha2::{Digest, Sha256};
 
-use crate::core::{keys, Core, Deployment, Phase};
 use crate::error::ApiError;
 use crate::pki::{pem_cert, LeafRequest};
 use crate::refusal::Refusal;
 use crate::secrets::{self, ActivationContext, SecretValue};
+use crate::state::{keys, Core, Deployment, Phase};
 use crate::store::{Store, StoreError, Txn};
 
 /// How often a compare-and-swap on the activation counter is retried under contention.
@@ -77,7 +77,7 @@ pub async fn activate(
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| ApiError::BadRequest("nonce must be 64 hex digits".into()))?;
             core.take_nonce(&bytes, &spki_hash)
-                .map_err(|e| refuse(Refusal::Nonce(e.to_string())))?;
+                .map_err(|e| refuse(Refusal::Nonce(e)))?;
             Some(bytes)
         }
     };

@@ -4,10 +4,8 @@
 
 pub mod activation;
 pub mod config;
-pub mod core;
 pub mod error;
 pub mod extract;
-pub mod ha;
 pub mod limits;
 pub mod manifest_ops;
 pub mod mesh;
@@ -17,11 +15,13 @@ pub mod pki;
 pub mod recovery;
 pub mod refusal;
 pub mod renewal;
+pub mod replica;
 pub mod revocation;
 pub mod routes;
 pub mod sealing;
 pub mod secrets;
 pub mod secrets_api;
+pub mod state;
 pub mod store;
 pub mod tee;
 pub mod tls;
@@ -35,7 +35,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, StoreKind, TeeChoice};
-use crate::core::Core;
+use crate::state::Core;
 use crate::tee::Tee;
 
 /// A coordinator with its listeners bound, ready to serve.
@@ -54,7 +54,12 @@ pub struct App {
 impl App {
     /// Opens the state and binds both listeners.
     pub async fn build(config: &Config) -> anyhow::Result<App> {
-        create_private_dir(&config.data_dir)?;
+        state::fs::create_private_dir(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "creating the data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
         let tee = tee_from_config(config)?;
         if tee.simulation {
             tracing::warn!(
@@ -74,7 +79,7 @@ impl App {
                 .await?;
                 // Bound before the state opens, so a bad address fails fast.
                 let peer = match config.peer_addr {
-                    Some(a) => Some((ha::bind_peer(a).await?, a)),
+                    Some(a) => Some((replica::bind_peer(a).await?, a)),
                     None => None,
                 };
                 let core =
@@ -166,26 +171,29 @@ fn start_replica(
     peer: Option<(TcpListener, SocketAddr)>,
     advertise: Option<String>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let Some(conn) = core.etcd_conn() else {
+    let Some(conn) = core.cluster() else {
         return Ok(Vec::new());
     };
     let mut tasks = Vec::new();
     // Watched from the revision the state was loaded at (in Recovery: from now on).
-    let seen = core.etcd_store().map(|s| s.seen_revision()).unwrap_or(0);
+    let seen = core.backend().map(|s| s.seen_revision()).unwrap_or(0);
     let changes = if seen > 0 {
         conn.watch(seen + 1)
     } else {
         conn.watch(0)
     };
-    tasks.push(tokio::spawn(ha::refresh_from_watch(core.clone(), changes)));
+    tasks.push(tokio::spawn(replica::watch::refresh_from_watch(
+        core.clone(),
+        changes,
+    )));
     if peer.is_none() {
         tracing::warn!("etcd mode without --peer-addr: this replica shares the data encryption key with no other replica");
     }
     if let Some((listener, addr)) = peer {
-        let own = Arc::new(ha::own_claims(&core.tee).map_err(anyhow::Error::msg)?);
+        let own = Arc::new(replica::own_claims(&core.tee).map_err(anyhow::Error::msg)?);
         let advertise =
             advertise.unwrap_or_else(|| listener.local_addr().unwrap_or(addr).to_string());
-        tasks.extend(ha::start_peer_service(
+        tasks.extend(replica::start_peer_service(
             core.clone(),
             conn,
             listener,
@@ -276,16 +284,4 @@ fn tee_from_config(config: &Config) -> anyhow::Result<Tee> {
             })
         }
     }
-}
-
-fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| anyhow::anyhow!("creating the data directory {}: {e}", dir.display()))?;
-    }
-    Ok(())
 }

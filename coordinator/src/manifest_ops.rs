@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use quarry_api::manifest::CheckedManifest;
 use sha2::{Digest, Sha256};
 
-use crate::core::{keys, Core, Deployment, Phase};
 use crate::error::ApiError;
 use crate::pki::CaKey;
 use crate::secrets::{self, SecretValue};
+use crate::state::{keys, Core, Deployment, Phase};
 use crate::store::{StoreError, Txn};
 
 /// Outcome of a successful manifest set.

@@ -6,10 +6,10 @@ use quarry_api::http::{
 };
 use quarry_api::manifest::{AllowFrom, Manifest, Marble};
 
-use crate::core::Deployment;
 use crate::error::ApiError;
 use crate::pki::pem_cert;
 use crate::secrets::{self, SecretValue};
+use crate::state::Deployment;
 
 /// The mesh configuration of `marble` (`None` when it has no `Mesh` section).
 pub fn config(

@@ -23,8 +23,8 @@ use prometheus::{
 use quarry_api::EvidenceType;
 use tokio::net::TcpListener;
 
-use crate::core::{Core, Phase};
 use crate::error::ApiError;
+use crate::state::{Core, Phase};
 use crate::store::{Store, StoreError, Txn, Versioned};
 
 /// The marble-type label of a type that the current manifest does not define.
@@ -475,7 +475,7 @@ mod tests {
                 ApiError::Internal(m.into()),
             ];
             errors.extend([
-                Refusal::Nonce(m.into()).into(),
+                Refusal::Nonce(crate::state::nonces::NonceError::Expired).into(),
                 Refusal::Evidence(m.into()).into(),
                 Refusal::MaxActivations {
                     marble_type: m.into(),
@@ -500,7 +500,7 @@ mod tests {
         );
         assert_eq!(
             outcome(Some(
-                &Refusal::Nonce("unknown or already used nonce".into()).into()
+                &Refusal::Nonce(crate::state::nonces::NonceError::Unknown).into()
             )),
             "nonce"
         );

@@ -17,7 +17,6 @@
 pub mod shamir;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use quarry_api::http::{RecoverRequest, RecoverResponse};
 use quarry_api::manifest::Manifest;
@@ -29,9 +28,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::core::{Core, Phase, SEALED_KEY_FILE};
 use crate::error::ApiError;
-use crate::store::seal::{self, SealedKeyFile, DEK_LEN};
+use crate::sealing::{self, DEK_LEN};
+use crate::state::sealed_key::SealedKey;
+use crate::state::{Core, Phase};
 
 /// Length of a Shamir share (32 bytes + the x coordinate).
 pub const SHAMIR_SHARE_LEN: usize = DEK_LEN + 1;
@@ -112,7 +112,8 @@ fn mac_input(
     data: &RecoveryData,
     dek: &Secret,
 ) -> Result<(ring::hmac::Key, Vec<u8>), RecoveryError> {
-    let key = seal::derive_key(dek, b"quarry recovery data v1").map_err(RecoveryError::Internal)?;
+    let key =
+        sealing::derive_key(dek, b"quarry recovery data v1").map_err(RecoveryError::Internal)?;
     let body = serde_json::to_vec(&(&data.scheme, data.threshold, &data.keys))
         .map_err(|e| RecoveryError::Internal(e.to_string()))?;
     Ok((
@@ -389,7 +390,7 @@ impl Session {
 pub struct SealingUpdate {
     /// New recovery secrets (key name → base64 ciphertext), to return once.
     pub recovery_secrets: Option<BTreeMap<String, String>>,
-    path: PathBuf,
+    sealed: SealedKey,
     previous: Option<Vec<u8>>,
 }
 
@@ -397,9 +398,7 @@ impl SealingUpdate {
     /// Restores the previous file (call when the commit that this update belongs to failed).
     pub fn undo(self) {
         if let Some(bytes) = self.previous {
-            if let Err(e) = crate::core::write_atomic(&self.path, &bytes) {
-                tracing::error!(error = %e, "could not restore sealed-key.json after a failed manifest commit");
-            }
+            self.sealed.restore(&bytes);
         }
     }
 }
@@ -415,11 +414,8 @@ pub fn reseal_for_manifest(
     let dek = core
         .dek()
         .ok_or_else(|| ApiError::Internal("no data encryption key outside Recovery".into()))?;
-    let path = core.data_dir().join(SEALED_KEY_FILE);
-    let old_bytes = std::fs::read(&path).ok();
-    let old: Option<SealedKeyFile> = old_bytes
-        .as_deref()
-        .and_then(|b| serde_json::from_slice(b).ok());
+    let sealed = core.sealed_key().clone();
+    let old_bytes = sealed.snapshot();
     let changed = previous.is_none_or(|p| {
         p.recovery_keys != manifest.recovery_keys
             || p.config.recovery_threshold != manifest.config.recovery_threshold
@@ -443,42 +439,34 @@ pub fn reseal_for_manifest(
             None => (None, None),
         }
     } else {
-        (old.and_then(|o| o.recovery), None)
+        // An unreadable old file has no recovery data worth keeping.
+        (sealed.recovery_data().ok().flatten(), None)
     };
-    let tee = &core.tee;
-    let file = seal::seal_dek(
-        &dek,
-        &tee.seal_keys,
-        tee.sealing,
-        manifest.config.seal_mode,
-        data,
-    )
-    .map_err(ApiError::Internal)?;
-    let bytes = serde_json::to_vec_pretty(&file).map_err(|e| ApiError::Internal(e.to_string()))?;
-    crate::core::write_atomic(&path, &bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
+    sealed
+        .write(&dek, &core.tee, manifest.config.seal_mode, data)
+        .map_err(ApiError::Internal)?;
     if manifest.config.seal_mode == quarry_api::manifest::SealMode::Disabled {
         tracing::warn!("SealMode Disabled: the data encryption key is not sealed to this TEE; after a restart only the RecoveryKeys (or a new manifest) get the coordinator out of Recovery");
     }
     Ok(SealingUpdate {
         recovery_secrets: secrets,
-        path,
+        sealed,
         previous: old_bytes,
     })
 }
 
 fn recovery_data(core: &Core) -> Result<RecoveryData, ApiError> {
-    let path = core.data_dir().join(SEALED_KEY_FILE);
+    let sealed = core.sealed_key();
     let no_data = || {
         ApiError::WrongState(format!(
             "{} has no recovery data (the manifest had no RecoveryKeys, or the file is missing): this state cannot be recovered with recovery secrets; restore the data directory, or set a new manifest to start a new deployment",
-            path.display()
+            sealed.path().display()
         ))
     };
-    let bytes = std::fs::read(&path).map_err(|_| no_data())?;
-    let file: SealedKeyFile = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::WrongState(format!("{}: not a sealed key file: {e}", path.display()))
-    })?;
-    file.recovery.ok_or_else(no_data)
+    sealed
+        .recovery_data()
+        .map_err(ApiError::WrongState)?
+        .ok_or_else(no_data)
 }
 
 fn in_recovery(core: &Core) -> Result<(), ApiError> {

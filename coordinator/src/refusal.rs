@@ -17,7 +17,7 @@ pub enum Refusal {
     /// The UUID or certificate was revoked.
     Revoked(String),
     /// The activation nonce is unknown, used, expired or bound to another TLS key.
-    Nonce(String),
+    Nonce(crate::state::nonces::NonceError),
     /// A requested DNS name is not allowed by the marble's `DNSNames`.
     DnsName {
         /// The requested name.
@@ -115,7 +115,8 @@ impl std::fmt::Display for Refusal {
                 f,
                 "marble type {marble_type:?} is no longer in the manifest"
             ),
-            Refusal::Revoked(m) | Refusal::Nonce(m) | Refusal::Certificate(m) => f.write_str(m),
+            Refusal::Revoked(m) | Refusal::Certificate(m) => f.write_str(m),
+            Refusal::Nonce(e) => write!(f, "{e}"),
             Refusal::KeyBinding(m) => f.write_str(m),
             Refusal::DnsName { name, marble_type } => write!(
                 f,
@@ -155,7 +156,7 @@ mod tests {
                 removed: false,
             },
             Refusal::Revoked("r".into()),
-            Refusal::Nonce("n".into()),
+            Refusal::Nonce(crate::state::nonces::NonceError::Unknown),
             Refusal::DnsName {
                 name: "a".into(),
                 marble_type: "t".into(),

@@ -19,10 +19,10 @@ use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
-use crate::core::{Core, Phase};
 use crate::error::ApiError;
 use crate::pki::{pem_cert, LeafRequest};
 use crate::refusal::Refusal;
+use crate::state::{Core, Phase};
 use crate::store::{StoreError, Txn};
 use crate::tls::PeerCert;
 
@@ -183,7 +183,7 @@ pub async fn renew(
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| ApiError::BadRequest("nonce must be 64 hex digits".into()))?;
     core.take_nonce(&nonce, &spki_hash)
-        .map_err(|e| refuse(Refusal::Nonce(e.to_string())))?;
+        .map_err(|e| refuse(Refusal::Nonce(e)))?;
 
     // The same checks as activation, with no lock held during verification.
     let verifier = core.tee.verifier.clone();

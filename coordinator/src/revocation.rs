@@ -24,8 +24,8 @@ use quarry_api::manifest::{Manifest, ResourceType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::core::{Core, Phase, View};
 use crate::error::ApiError;
+use crate::state::{Core, Phase, View};
 use crate::store::{Store, StoreError, Txn};
 use crate::tls::PeerCert;
 use crate::users::{self, Action};

@@ -16,10 +16,10 @@ use quarry_api::http::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::core::{Core, Phase};
 use crate::error::ApiError;
 use crate::extract::Query;
 use crate::limits::Limits;
+use crate::state::{Core, Phase};
 use crate::tls::PeerCert;
 use quarry_api::attestation::{LOG_PAGE_DEFAULT, LOG_PAGE_MAX};
 

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use quarry_api::manifest::{SecretKind, SecretSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{keys, Core, Phase};
 use crate::error::ApiError;
 use crate::secrets::SecretValue;
+use crate::state::{keys, Core, Phase};
 use crate::users::{authenticate, authorize, Action};
 
 /// One secret as returned to users (MarbleRun's `Secret` JSON).
@@ -65,7 +65,7 @@ pub struct SetSecretsRequest {
 /// Largest user-defined value accepted (bytes).
 const MAX_SECRET_BYTES: usize = 256 * 1024;
 
-fn running(core: &Core) -> Result<std::sync::Arc<crate::core::Deployment>, ApiError> {
+fn running(core: &Core) -> Result<std::sync::Arc<crate::state::Deployment>, ApiError> {
     match core.view().phase.as_ref() {
         Phase::Running(d) => Ok(d.clone()),
         _ => Err(ApiError::WrongState(

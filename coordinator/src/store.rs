@@ -4,7 +4,6 @@
 pub mod etcd;
 pub mod file;
 pub mod head;
-pub mod seal;
 
 use async_trait::async_trait;
 
@@ -156,5 +155,26 @@ pub trait Store: Send + Sync {
         let mut all = self.scan(prefix).await?;
         all.retain(|(k, _)| k.as_str() >= from);
         Ok(all)
+    }
+}
+
+/// A shared store is a store (the handlers hold `Arc<dyn Store>`, start-up `Arc<dyn Backend>`).
+#[async_trait]
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.as_ref().get(key).await
+    }
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.as_ref().scan(prefix).await
+    }
+    async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
+        self.as_ref().commit(txn).await
+    }
+    async fn scan_from(
+        &self,
+        prefix: &str,
+        from: &str,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.as_ref().scan_from(prefix, from).await
     }
 }

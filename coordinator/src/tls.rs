@@ -115,7 +115,7 @@ impl ClientCertVerifier for AnyClientCert {
 /// Presents a server certificate issued by the current root CA; re-issues it when the root
 /// changes (a new deployment after Recovery).
 pub struct ServerCertResolver {
-    core: Arc<crate::core::Core>,
+    core: Arc<crate::state::Core>,
     names: Vec<String>,
     cache: std::sync::RwLock<Option<(Vec<u8>, Arc<CertifiedKey>)>>,
 }
@@ -130,7 +130,7 @@ impl std::fmt::Debug for ServerCertResolver {
 
 impl ServerCertResolver {
     /// A resolver for the coordinator's DNS names / IPs.
-    pub fn new(core: Arc<crate::core::Core>, names: Vec<String>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(core: Arc<crate::state::Core>, names: Vec<String>) -> anyhow::Result<Arc<Self>> {
         let r = Arc::new(ServerCertResolver {
             core,
             names,

@@ -4,14 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use quarry_api::manifest::{Manifest, SecretSpec};
+use quarry_api::manifest::SecretSpec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::core::{keys, Core, Deployment, Phase};
 use crate::error::ApiError;
 use crate::pki::CaKey;
 use crate::secrets::{self, SecretValue};
+use crate::state::{keys, Core, Deployment, Phase};
 use crate::store::{Store, StoreError, Txn};
 use crate::users::{authenticate, authorize, update_manifest_users, Action};
 
@@ -92,26 +92,6 @@ async fn pending(store: &dyn Store) -> Result<Option<(Pending, u64)>, ApiError> 
             v.revision,
         ))),
     }
-}
-
-/// Applies stored SecurityVersion overrides to a freshly parsed manifest.
-pub async fn apply_svn_overrides(store: &dyn Store, manifest: &mut Manifest) -> Result<(), String> {
-    for (k, v) in store
-        .scan(keys::SVN_PREFIX)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        let name = k.trim_start_matches(keys::SVN_PREFIX);
-        let svn: [u8; 8] = v
-            .value
-            .as_slice()
-            .try_into()
-            .map_err(|_| format!("stored SecurityVersion of {name} is corrupt"))?;
-        if let Some(p) = manifest.packages.get_mut(name) {
-            p.security_version = Some(u64::from_be_bytes(svn));
-        }
-    }
-    Ok(())
 }
 
 /// `POST /api/v2/update`: a package-only update is applied at once; a full manifest starts
@@ -462,7 +442,7 @@ async fn apply_full(
         ));
     }
     let root_secret = if rotate {
-        let s = crate::store::seal::new_dek().map_err(ApiError::Internal)?;
+        let s = crate::sealing::new_dek().map_err(ApiError::Internal)?;
         puts.push((keys::ROOT_SECRET.into(), s.expose().to_vec()));
         Arc::new(s)
     } else {

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use quarry_attestation::simulated::SimPlatform;
-use quarry_coordinator::core::Core;
 use quarry_coordinator::error::ApiError;
+use quarry_coordinator::state::Core;
 use quarry_coordinator::tee::Tee;
 
 /// `$QUARRY_SHARED_DIR/testdata/marblerun-manifests`, or `shared/` above the repository.

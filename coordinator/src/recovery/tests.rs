@@ -71,13 +71,13 @@ fn refused(step: Result<Step, RecoveryError>) -> String {
 
 #[test]
 fn no_keys_no_recovery_data() {
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     assert!(wrap(&dek, &BTreeMap::new(), 0).unwrap().is_none());
 }
 
 #[test]
 fn single_key_secret_is_the_dek_and_needs_its_signature() {
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     let (data, cts) = wrap(&dek, &manifest_keys(1), 0).unwrap().unwrap();
     assert_eq!(data.scheme, Scheme::Single);
     let secret = decrypt("a", &cts["a"]);
@@ -90,7 +90,7 @@ fn single_key_secret_is_the_dek_and_needs_its_signature() {
 
 #[test]
 fn xor_n_of_n_needs_every_share() {
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     let (data, cts) = wrap(&dek, &manifest_keys(3), 0).unwrap().unwrap();
     assert_eq!((data.scheme, data.threshold), (Scheme::Xor, 3));
     let shares: BTreeMap<&str, Vec<u8>> = ["a", "b", "c"]
@@ -119,7 +119,7 @@ fn xor_n_of_n_needs_every_share() {
 
 #[test]
 fn shamir_refusals_and_success() {
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     let (data, cts) = wrap(&dek, &manifest_keys(3), 2).unwrap().unwrap();
     assert_eq!((data.scheme, data.threshold), (Scheme::Shamir, 2));
     let share = |n: &str| decrypt(n, &cts[n]);
@@ -154,10 +154,10 @@ fn shamir_refusals_and_success() {
 
 #[test]
 fn substituted_recovery_keys_are_caught_by_the_mac() {
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     let (mut data, cts) = wrap(&dek, &manifest_keys(1), 0).unwrap().unwrap();
     assert!(data.verify(&dek));
-    assert!(!data.verify(&seal::new_dek().unwrap()));
+    assert!(!data.verify(&sealing::new_dek().unwrap()));
     // An attacker who learnt the secret replaces the public key with its own to sign.
     let secret = decrypt("a", &cts["a"]);
     let entry = data.keys.get_mut("a").unwrap();
@@ -169,7 +169,7 @@ fn substituted_recovery_keys_are_caught_by_the_mac() {
 
 #[test]
 fn threshold_out_of_range_is_refused() {
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     assert!(wrap(&dek, &manifest_keys(3), 1).is_err());
     assert!(wrap(&dek, &manifest_keys(3), 4).is_err());
     let mut bad = manifest_keys(2);
@@ -182,7 +182,7 @@ fn threshold_out_of_range_is_refused() {
 
 #[test]
 fn air_gapped_secret_encrypted_to_the_ephemeral_key() {
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     let (data, cts) = wrap(&dek, &manifest_keys(1), 0).unwrap().unwrap();
     let secret = decrypt("a", &cts["a"]);
     let mut s = Session::default();

@@ -20,7 +20,7 @@
 //! transaction fail, and then one of its write-once keys holding exactly this commit's
 //! ciphertext (random nonce, so unique) proves it was applied.
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -32,8 +32,8 @@ use wire::Client;
 
 use super::file::HeadTracker;
 use super::head::Head;
-use super::seal;
 use super::{Check, Store, StoreError, Txn, Versioned};
+use crate::sealing;
 
 mod wire;
 
@@ -364,7 +364,8 @@ impl EtcdConn {
 
     /// The store on this connection, its values under `dek`.
     pub fn store(&self, dek: &Secret) -> Result<EtcdStore, StoreError> {
-        let key = seal::derive_key(dek, b"quarry etcd values v1").map_err(StoreError::Corrupt)?;
+        let key =
+            sealing::derive_key(dek, b"quarry etcd values v1").map_err(StoreError::Corrupt)?;
         Ok(EtcdStore {
             conn: self.clone(),
             key,
@@ -417,11 +418,11 @@ impl EtcdStore {
     }
 
     fn encrypt(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
-        seal::seal(&self.key, &Self::aad(key), value).map_err(StoreError::Corrupt)
+        sealing::seal(&self.key, &Self::aad(key), value).map_err(StoreError::Corrupt)
     }
 
     fn decrypt(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
-        seal::open(&self.key, &Self::aad(key), value).map_err(|e| {
+        sealing::open(&self.key, &Self::aad(key), value).map_err(|e| {
             StoreError::Corrupt(format!(
                 "etcd value of {key}: {e} (not written under this deployment's data key)"
             ))
@@ -792,29 +793,6 @@ impl Store for EtcdStore {
                 .map(|(k, _)| k.clone())
                 .unwrap_or_default(),
         ))
-    }
-}
-
-#[async_trait]
-impl Store for Arc<EtcdStore> {
-    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        self.as_ref().get(key).await
-    }
-
-    async fn scan(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-        self.as_ref().scan(prefix).await
-    }
-
-    async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
-        self.as_ref().commit(txn).await
-    }
-
-    async fn scan_from(
-        &self,
-        prefix: &str,
-        from: &str,
-    ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        self.as_ref().scan_from(prefix, from).await
     }
 }
 

@@ -26,8 +26,8 @@ use async_trait::async_trait;
 use quarry_api::Secret;
 use serde::{Deserialize, Serialize};
 
-use super::seal;
 use super::{Check, Store, StoreError, Txn, Versioned};
+use crate::sealing;
 
 const MAGIC: &[u8; 8] = b"QRYLOG01";
 const HEADER_LEN: usize = 8 + 16;
@@ -194,7 +194,7 @@ impl FileStore {
                 break;
             }
             let sealed = &bytes[off + 4..off + 4 + len];
-            let plain = seal::open(&dek, &aad(&log_id, index), sealed).map_err(|e| {
+            let plain = sealing::open(&dek, &aad(&log_id, index), sealed).map_err(|e| {
                 StoreError::Corrupt(format!(
                     "{}: record {index} at byte offset {off}: {e}",
                     path.display()
@@ -487,7 +487,7 @@ impl Shared {
         let plain = serde_json::to_vec(record)
             .map_err(|e| StoreError::Corrupt(format!("encoding a record: {e}")))?;
         let sealed =
-            seal::seal(&self.dek, &aad(log_id, index), &plain).map_err(StoreError::Corrupt)?;
+            sealing::seal(&self.dek, &aad(log_id, index), &plain).map_err(StoreError::Corrupt)?;
         let len = u32::try_from(sealed.len())
             .ok()
             .filter(|l| (*l as usize) <= MAX_RECORD)

@@ -17,7 +17,7 @@ use std::path::Path;
 use quarry_api::merkle::Hash;
 use quarry_api::Secret;
 
-use super::seal;
+use crate::sealing;
 
 /// File name inside the data directory.
 pub const HEAD_FILE: &str = "state.head";
@@ -45,7 +45,7 @@ pub struct HeadFile {
 }
 
 fn mac_key(dek: &Secret) -> Result<ring::hmac::Key, String> {
-    let k = seal::derive_key(dek, b"quarry state head v1")?;
+    let k = sealing::derive_key(dek, b"quarry state head v1")?;
     Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k.expose()))
 }
 
@@ -189,7 +189,7 @@ mod tests {
     #[test]
     fn newest_slot_wins_and_a_torn_slot_falls_back() {
         let d = tempfile::tempdir().unwrap();
-        let dek = seal::new_dek().unwrap();
+        let dek = sealing::new_dek().unwrap();
         assert_eq!(read(d.path(), &dek).unwrap(), None);
         let mut f = HeadFile::open(d.path(), &dek, &h(1, 0, 0)).unwrap();
         f.write(&h(5, 2, 7)).unwrap();
@@ -209,7 +209,7 @@ mod tests {
         g.write(&h(8, 4, 9)).unwrap();
         assert_eq!(read(d.path(), &dek).unwrap(), Some(h(8, 4, 9)));
         // Another DEK, or both slots damaged: an error, not "no evidence".
-        assert!(read(d.path(), &seal::new_dek().unwrap()).is_err());
+        assert!(read(d.path(), &sealing::new_dek().unwrap()).is_err());
         std::fs::write(&path, vec![0u8; 8192]).unwrap();
         assert!(read(d.path(), &dek).is_err());
     }

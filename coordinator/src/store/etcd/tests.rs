@@ -3,6 +3,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 use super::*;
 
@@ -176,7 +177,7 @@ impl TestEtcd {
 async fn commits_compare_on_revisions_and_values_are_encrypted() {
     let etcd = TestEtcd::start().await;
     let conn = etcd.conn("/q1/").await;
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     let store = conn.store(&dek).unwrap();
     let r1 = store
         .commit(Txn::new().require_absent("a").put("a", b"one".to_vec()))
@@ -214,7 +215,7 @@ async fn commits_compare_on_revisions_and_values_are_encrypted() {
     let moved = store.get("b").await;
     assert!(matches!(moved, Err(StoreError::Corrupt(_))), "{moved:?}");
     // Another DEK cannot read the values.
-    let other = conn.store(&seal::new_dek().unwrap()).unwrap();
+    let other = conn.store(&sealing::new_dek().unwrap()).unwrap();
     assert!(matches!(other.get("a").await, Err(StoreError::Corrupt(_))));
     // Deletes, and scans stay within the prefix, sorted.
     store
@@ -247,7 +248,7 @@ async fn commits_compare_on_revisions_and_values_are_encrypted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_stale_writers_retry_and_never_overwrite() {
     let etcd = TestEtcd::start().await;
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     // Two "replicas" (separate connections) add to one list with read-modify-CAS.
     let mut tasks = Vec::new();
     for w in 0..4u8 {
@@ -296,7 +297,7 @@ async fn concurrent_stale_writers_retry_and_never_overwrite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounded_increments_hold_exactly_across_connections() {
     let etcd = TestEtcd::start().await;
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     let mut tasks = Vec::new();
     for w in 0..4 {
         let store = Arc::new(etcd.conn("/q3/").await.store(&dek).unwrap());
@@ -358,7 +359,7 @@ async fn scans_page_through_many_keys() {
     let store = etcd
         .conn("/q4/")
         .await
-        .store(&seal::new_dek().unwrap())
+        .store(&sealing::new_dek().unwrap())
         .unwrap();
     for chunk in 0..5 {
         let mut t = Txn::new();
@@ -389,7 +390,7 @@ async fn unreachable_etcd_is_unavailable_not_corrupt() {
     })
     .await
     .unwrap();
-    let store = conn.store(&seal::new_dek().unwrap()).unwrap();
+    let store = conn.store(&sealing::new_dek().unwrap()).unwrap();
     let started = Instant::now();
     let e = store.get("a").await.unwrap_err();
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
@@ -406,7 +407,7 @@ async fn unreachable_etcd_is_unavailable_not_corrupt() {
 async fn the_watch_reports_changes_and_control_keys_stay_apart() {
     let etcd = TestEtcd::start().await;
     let conn = etcd.conn("/q5/").await;
-    let store = Arc::new(conn.store(&seal::new_dek().unwrap()).unwrap());
+    let store = Arc::new(conn.store(&sealing::new_dek().unwrap()).unwrap());
     assert!(!conn.has_state().await.unwrap());
     assert!(conn.create_control("cluster", b"m".to_vec()).await.unwrap());
     assert!(!conn.create_control("cluster", b"n".to_vec()).await.unwrap());
@@ -471,7 +472,7 @@ async fn tls_with_client_certificates() {
     let pki = TestPki::create(dir.path());
     let etcd = TestEtcd::start_with(Some(&pki)).await;
     assert!(etcd.url.starts_with("https://"));
-    let dek = seal::new_dek().unwrap();
+    let dek = sealing::new_dek().unwrap();
     let store = etcd
         .conn_with("/tls/", Some(&pki))
         .await

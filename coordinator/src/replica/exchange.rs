@@ -1,24 +1,8 @@
-//! High availability (contract §8): coordinator replicas sharing one etcd store.
-//!
-//! - Startup: the first replica of a fresh cluster creates the data encryption key (DEK) and
-//!   claims the cluster with a create-if-absent of the marker key; a later replica unseals its
-//!   own sealed copy, or obtains the DEK from a running replica over mutually attested TLS
-//!   ([`fetch_dek`] / [`serve_peers`]) and seals its own copy; neither → Recovery.
-//! - Key sharing: both sides present an ephemeral self-signed TLS certificate and evidence
-//!   whose report data binds both TLS keys; each verifies the other's evidence with the
-//!   coordinator's own verifier and compares the identity with its own ([`check_peer`]): same
-//!   measurement for `UniqueKey` (and `Disabled`), same signer and product with a security
-//!   version at least its own for `ProductKey`.
-//! - Serving: an etcd watch on the prefix keeps the in-memory deployment and transparency log
-//!   current ([`refresh_from_watch`]); everything that must hold across replicas is decided
-//!   by etcd transactions (create-if-absent manifest, bounded counters, create-if-absent log
-//!   indices).
-//! - Rollback: `state.head` in the data directory keeps the last etcd revision and log head
-//!   this replica saw; an etcd restored from an older snapshot is refused at startup.
-use std::net::SocketAddr;
-use std::path::Path;
+//! Key sharing between replicas: both sides present an ephemeral self-signed TLS key and
+//! evidence binding both keys and their role; each checks the other's identity against its
+//! own under the manifest's SealMode before the DEK crosses the connection.
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use quarry_api::manifest::SealMode;
 use quarry_api::{Claims, Evidence, Secret};
@@ -30,17 +14,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
-use crate::core::{Core, Phase};
-use crate::store::etcd::EtcdConn;
-use crate::store::seal;
+use crate::sealing;
+use crate::state::{Core, Phase};
 use crate::tee::Tee;
 
-/// Control key of the cluster marker.
-pub const MARKER: &str = "cluster";
-/// Control-key directory of the replicas' key-sharing addresses.
-pub const PEERS: &str = "peers/";
-/// Lease of a replica's announcement.
-const ANNOUNCE_TTL: Duration = Duration::from_secs(6);
 /// Largest key-sharing message.
 const MAX_MESSAGE: u32 = 1024 * 1024;
 /// Time limit of one key-sharing exchange.
@@ -72,45 +49,6 @@ impl Drop for DekResponse {
             zeroize::Zeroize::zeroize(dek);
         }
     }
-}
-
-/// The cluster marker: proves which DEK the cluster's state is under (a MAC, not the key).
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Marker {
-    version: u32,
-    check: String,
-}
-
-fn marker_key(dek: &Secret) -> Result<ring::hmac::Key, String> {
-    let k = seal::derive_key(dek, b"quarry etcd cluster marker v1")?;
-    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k.expose()))
-}
-
-fn marker_mac(dek: &Secret) -> Result<Vec<u8>, String> {
-    Ok(ring::hmac::sign(&marker_key(dek)?, b"quarry cluster")
-        .as_ref()
-        .to_vec())
-}
-
-/// The marker value for `dek`.
-pub fn marker_for(dek: &Secret) -> Result<Vec<u8>, String> {
-    serde_json::to_vec(&Marker {
-        version: 1,
-        check: hex::encode(marker_mac(dek)?),
-    })
-    .map_err(|e| e.to_string())
-}
-
-/// True when `dek` is the key the marker was made for.
-pub fn marker_matches(marker: &[u8], dek: &Secret) -> bool {
-    let Ok(m) = serde_json::from_slice::<Marker>(marker) else {
-        return false;
-    };
-    let (Ok(key), Ok(found)) = (marker_key(dek), hex::decode(&m.check)) else {
-        return false;
-    };
-    m.version == 1 && ring::hmac::verify(&key, b"quarry cluster", &found).is_ok()
 }
 
 /// The report data of key-sharing evidence: `role` binds who speaks, then both TLS keys.
@@ -399,7 +337,7 @@ async fn fetch_dek_inner(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, 
     let dek = Zeroizing::new(resp.dek.take().ok_or("the answer has no key")?);
     let bytes =
         Zeroizing::new(quarry_api::bytes::unb64(&dek).map_err(|e| format!("key encoding: {e}"))?);
-    if bytes.len() != seal::DEK_LEN {
+    if bytes.len() != sealing::DEK_LEN {
         return Err(format!("the key has {} bytes", bytes.len()));
     }
     Ok(Secret::new(bytes.to_vec()))
@@ -533,196 +471,6 @@ async fn share_with(
     checked
 }
 
-/// How a replica of an etcd cluster obtained its DEK.
-pub enum Obtained {
-    /// The DEK, and whether it was created now (a new cluster).
-    Key(Secret, bool),
-    /// No way to the key: why (→ Recovery).
-    None(String),
-}
-
-/// Finds the DEK for the cluster behind `conn`: creates it for a new cluster, unseals the
-/// replica's own copy (`sealed`), or fetches it from an announced replica; waits up to
-/// `wait` for a replica to announce itself.
-pub async fn obtain_dek(
-    conn: &EtcdConn,
-    tee: &Tee,
-    own: &Claims,
-    sealed: Option<Result<Secret, String>>,
-    wait: Duration,
-) -> Result<Obtained, String> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let marker = conn.get_control(MARKER).await.map_err(|e| e.to_string())?;
-        let Some((marker, _)) = marker else {
-            if sealed.is_some() {
-                return Ok(Obtained::None(
-                    "etcd holds no Quarry cluster under this prefix, but this replica's data directory has a sealed key of one: etcd was wiped or replaced (a rollback to an empty state); refusing to start a new cluster over it. Restore etcd, or move the data directory aside to start a new cluster".into(),
-                ));
-            }
-            if conn.has_state().await.map_err(|e| e.to_string())? {
-                return Ok(Obtained::None(
-                    "etcd holds Quarry state without a cluster marker: the state cannot be attributed to a key".into(),
-                ));
-            }
-            let dek = seal::new_dek()?;
-            if conn
-                .create_control(MARKER, marker_for(&dek)?)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                return Ok(Obtained::Key(dek, true));
-            }
-            // Another first replica won: join its cluster.
-            continue;
-        };
-        if let Some(Ok(dek)) = &sealed {
-            if marker_matches(&marker, dek) {
-                return Ok(Obtained::Key(dek.clone(), false));
-            }
-            tracing::warn!("the sealed key in the data directory is not this cluster's; asking the running replicas");
-        }
-        let peers = conn.scan_control(PEERS).await.map_err(|e| e.to_string())?;
-        let mut reasons = Vec::new();
-        for (name, addr) in &peers {
-            let addr = String::from_utf8_lossy(addr).into_owned();
-            match fetch_dek(tee, own, &addr).await {
-                Ok(dek) if marker_matches(&marker, &dek) => {
-                    tracing::info!(peer = %name, %addr, "data encryption key obtained from an attested replica");
-                    return Ok(Obtained::Key(dek, false));
-                }
-                Ok(_) => reasons.push(format!("{name} ({addr}): its key is not this cluster's")),
-                Err(e) => {
-                    tracing::warn!(peer = %name, %addr, error = %e, "key sharing failed");
-                    reasons.push(format!("{name} ({addr}): {e}"));
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            let sealed_note = match &sealed {
-                None => "no sealed key in the data directory".to_string(),
-                Some(Ok(_)) => "the sealed key in the data directory is another cluster's".into(),
-                Some(Err(e)) => format!("the sealed key does not unseal: {e}"),
-            };
-            return Ok(Obtained::None(if reasons.is_empty() {
-                format!("no running replica announced a key-sharing address within {}s, and {sealed_note}; start a replica that holds the key, or recover with the RecoveryKeys", wait.as_secs())
-            } else {
-                format!(
-                    "no running replica shared the data encryption key ({}), and {sealed_note}",
-                    reasons.join("; ")
-                )
-            }));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Announces this replica's key-sharing address and serves key sharing on `listener`.
-pub fn start_peer_service(
-    core: Arc<Core>,
-    conn: &EtcdConn,
-    listener: tokio::net::TcpListener,
-    advertise: String,
-    own: Arc<Claims>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut id = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
-    let name = format!("{PEERS}{}", hex::encode(id));
-    tracing::info!(address = %advertise, "announcing the key-sharing listener in etcd");
-    vec![
-        tokio::spawn(serve_peers(core, listener, own)),
-        conn.announce(&name, advertise.into_bytes(), ANNOUNCE_TTL),
-    ]
-}
-
-/// Binds the key-sharing listener.
-pub async fn bind_peer(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the key-sharing listener to {addr}: {e}"))
-}
-
-/// Keeps the in-memory state current with the changes other replicas make: reloads the
-/// deployment when its keys change and brings the transparency log up to etcd.
-pub async fn refresh_from_watch(
-    core: Arc<Core>,
-    mut changes: tokio::sync::mpsc::Receiver<Vec<crate::store::etcd::Changed>>,
-) {
-    let mut log_pending = false;
-    loop {
-        let first = if log_pending {
-            match tokio::time::timeout(Duration::from_millis(50), changes.recv()).await {
-                Ok(Some(b)) => b,
-                Ok(None) => return,
-                Err(_) => Vec::new(),
-            }
-        } else {
-            match changes.recv().await {
-                Some(b) => b,
-                None => return,
-            }
-        };
-        let mut batch = first;
-        while let Ok(more) = changes.try_recv() {
-            batch.extend(more);
-        }
-        let mut log = log_pending;
-        let mut deployment = false;
-        for c in &batch {
-            if c.key.starts_with(crate::translog::PREFIX) {
-                log = true;
-            } else if c.key.is_empty() || affects_deployment(&c.key) {
-                deployment = true;
-                log |= c.key.is_empty();
-            }
-        }
-        if let (Some(store), Some(rev)) =
-            (core.etcd_store(), batch.iter().map(|c| c.revision).max())
-        {
-            store.note_revision(rev);
-        }
-        match core.refresh(log, deployment).await {
-            Ok(done) => log_pending = log && !done,
-            Err(e) => {
-                tracing::warn!(error = %e, "refreshing from etcd failed; retrying");
-                log_pending = log;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-/// True for store keys the in-memory deployment is built from.
-fn affects_deployment(key: &str) -> bool {
-    use crate::core::keys;
-    [
-        keys::MANIFEST,
-        keys::MANIFEST_SIGNATURE,
-        keys::MESH,
-        keys::ROOT_SECRET,
-        keys::SECRET_PREFIX,
-        keys::PREVIOUS_SECRET_PREFIX,
-        keys::SVN_PREFIX,
-    ]
-    .iter()
-    .any(|p| key.starts_with(p))
-}
-
-/// Reads the sealed DEK copy in `data_dir`, if there is one.
-pub fn read_sealed(
-    data_dir: &Path,
-    tee: &Tee,
-) -> Option<(Result<Secret, String>, Option<seal::SealedKeyFile>)> {
-    let path = data_dir.join(crate::core::SEALED_KEY_FILE);
-    let bytes = std::fs::read(&path).ok()?;
-    let file: seal::SealedKeyFile = match serde_json::from_slice(&bytes) {
-        Ok(f) => f,
-        Err(e) => return Some((Err(format!("{}: {e}", path.display())), None)),
-    };
-    let dek = seal::unseal_dek(&file, &tee.seal_keys);
-    Some((dek, Some(file)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,19 +525,6 @@ mod tests {
         let mut hw = claims(1, 2, 3, 5);
         hw.simulation = false;
         assert!(check_peer(&own, &hw, SealMode::UniqueKey, true).is_err());
-    }
-
-    #[test]
-    fn the_marker_identifies_the_key() {
-        let dek = seal::new_dek().unwrap();
-        let m = marker_for(&dek).unwrap();
-        assert!(marker_matches(&m, &dek));
-        assert!(!marker_matches(&m, &seal::new_dek().unwrap()));
-        assert!(!marker_matches(b"garbage", &dek));
-        // The marker does not contain the key.
-        assert!(!m
-            .windows(8)
-            .any(|w| dek.expose().windows(8).any(|d| d == w)));
     }
 
     #[test]

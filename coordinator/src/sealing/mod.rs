@@ -7,6 +7,10 @@
 //! `Disabled` has no seal key: the data encryption key is never sealed, so the state stays
 //! encrypted on disk but a restarted coordinator always comes up in Recovery (recover with
 //! the `RecoveryKeys`, or set a new manifest). It never starts fresh over existing state.
+pub mod aead;
+
+pub use self::aead::{derive_key, new_dek, open, seal, DEK_LEN};
+
 use std::path::Path;
 
 use quarry_api::manifest::SealMode;

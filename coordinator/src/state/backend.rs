@@ -1,0 +1,136 @@
+//! The store as start-up sees it: reads and commits ([`Store`]) plus where its revision
+//! stands and how its rollback evidence is checked and kept current. Implemented by the
+//! sealed file log and by etcd; the core loads either through this trait alone.
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use quarry_api::merkle::Hash;
+
+use crate::store::etcd::EtcdStore;
+use crate::store::file::{FileStore, HeadTracker};
+use crate::store::head::{self, Head};
+use crate::store::{Store, StoreError};
+
+/// A state store the coordinator can open, check against rollback evidence and serve.
+#[async_trait]
+pub trait Backend: Store {
+    /// Name for logs (`file`, `etcd`).
+    fn kind(&self) -> &'static str;
+    /// The revision the loaded state is at (read before the transparency log is loaded).
+    async fn current_revision(&self) -> Result<u64, StoreError>;
+    /// How long the root CA may take to appear (another replica creating the cluster).
+    fn identity_wait(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Checks the loaded state (`revision`, log size, `root_at`) against the rollback
+    /// evidence `found` in the data directory (None: there is none yet).
+    fn check_rollback(
+        &self,
+        found: Result<Option<Head>, String>,
+        revision: u64,
+        log_size: u64,
+        root_at: &dyn Fn(u64) -> Option<Hash>,
+    ) -> Result<(), String>;
+    /// Keeps the rollback evidence current after every commit from `revision` on.
+    fn track_head(&self, tracker: HeadTracker, revision: u64);
+    /// The last revision recorded as seen (0 before tracking starts).
+    fn seen_revision(&self) -> u64 {
+        0
+    }
+    /// Records a revision another replica committed, seen through a watch.
+    fn note_revision(&self, _revision: u64) {}
+}
+
+fn warn_no_head(what: &str) {
+    tracing::warn!(
+        "no {} in the data directory: no rollback evidence to check {what} against (recording it from now on)",
+        head::HEAD_FILE
+    );
+}
+
+#[async_trait]
+impl Backend for FileStore {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    async fn current_revision(&self) -> Result<u64, StoreError> {
+        Ok(self.revision())
+    }
+
+    fn check_rollback(
+        &self,
+        found: Result<Option<Head>, String>,
+        revision: u64,
+        log_size: u64,
+        root_at: &dyn Fn(u64) -> Option<Hash>,
+    ) -> Result<(), String> {
+        // The head file is written with the log: unreadable evidence is not a fresh start.
+        match found? {
+            Some(h) => head::check(&h, revision, log_size, root_at),
+            None => {
+                warn_no_head("this state");
+                Ok(())
+            }
+        }
+    }
+
+    fn track_head(&self, tracker: HeadTracker, _revision: u64) {
+        FileStore::track_head(self, tracker)
+    }
+}
+
+#[async_trait]
+impl Backend for EtcdStore {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn current_revision(&self) -> Result<u64, StoreError> {
+        self.conn().revision().await
+    }
+
+    fn identity_wait(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+
+    fn check_rollback(
+        &self,
+        found: Result<Option<Head>, String>,
+        revision: u64,
+        log_size: u64,
+        root_at: &dyn Fn(u64) -> Option<Hash>,
+    ) -> Result<(), String> {
+        match found {
+            Ok(Some(h)) => crate::store::etcd::check_head(&h, revision, log_size, root_at),
+            Ok(None) => {
+                warn_no_head("the etcd state");
+                Ok(())
+            }
+            // A data directory of another cluster (moved replica): its evidence says nothing
+            // about this cluster, and this replica's key was checked against the marker.
+            Err(e) => {
+                tracing::warn!(error = %e, "the rollback evidence in the data directory is not this cluster's; recording it anew");
+                Ok(())
+            }
+        }
+    }
+
+    fn track_head(&self, tracker: HeadTracker, revision: u64) {
+        EtcdStore::track_head(self, tracker, revision)
+    }
+
+    fn seen_revision(&self) -> u64 {
+        EtcdStore::seen_revision(self)
+    }
+
+    fn note_revision(&self, revision: u64) {
+        EtcdStore::note_revision(self, revision)
+    }
+}
+
+/// Wraps a backend for the handlers: every commit timed (`quarry_store_commit_seconds`).
+pub fn serving_store(backend: &Arc<dyn Backend>) -> Arc<dyn Store> {
+    crate::metrics::timed_store(backend.clone())
+}
