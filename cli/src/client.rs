@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_api::http::JSend;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use quarry_trust::tls::{self, dangerous::AcceptAnyServerCert};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -340,10 +339,7 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, Failure> {
 
 /// The rustls configuration: ring, TLS 1.3 only, the given trust and optional client auth.
 pub fn tls_config(trust: &Trust, identity: Option<Identity>) -> Result<ClientConfig, Failure> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Failure::bare(format!("cannot configure TLS 1.3: {e}")))?;
+    let setup = |e: rustls::Error| Failure::bare(format!("cannot configure TLS 1.3: {e}"));
     let builder = match trust {
         Trust::Pinned(root) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -353,11 +349,11 @@ pub fn tls_config(trust: &Trust, identity: Option<Identity>) -> Result<ClientCon
                     "pass the PEM file written by 'quarry certificate root'",
                 )
             })?;
-            builder.with_root_certificates(roots)
+            tls::client_with_roots(Arc::new(roots)).map_err(setup)?
         }
-        Trust::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert::new(&provider))),
+        Trust::Insecure => {
+            tls::client_with_verifier(Arc::new(AcceptAnyServerCert::new())).map_err(setup)?
+        }
     };
     match identity {
         None => Ok(builder.with_no_client_auth()),
@@ -464,56 +460,6 @@ fn find_rustls_error(err: &(dyn std::error::Error + 'static)) -> Option<String> 
         }
     }
     err.source().and_then(find_rustls_error)
-}
-
-/// Accepts any server certificate but still checks the TLS 1.3 handshake signature, so
-/// the server at least holds the key of the certificate it shows.
-#[derive(Debug)]
-struct AcceptAnyServerCert {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl AcceptAnyServerCert {
-    fn new(provider: &CryptoProvider) -> AcceptAnyServerCert {
-        AcceptAnyServerCert {
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for AcceptAnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,15 @@
 //! `quarry verify` (one attestation for the whole deployment, online or from an offline
 //! bundle) and `quarry log` (the transparency log, checked against the attested root).
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quarry_api::attestation::{
-    verify_attestation, AttestationResponse, Bundle, CoordinatorPolicy, LogEntry, LogResponse,
-    Verified, VerifyOptions, LOG_PAGE_DEFAULT, LOG_PAGE_MAX,
+    AttestationResponse, Bundle, CoordinatorPolicy, LogEntry, LogResponse, Verified, VerifyOptions,
+    LOG_PAGE_DEFAULT, LOG_PAGE_MAX,
 };
-use quarry_api::{Claims, Evidence};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use quarry_trust::relying_party::{self, RelyingPartyError};
+use quarry_trust::tls::{self, Recording};
 use serde_json::json;
 
 use crate::client::Client;
@@ -121,30 +119,28 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                 })?),
                 None => None,
             };
-            let v = check(
-                &bundle.attestation,
-                &policy,
-                nonce.as_deref(),
-                manifest.as_deref(),
-                args.allow_simulation,
-                None,
-                Some(&bundle.log),
+            let options = VerifyOptions {
+                nonce: nonce.as_deref(),
+                manifest: manifest.as_deref(),
+                allow_simulation: args.allow_simulation,
+                presented_chain: None,
+                log: Some(&bundle.log),
                 now,
-            )?;
+            };
+            let v = verify(&bundle.attestation, &policy, &options)?;
             (v, bundle)
         }
         None => {
             let (att, log, chain, nonce) = fetch(&args.coordinator, LOG_PAGE_DEFAULT)?;
-            let v = check(
-                &att,
-                &policy,
-                Some(&nonce),
-                manifest.as_deref(),
-                args.allow_simulation,
-                Some(&chain),
-                Some(&log),
-                SystemTime::now(),
-            )?;
+            let options = VerifyOptions {
+                nonce: Some(&nonce),
+                manifest: manifest.as_deref(),
+                allow_simulation: args.allow_simulation,
+                presented_chain: Some(&chain),
+                log: Some(&log),
+                now: SystemTime::now(),
+            };
+            let v = verify(&att, &policy, &options)?;
             let bundle = Bundle {
                 version: 1,
                 captured_at: unix_now(),
@@ -170,16 +166,15 @@ pub fn run(args: &Args) -> Result<(), Failure> {
 pub fn run_log(args: &LogArgs) -> Result<(), Failure> {
     let policy = load_policy(&args.policy)?;
     let (att, log, chain, nonce) = fetch(&args.coordinator, args.page_size)?;
-    check(
-        &att,
-        &policy,
-        Some(&nonce),
-        None,
-        args.allow_simulation,
-        Some(&chain),
-        if args.verify { Some(&log) } else { None },
-        SystemTime::now(),
-    )?;
+    let options = VerifyOptions {
+        nonce: Some(&nonce),
+        manifest: None,
+        allow_simulation: args.allow_simulation,
+        presented_chain: Some(&chain),
+        log: if args.verify { Some(&log) } else { None },
+        now: SystemTime::now(),
+    };
+    verify(&att, &policy, &options)?;
     if args.json {
         return output::json(&json!({
             "verified": args.verify,
@@ -208,13 +203,7 @@ pub fn run_log(args: &LogArgs) -> Result<(), Failure> {
 }
 
 fn load_policy(path: &std::path::Path) -> Result<CoordinatorPolicy, Failure> {
-    let bytes = output::read_file(path, "coordinator policy")?;
-    CoordinatorPolicy::parse(&bytes).map_err(|e| {
-        Failure::new(
-            format!("coordinator policy {}: {e}", path.display()),
-            "fix the policy file (see docs/coordinator-policy.example.json)",
-        )
-    })
+    relying_party::load_policy(path).map_err(failure)
 }
 
 type Fetched = (AttestationResponse, Vec<LogEntry>, Vec<Vec<u8>>, [u8; 32]);
@@ -222,24 +211,18 @@ type Fetched = (AttestationResponse, Vec<LogEntry>, Vec<Vec<u8>>, [u8; 32]);
 /// Fetches the attestation with a fresh nonce and the whole log (`page` entries per
 /// request), recording the TLS chain.
 fn fetch(address: &str, page: u64) -> Result<Fetched, Failure> {
-    let mut nonce = [0u8; 32];
-    getrandom_fill(&mut nonce)?;
-    let recorder = Arc::new(Recorder::default());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
+    let nonce = relying_party::fresh_nonce().map_err(failure)?;
+    let recording = Arc::new(Recording::new());
+    let config = tls::client_with_verifier(recording.clone())
         .map_err(|e| Failure::bare(format!("cannot configure TLS 1.3: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(recorder.clone())
         .with_no_client_auth();
     let client = Client::new(address, config)?;
     let att: AttestationResponse = client
-        .get(&format!("api/v2/attestation?nonce={}", hex::encode(nonce)))
+        .get(&relying_party::attestation_path(&nonce))
         .map_err(|e| e.failure("fetching the attestation"))?;
     // Entries appended after the attestation are outside the attested root: read up to its size.
     let entries = fetch_log(&client, att.statement.log_size, page)?;
-    let chain = recorder.chain.lock().map(|c| c.clone()).unwrap_or_default();
-    Ok((att, entries, chain, nonce))
+    Ok((att, entries, recording.chain(), nonce))
 }
 
 /// The first `size` log entries, read `page` at a time (`from`, `limit`).
@@ -266,61 +249,31 @@ fn fetch_log(client: &Client, size: u64, page: u64) -> Result<Vec<LogEntry>, Fai
     Ok(entries)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check(
+/// Verifies the coordinator's attestation against the policy (`quarry_trust`).
+fn verify(
     att: &AttestationResponse,
     policy: &CoordinatorPolicy,
-    nonce: Option<&[u8]>,
-    manifest: Option<&[u8]>,
-    allow_simulation: bool,
-    chain: Option<&[Vec<u8>]>,
-    log: Option<&[LogEntry]>,
-    now: SystemTime,
+    options: &VerifyOptions<'_>,
 ) -> Result<Verified, Failure> {
-    let verifiers = verifier_set(policy, allow_simulation)?;
-    let package = policy.package.clone();
-    let check = move |ev: &Evidence, at: SystemTime| -> Result<Claims, String> {
-        use quarry_attestation::Verifier as _;
-        let claims = verifiers.verify(ev, at).map_err(|e| e.to_string())?;
-        quarry_attestation::check_package(&package, &claims).map_err(|e| e.to_string())?;
-        Ok(claims)
-    };
-    let opts = VerifyOptions {
-        nonce,
-        manifest,
-        allow_simulation,
-        presented_chain: chain,
-        log,
-        now,
-    };
-    verify_attestation(att, &opts, &check).map_err(|e| {
-        Failure::new(
-            format!("coordinator verification failed: {e}"),
-            "do not trust this coordinator; check the policy, manifest and bundle",
-        )
-    })
+    relying_party::verify(att, policy, options).map_err(failure)
 }
 
-fn verifier_set(
-    policy: &CoordinatorPolicy,
-    allow_simulation: bool,
-) -> Result<quarry_attestation::VerifierSet, Failure> {
-    let mut set = quarry_attestation::VerifierSet::hardware(None);
-    if allow_simulation {
-        if let Some(pem) = &policy.simulation_platform_ca {
-            let platform =
-                quarry_attestation::simulated::SimPlatform::from_ca_pem(pem).map_err(|e| {
-                    Failure::new(
-                        format!("SimulationPlatformCA in the policy: {e}"),
-                        "paste the PEM of the platform's platform-ca.pem",
-                    )
-                })?;
-            let v = quarry_attestation::simulated::SimVerifier::new(&[platform])
-                .map_err(|e| Failure::bare(format!("SimulationPlatformCA: {e}")))?;
-            set = set.dangerous_with_simulation(v);
+/// The one-line failure of a relying-party refusal, with what to do about it.
+fn failure(e: RelyingPartyError) -> Failure {
+    let hint = match &e {
+        RelyingPartyError::PolicyUnreadable { .. } => "check the path and its permissions",
+        RelyingPartyError::Policy { .. } => {
+            "fix the policy file (see docs/coordinator-policy.example.json)"
         }
-    }
-    Ok(set)
+        RelyingPartyError::SimulationPlatformCa { .. } => {
+            "paste the PEM of the platform's platform-ca.pem"
+        }
+        RelyingPartyError::Random => return Failure::bare(e.to_string()),
+        RelyingPartyError::Attestation(_) => {
+            "do not trust this coordinator; check the policy, manifest and bundle"
+        }
+    };
+    Failure::new(e.to_string(), hint)
 }
 
 fn print_summary(v: &Verified, as_json: bool, log_len: usize) -> Result<(), Failure> {
@@ -424,68 +377,4 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn getrandom_fill(buf: &mut [u8]) -> Result<(), Failure> {
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(buf)
-        .map_err(|_| Failure::bare("the system random number generator failed"))
-}
-
-/// Accepts the server certificate for now (the attestation decides trust) and records the
-/// chain, which is then checked against the attested root.
-#[derive(Debug, Default)]
-struct Recorder {
-    chain: Mutex<Vec<Vec<u8>>>,
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut c) = self.chain.lock() {
-            *c = std::iter::once(end_entity)
-                .chain(intermediates.iter())
-                .map(|c| c.to_vec())
-                .collect();
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
