@@ -278,17 +278,13 @@ impl MeshClient {
     /// `GET /api/v2/attestation?nonce=HEX`: the coordinator's evidence and statement
     /// (unverified; see [`quarry_trust::relying_party::verify`]).
     pub async fn attestation(&self, nonce: &[u8]) -> Result<AttestationResponse, ClientError> {
-        let url = self.url(&quarry_trust::relying_party::attestation_path(nonce))?;
-        self.call(self.http.get(url.clone()), &url, "the attestation request")
-            .await
+        let path = quarry_trust::relying_party::attestation_path(nonce);
+        self.get(&path, "the attestation request").await
     }
 
     /// `GET /api/v2/activate/nonce`: a fresh nonce bound to this client's TLS key.
     pub async fn nonce(&self) -> Result<[u8; 32], ClientError> {
-        let url = self.url(NONCE_PATH)?;
-        let data: NonceResponse = self
-            .call(self.http.get(url.clone()), &url, "the nonce request")
-            .await?;
+        let data: NonceResponse = self.get(NONCE_PATH, "the nonce request").await?;
         hex::decode(data.nonce.trim())
             .ok()
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
@@ -303,24 +299,13 @@ impl MeshClient {
         &self,
         request: &ActivateRequest,
     ) -> Result<ActivateResponse, ClientError> {
-        let url = self.url(ACTIVATE_PATH)?;
-        self.call(
-            self.http.post(url.clone()).json(request),
-            &url,
-            "the activation request",
-        )
-        .await
+        self.post(ACTIVATE_PATH, request, "the activation request")
+            .await
     }
 
     /// `POST /api/v2/renew`.
     pub async fn renew(&self, request: &RenewRequest) -> Result<RenewResponse, ClientError> {
-        let url = self.url(RENEW_PATH)?;
-        self.call(
-            self.http.post(url.clone()).json(request),
-            &url,
-            "the renewal request",
-        )
-        .await
+        self.post(RENEW_PATH, request, "the renewal request").await
     }
 
     /// `GET /api/v2/crl`: the DER CRL (unverified; see [`crate::crl::verify_crl`]).
@@ -348,13 +333,27 @@ impl MeshClient {
             .map_err(|e| ClientError::Setup(e.to_string()))
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// `GET path`, unwrapping the JSend payload.
+    async fn get<T: DeserializeOwned>(
         &self,
-        request: reqwest::RequestBuilder,
-        url: &reqwest::Url,
+        path: &str,
         what: &'static str,
     ) -> Result<T, ClientError> {
-        let (status, body) = self.fetch(request, url, what).await?;
+        let url = self.url(path)?;
+        let (status, body) = self.fetch(self.http.get(url.clone()), &url, what).await?;
+        interpret(status, &body, what)
+    }
+
+    /// `POST path` with a JSON body, unwrapping the JSend payload.
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        what: &'static str,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path)?;
+        let request = self.http.post(url.clone()).json(body);
+        let (status, body) = self.fetch(request, &url, what).await?;
         interpret(status, &body, what)
     }
 

@@ -146,6 +146,79 @@ impl MeshIdentity {
             revoked: crate::crl::Revoked::new(),
         })
     }
+
+    /// What the proxies require of a peer's leaf, admitting marble types as `admit` says.
+    pub fn peer_check(&self, admit: Admit) -> MeshPeerCheck {
+        MeshPeerCheck {
+            trust_domain: self.trust_domain.clone(),
+            revoked: self.revoked.clone(),
+            admit,
+        }
+    }
+}
+
+/// Which marble types a proxy admits at the other end of a connection.
+#[derive(Debug)]
+pub enum Admit {
+    /// Egress: the server must be a marble of this type.
+    Server {
+        /// The marble type the manifest names for the egress port.
+        expected: String,
+    },
+    /// Ingress: the client's type must be allowed by the port's `AllowFrom`.
+    Client {
+        /// The port's policy.
+        policy: allow::Policy,
+        /// The port (for the logs).
+        port: u16,
+    },
+}
+
+/// The check of a peer's leaf once its chain reached the deployment root: its SPIFFE ID must
+/// name a marble of this trust domain that [`Admit`] accepts, and the CRL must not list it.
+/// Runs inside the certificate verifiers, so a refused peer gets a TLS alert.
+#[derive(Debug)]
+pub struct MeshPeerCheck {
+    trust_domain: String,
+    revoked: Arc<crate::crl::Revoked>,
+    admit: Admit,
+}
+
+impl MeshPeerCheck {
+    /// Logs why the peer is refused; `why` completes "server refused" / "peer refused".
+    fn refused(&self, peer: Option<&allow::PeerId>, reason: &dyn std::fmt::Display, why: &str) {
+        let peer = peer.map(ToString::to_string);
+        match &self.admit {
+            Admit::Server { expected } => {
+                tracing::warn!(proxy = "egress", marble = %expected, server = ?peer, %reason, "server refused{why}")
+            }
+            Admit::Client { port, .. } => {
+                tracing::warn!(proxy = "ingress", port, peer = ?peer, %reason, "peer refused{why}")
+            }
+        }
+    }
+}
+
+impl quarry_trust::tls::PeerCheck for MeshPeerCheck {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::CertificateError> {
+        use rustls::CertificateError::{ApplicationVerificationFailure, Revoked};
+        let peer = allow::peer_identity(end_entity, &self.trust_domain).map_err(|e| {
+            self.refused(None, &e, ": no marble identity");
+            ApplicationVerificationFailure
+        })?;
+        let (admitted, why) = match &self.admit {
+            Admit::Server { expected } => (allow::check_server(&peer, expected), ""),
+            Admit::Client { policy, .. } => (policy.check(&peer), " by AllowFrom"),
+        };
+        admitted.map_err(|e| {
+            self.refused(Some(&peer), &e, why);
+            ApplicationVerificationFailure
+        })?;
+        self.revoked.check(end_entity).map_err(|e| {
+            self.refused(Some(&peer), &e, ": certificate revoked");
+            Revoked
+        })
+    }
 }
 
 /// A certificate chain (PEM, leaf first) with its private key, ready for rustls.
@@ -238,6 +311,18 @@ impl Proxies {
                 tracing::error!(error = %e, "a mesh proxy listener stopped");
             }
         }
+    }
+}
+
+/// `fut` bounded by `limit`: its output, or why there is none (its error, or the timeout).
+async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("timed out after {} s", limit.as_secs())),
     }
 }
 

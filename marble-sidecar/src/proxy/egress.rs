@@ -6,14 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quarry_api::http::MeshOutboundConfig;
-use quarry_trust::tls::{PeerCheck, PinnedRootServer};
-use rustls::CertificateError;
-use rustls_pki_types::{CertificateDer, ServerName};
+use quarry_trust::tls::PinnedRootServer;
+use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use super::allow;
-use super::{MeshIdentity, ProxyError, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
+use super::{Admit, MeshIdentity, MeshPeerCheck, ProxyError, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
 
 /// One bound egress port.
 pub struct Egress {
@@ -91,30 +89,20 @@ impl Egress {
         let listen = self.local_addr();
         let target = self.marble.as_str();
         // Connect to the server's mesh port.
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+        let tcp = match super::within(CONNECT_TIMEOUT, TcpStream::connect(&self.address)).await {
+            Ok(s) => s,
+            Err(e) => {
                 tracing::warn!(proxy = "egress", %listen, marble = target, address = %self.address, error = %e, "cannot reach the server");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(proxy = "egress", %listen, marble = target, address = %self.address, "connecting to the server timed out");
                 return;
             }
         };
         let _ = tcp.set_nodelay(true);
         // TLS; the verifier checks the chain and the server's marble type.
         let handshake = self.connector.connect(self.server_name.clone(), tcp);
-        let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
+        let mut tls = match super::within(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(tls) => tls,
+            Err(e) => {
                 tracing::warn!(proxy = "egress", %listen, marble = target, address = %self.address, error = %e, "handshake with the server failed");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(proxy = "egress", %listen, marble = target, address = %self.address, "handshake with the server timed out");
                 return;
             }
         };
@@ -150,9 +138,9 @@ fn server_name(address: &str) -> ServerName<'static> {
 }
 
 /// Server certificate verifier of an egress port: the chain must reach the deployment root
-/// (webpki, serverAuth), then [`ExpectedServer`] judges the leaf. The host name is
+/// (webpki, serverAuth), then [`MeshPeerCheck`] judges the leaf. The host name is
 /// deliberately not checked.
-pub type MeshServerVerifier = PinnedRootServer<ExpectedServer>;
+pub type MeshServerVerifier = PinnedRootServer<MeshPeerCheck>;
 
 /// The verifier of an egress port trusting `id.roots` only, expecting a server of type
 /// `expected`.
@@ -160,37 +148,9 @@ pub fn server_verifier(
     id: &MeshIdentity,
     expected: &str,
 ) -> Result<MeshServerVerifier, ProxyError> {
-    let check = ExpectedServer {
-        trust_domain: id.trust_domain.clone(),
+    let check = id.peer_check(Admit::Server {
         expected: expected.to_string(),
-        revoked: id.revoked.clone(),
-    };
+    });
     PinnedRootServer::new(id.roots.clone(), check)
         .map_err(|e| ProxyError::Tls(format!("server verifier: {e}")))
-}
-
-/// What an egress port requires of its server's leaf: the SPIFFE ID of a marble of the
-/// expected type in this trust domain, and a serial the CRL does not list.
-#[derive(Debug)]
-pub struct ExpectedServer {
-    trust_domain: String,
-    expected: String,
-    revoked: Arc<crate::crl::Revoked>,
-}
-
-impl PeerCheck for ExpectedServer {
-    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), CertificateError> {
-        let peer = allow::peer_identity(end_entity, &self.trust_domain).map_err(|e| {
-            tracing::warn!(proxy = "egress", marble = %self.expected, error = %e, "server refused: no marble identity");
-            CertificateError::ApplicationVerificationFailure
-        })?;
-        allow::check_server(&peer, &self.expected).map_err(|e| {
-            tracing::warn!(proxy = "egress", server = %peer, reason = %e, "server refused");
-            CertificateError::ApplicationVerificationFailure
-        })?;
-        self.revoked.check(end_entity).map_err(|e| {
-            tracing::warn!(proxy = "egress", server = %peer, reason = %e, "server refused: certificate revoked");
-            CertificateError::Revoked
-        })
-    }
 }

@@ -8,14 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quarry_api::http::{MeshAllow, MeshInboundConfig};
-use quarry_trust::tls::{PeerCheck, PinnedRootClient};
-use rustls::CertificateError;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use quarry_trust::tls::PinnedRootClient;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::allow::{self, Policy};
-use super::{MeshIdentity, ProxyError, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
+use super::{Admit, MeshIdentity, MeshPeerCheck, ProxyError, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
 
 /// One bound mesh port.
 pub struct Ingress {
@@ -81,15 +80,10 @@ impl Ingress {
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let port = self.local_addr().port();
         // TLS; identity and allow-list are checked by the verifier during the handshake.
-        let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
+        let mut tls = match super::within(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
+            Ok(tls) => tls,
+            Err(e) => {
                 tracing::info!(proxy = "ingress", port, %peer, error = %e, "handshake refused");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(proxy = "ingress", port, %peer, "handshake timed out");
                 return;
             }
         };
@@ -112,19 +106,12 @@ impl Ingress {
             }
         };
         // Connect to the service.
-        let mut upstream = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TcpStream::connect(self.forward),
-        )
-        .await
+        let mut upstream = match super::within(CONNECT_TIMEOUT, TcpStream::connect(self.forward))
+            .await
         {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+            Ok(s) => s,
+            Err(e) => {
                 tracing::warn!(proxy = "ingress", port, %peer, who, forward = %self.forward, error = %e, "cannot reach the service");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(proxy = "ingress", port, %peer, who, forward = %self.forward, "connecting to the service timed out");
                 return;
             }
         };
@@ -167,8 +154,8 @@ fn server_config(
 }
 
 /// Client certificate verifier of a mesh port: a client certificate is required, its chain
-/// must reach the deployment root (webpki), then [`AllowedPeer`] judges the leaf.
-pub type MeshClientVerifier = PinnedRootClient<AllowedPeer>;
+/// must reach the deployment root (webpki), then [`MeshPeerCheck`] judges the leaf.
+pub type MeshClientVerifier = PinnedRootClient<MeshPeerCheck>;
 
 /// The verifier of mesh port `port` trusting `id.roots` only, admitting per `policy`.
 pub fn client_verifier(
@@ -176,39 +163,7 @@ pub fn client_verifier(
     policy: Policy,
     port: u16,
 ) -> Result<MeshClientVerifier, ProxyError> {
-    let check = AllowedPeer {
-        trust_domain: id.trust_domain.clone(),
-        policy,
-        port,
-        revoked: id.revoked.clone(),
-    };
+    let check = id.peer_check(Admit::Client { policy, port });
     PinnedRootClient::new(id.roots.clone(), check)
         .map_err(|e| ProxyError::Tls(format!("client verifier: {e}")))
-}
-
-/// What a mesh port requires of its client's leaf: the SPIFFE ID of a marble of this trust
-/// domain whose type the port's policy admits, and a serial the CRL does not list.
-#[derive(Debug)]
-pub struct AllowedPeer {
-    trust_domain: String,
-    policy: Policy,
-    port: u16,
-    revoked: Arc<crate::crl::Revoked>,
-}
-
-impl PeerCheck for AllowedPeer {
-    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), CertificateError> {
-        let peer = allow::peer_identity(end_entity, &self.trust_domain).map_err(|e| {
-            tracing::warn!(proxy = "ingress", port = self.port, error = %e, "peer refused: no marble identity");
-            CertificateError::ApplicationVerificationFailure
-        })?;
-        self.policy.check(&peer).map_err(|e| {
-            tracing::warn!(proxy = "ingress", port = self.port, peer = %peer, reason = %e, "peer refused by AllowFrom");
-            CertificateError::ApplicationVerificationFailure
-        })?;
-        self.revoked.check(end_entity).map_err(|e| {
-            tracing::warn!(proxy = "ingress", port = self.port, peer = %peer, reason = %e, "peer refused: certificate revoked");
-            CertificateError::Revoked
-        })
-    }
 }
