@@ -27,7 +27,7 @@ use quarry_api::claims::Identity;
 use quarry_api::{Claims, Evidence, EvidenceType, TcbStatus, TeeKind};
 
 use crate::collateral::{CollateralSource, DcapKey, PckCaType};
-use crate::timefmt::{rfc3339, unix_secs};
+use crate::timefmt::unix_secs;
 use crate::{Verifier, VerifyError};
 
 const HEADER_LEN: usize = 48;
@@ -126,7 +126,7 @@ impl DcapVerifier {
         .allow_debug(true);
         let out = verifier
             .verify_with_policy(quote, collateral, now_secs, &AcceptAll)
-            .map_err(map_error)?;
+            .map_err(|e| map_error(e, now_secs))?;
         let claims = claims_from(&out)?;
         if trailing.iter().any(|b| *b != 0) {
             return Err(VerifyError::Malformed(format!(
@@ -283,21 +283,14 @@ fn check_window(c: &QuoteCollateralV3, now: u64) -> Result<(), VerifyError> {
 
 fn in_window(what: &str, issue: i64, next: Option<i64>, now: u64) -> Result<(), VerifyError> {
     let now_i = i64::try_from(now).unwrap_or(i64::MAX);
-    if now_i < issue {
-        return Err(VerifyError::Expired(format!(
-            "{what} is not valid before {} (verification time {})",
-            rfc3339(issue),
-            rfc3339(now_i)
-        )));
-    }
-    if let Some(next) = next {
-        if now_i >= next {
-            return Err(VerifyError::Expired(format!(
-                "{what} expired at {} (verification time {}); refresh the collateral",
-                rfc3339(next),
-                rfc3339(now_i)
-            )));
-        }
+    let outside = now_i < issue || next.is_some_and(|n| now_i >= n);
+    if outside {
+        return Err(VerifyError::Expired {
+            what: what.to_string(),
+            now: now_i,
+            not_before: Some(issue),
+            not_after: next,
+        });
     }
     Ok(())
 }
@@ -382,7 +375,7 @@ fn claims_from(out: &dcap_qvl::policy::QuoteClaims) -> Result<Claims, VerifyErro
 }
 
 /// Turns dcap-qvl's message chain into the precise refusal variant, keeping the text.
-fn map_error(e: anyhow::Error) -> VerifyError {
+fn map_error(e: anyhow::Error, now: u64) -> VerifyError {
     let text = format!("{e:#}");
     let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
     if has(&["Revoked", "revoked", "CertRevoked"]) {
@@ -394,7 +387,12 @@ fn map_error(e: anyhow::Error) -> VerifyError {
         "NotValidYet",
         "not valid",
     ]) {
-        VerifyError::Expired(text)
+        VerifyError::Expired {
+            what: text,
+            now: i64::try_from(now).unwrap_or(i64::MAX),
+            not_before: None,
+            not_after: None,
+        }
     } else if has(&["No matching TCB level", "TCB level", "below minimum"]) {
         VerifyError::TcbUnsupported(text)
     } else if has(&["Debug mode", "profiling"]) {
@@ -406,7 +404,11 @@ fn map_error(e: anyhow::Error) -> VerifyError {
         "SEPT_VE_DISABLE",
         "service TD",
     ]) {
-        VerifyError::Attribute(text)
+        VerifyError::Attribute {
+            name: text,
+            found: "set".into(),
+            allowed: "refused by the quote verification library".into(),
+        }
     } else if has(&["ignature", "hash mismatch"]) {
         VerifyError::BadSignature(text)
     } else if has(&["decode", "Decode", "parse", "Unsupported"]) {

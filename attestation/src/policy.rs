@@ -1,27 +1,7 @@
 //! Claims against a package's reference values (contract §4.6). A refusal names every
 //! mismatching field with the expected and the actual value.
+pub use quarry_api::http::FieldMismatch;
 use quarry_api::{Claims, Package, TcbStatus};
-
-/// One field that did not match.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldMismatch {
-    /// Manifest field name (`UniqueID`, `SecurityVersion`...).
-    pub field: &'static str,
-    /// What the package requires.
-    pub expected: String,
-    /// What the evidence shows.
-    pub actual: String,
-}
-
-impl std::fmt::Display for FieldMismatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: expected {}, got {}",
-            self.field, self.expected, self.actual
-        )
-    }
-}
 
 /// Every field that did not match (never empty).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,11 +11,11 @@ pub struct PolicyMismatch(pub Vec<FieldMismatch>);
 /// Checks claims against a package; returns every mismatch at once.
 pub fn check_package(package: &Package, claims: &Claims) -> Result<(), PolicyMismatch> {
     let mut out = Vec::new();
-    let mut push = |field: &'static str, expected: String, actual: String| {
+    let mut push = |field: &str, expected: String, found: String| {
         out.push(FieldMismatch {
-            field,
+            field: field.to_string(),
             expected,
-            actual,
+            found,
         })
     };
 
@@ -275,7 +255,7 @@ mod tests {
         let mut c = claims();
         c.debug = true;
         let err = check_package(&pkg, &c).unwrap_err();
-        let fields: Vec<_> = err.0.iter().map(|m| m.field).collect();
+        let fields: Vec<_> = err.0.iter().map(|m| m.field.as_str()).collect();
         assert_eq!(
             fields,
             vec![
@@ -287,9 +267,9 @@ mod tests {
             ]
         );
         assert_eq!(err.0[3].expected, ">= 4");
-        assert_eq!(err.0[3].actual, "3");
-        assert_eq!(err.0[0].actual, hex::encode([1u8; 32]));
-        assert!(err.to_string().contains("Debug: expected false, got true"));
+        assert_eq!(err.0[3].found, "3");
+        assert_eq!(err.0[0].found, hex::encode([1u8; 32]));
+        assert!(err.to_string().contains("Debug: expected false, found true"));
     }
 
     #[test]
@@ -305,7 +285,7 @@ mod tests {
         let mut c = claims();
         c.tee = TeeKind::Sgx;
         let err = check_package(&pkg, &c).unwrap_err();
-        assert_eq!(err.0[0].actual, "simulated evidence");
+        assert_eq!(err.0[0].found, "simulated evidence");
     }
 
     #[test]
@@ -315,8 +295,8 @@ mod tests {
         c.advisory_ids = vec!["INTEL-SA-00615".into()];
         let err = check_package(&package(), &c).unwrap_err();
         assert_eq!(err.0[0].field, "AcceptedTCBStatuses");
-        assert!(err.0[0].actual.contains("OutOfDate"));
-        assert!(err.0[0].actual.contains("INTEL-SA-00615"));
+        assert!(err.0[0].found.contains("OutOfDate"));
+        assert!(err.0[0].found.contains("INTEL-SA-00615"));
     }
 
     #[test]
@@ -328,7 +308,7 @@ mod tests {
         pkg.accepted_advisories = vec!["intel-sa-00615".into()];
         let err = check_package(&pkg, &c).unwrap_err();
         assert_eq!(err.0[0].field, "AcceptedAdvisories");
-        assert_eq!(err.0[0].actual, "INTEL-SA-00657");
+        assert_eq!(err.0[0].found, "INTEL-SA-00657");
         pkg.accepted_advisories.push("INTEL-SA-00657".into());
         check_package(&pkg, &c).unwrap();
     }
@@ -372,16 +352,16 @@ mod tests {
         pkg.fields.insert("HostData".into(), "11".repeat(32));
         pkg.allowed_platforms = vec!["dd".repeat(64)];
         let err = check_package(&pkg, &c).unwrap_err();
-        let fields: Vec<_> = err.0.iter().map(|m| m.field).collect();
+        let fields: Vec<_> = err.0.iter().map(|m| m.field.as_str()).collect();
         assert_eq!(fields, ["HostData", "MinimumTCB", "AllowedChipIDs"]);
         assert_eq!(err.0[0].expected, "11".repeat(32));
-        assert_eq!(err.0[0].actual, "00".repeat(32));
+        assert_eq!(err.0[0].found, "00".repeat(32));
         assert_eq!(
             err.0[1].expected,
             ">= bootloader=0 tee=0 snp=9 microcode=200"
         );
-        assert!(err.0[1].actual.contains("snp 8 < 9, microcode 115 < 200"));
-        assert_eq!(err.0[2].actual, "cc".repeat(64));
+        assert!(err.0[1].found.contains("snp 8 < 9, microcode 115 < 200"));
+        assert_eq!(err.0[2].found, "cc".repeat(64));
     }
 
     #[test]

@@ -409,10 +409,12 @@ impl Verifier for SimVerifier {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         if body.issued_at > now_s + MAX_SKEW.as_secs() {
-            return Err(VerifyError::Expired(format!(
-                "evidence issued at {} is in the future (now {now_s})",
-                body.issued_at
-            )));
+            return Err(VerifyError::Expired {
+                what: format!("simulated evidence issued at {}", body.issued_at),
+                now: i64::try_from(now_s).unwrap_or(i64::MAX),
+                not_before: i64::try_from(body.issued_at.saturating_sub(MAX_SKEW.as_secs())).ok(),
+                not_after: None,
+            });
         }
         let report_data: [u8; REPORT_DATA_LEN] = hex::decode(&body.report_data)
             .ok()
@@ -453,11 +455,14 @@ fn check_validity(ca_der: &[u8], now: SystemTime) -> Result<(), VerifyError> {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let v = cert.validity();
-    if now_s < v.not_before.timestamp() || now_s > v.not_after.timestamp() {
-        return Err(VerifyError::Expired(format!(
-            "simulated platform CA is valid from {} to {}",
-            v.not_before, v.not_after
-        )));
+    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+    if now_s < from || now_s > to {
+        return Err(VerifyError::Expired {
+            what: "simulated platform CA".into(),
+            now: now_s,
+            not_before: Some(from),
+            not_after: Some(to.saturating_add(1)),
+        });
     }
     Ok(())
 }

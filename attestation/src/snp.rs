@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use x509_parser::certificate::X509Certificate;
 
 use crate::collateral::{CollateralSource, SnpKey};
-use crate::timefmt::{rfc3339, unix_secs};
+use crate::timefmt::unix_secs;
 use crate::{Verifier, VerifyError};
 
 /// Size of an SNP attestation report.
@@ -173,26 +173,34 @@ impl SnpVerifier {
         let ark_cn = common_name(ark);
         let ask_cn = common_name(ask);
         if ark_cn != format!("ARK-{product_line}") {
-            return Err(VerifyError::CertificateMismatch(format!(
-                "VEK product {vek_product} but root {ark_cn}"
-            )));
+            return Err(mismatch(
+                "root (ARK) for the VEK product",
+                format!("ARK-{product_line}"),
+                ark_cn,
+            ));
         }
         let is_asvk = ask_cn == format!("SEV-VLEK-{product_line}");
         if !is_asvk && ask_cn != format!("SEV-{product_line}") {
-            return Err(VerifyError::CertificateMismatch(format!(
-                "VEK product {vek_product} but issuer {ask_cn}"
-            )));
+            return Err(mismatch(
+                "issuer (ASK/ASVK) for the VEK product",
+                format!("SEV-{product_line} or SEV-VLEK-{product_line}"),
+                ask_cn,
+            ));
         }
         match (r.signing_key, is_asvk) {
             (0, false) | (1, true) => {}
-            (0, true) => return Err(VerifyError::CertificateMismatch(
-                "the report is signed by a VCEK but the certificate is issued by an ASVK (a VLEK)"
-                    .into(),
-            )),
+            (0, true) => {
+                return Err(mismatch(
+                    "VEK issuer for SIGNING_KEY 0 (VCEK)",
+                    format!("SEV-{product_line} (an ASK)"),
+                    ask_cn,
+                ))
+            }
             (1, false) => {
-                return Err(VerifyError::CertificateMismatch(
-                    "the report is signed by a VLEK but the certificate is not issued by an ASVK"
-                        .into(),
+                return Err(mismatch(
+                    "VEK issuer for SIGNING_KEY 1 (VLEK)",
+                    format!("SEV-VLEK-{product_line} (an ASVK)"),
+                    ask_cn,
                 ))
             }
             (other, _) => {
@@ -203,9 +211,11 @@ impl SnpVerifier {
         }
         if let Some(cpu_line) = r.cpuid_product_line() {
             if cpu_line != product_line {
-                return Err(VerifyError::CertificateMismatch(format!(
-                    "the report's CPUID says {cpu_line} but the VEK is for {vek_product}"
-                )));
+                return Err(mismatch(
+                    "product line (report CPUID vs VEK productName)",
+                    cpu_line.to_string(),
+                    vek_product.to_string(),
+                ));
             }
         }
         // Signatures: ARK self-signed, ARK → ASK/ASVK → VEK (sev, RSA-PSS SHA-384).
@@ -240,25 +250,29 @@ impl SnpVerifier {
         ] {
             let cert_val = spl(oid)?;
             if cert_val != Some(u64::from(actual)) {
-                wrong.push(format!("{name}: VEK {} report {actual}", show(cert_val)));
+                wrong.push((name, actual.to_string(), show(cert_val)));
             }
         }
         if let Some(fmc) = tcb.fmc {
             let cert_val = spl(OID_FMC)?;
             if cert_val != Some(u64::from(fmc)) {
-                wrong.push(format!("fmc: VEK {} report {fmc}", show(cert_val)));
+                wrong.push(("fmc", fmc.to_string(), show(cert_val)));
             }
         }
         if !wrong.is_empty() {
-            return Err(VerifyError::CertificateMismatch(format!(
-                "the VEK's TCB differs from REPORTED_TCB ({})",
-                wrong.join(", ")
-            )));
+            let names: Vec<&str> = wrong.iter().map(|(n, _, _)| *n).collect();
+            let report: Vec<String> = wrong.iter().map(|(n, r, _)| format!("{n} {r}")).collect();
+            let vek: Vec<String> = wrong.iter().map(|(n, _, v)| format!("{n} {v}")).collect();
+            return Err(mismatch(
+                &format!("VEK TCB ({}) vs REPORTED_TCB", names.join(", ")),
+                report.join(", "),
+                vek.join(", "),
+            ));
         }
         // hwID == CHIP_ID (VCEK only; a VLEK is not chip-specific).
         if r.signing_key == 0 {
             let hwid = ext_octets(&vek, OID_HWID)?.ok_or_else(|| {
-                VerifyError::CertificateMismatch("the VCEK has no hwID extension".into())
+                mismatch("VCEK hwID extension", "present".into(), "absent".into())
             })?;
             let chip = &r.bytes[0x1A0..0x1E0];
             let matches = !hwid.is_empty()
@@ -266,11 +280,11 @@ impl SnpVerifier {
                 && hwid == chip[..hwid.len()]
                 && chip[hwid.len()..].iter().all(|b| *b == 0);
             if !matches {
-                return Err(VerifyError::CertificateMismatch(format!(
-                    "the VCEK's hwID {} is not the report's CHIP_ID {}",
+                return Err(mismatch(
+                    "VCEK hwID vs report CHIP_ID",
+                    hex::encode(chip),
                     hex::encode(&hwid),
-                    hex::encode(chip)
-                )));
+                ));
             }
         }
         // ECDSA P-384 over the raw bytes [0, 0x2A0).
@@ -284,16 +298,18 @@ impl SnpVerifier {
             )));
         }
         if r.policy & POLICY_MIGRATE_MA != 0 && !self.allow_migration_agent {
-            return Err(VerifyError::Attribute(format!(
-                "guest policy {:#x} has MIGRATE_MA (bit 18) set",
-                r.policy
-            )));
+            return Err(VerifyError::Attribute {
+                name: format!("guest policy {:#x} MIGRATE_MA (bit 18)", r.policy),
+                found: "set".into(),
+                allowed: "a migration agent is never accepted".into(),
+            });
         }
         if r.vmpl > self.max_vmpl {
-            return Err(VerifyError::Attribute(format!(
-                "the report was requested at VMPL {} (at most {} accepted)",
-                r.vmpl, self.max_vmpl
-            )));
+            return Err(VerifyError::Attribute {
+                name: "VMPL".into(),
+                found: r.vmpl.to_string(),
+                allowed: format!("at most {} accepted", self.max_vmpl),
+            });
         }
         Ok(r.claims(debug, tcb))
     }
@@ -537,24 +553,27 @@ fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, Veri
         .map_err(|e| VerifyError::Malformed(format!("{what} is not an X.509 certificate: {e}")))
 }
 
+/// A certificate that does not belong to the report: the field, what the report calls for,
+/// what the certificate says.
+fn mismatch(field: &str, expected: String, found: String) -> VerifyError {
+    VerifyError::CertificateMismatch {
+        field: field.to_string(),
+        expected,
+        found,
+    }
+}
+
 fn cert_valid_at(what: &str, cert: &X509Certificate<'_>, now: i64) -> Result<(), VerifyError> {
     let v = cert.validity();
     let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
-    if now < from {
-        return Err(VerifyError::Expired(format!(
-            "{what} certificate {} is not valid before {} (verification time {})",
-            common_name(cert),
-            rfc3339(from),
-            rfc3339(now)
-        )));
-    }
-    if now > to {
-        return Err(VerifyError::Expired(format!(
-            "{what} certificate {} expired at {} (verification time {})",
-            common_name(cert),
-            rfc3339(to),
-            rfc3339(now)
-        )));
+    // x509 notAfter is inclusive: valid through `to`, expired from the next second.
+    if now < from || now > to {
+        return Err(VerifyError::Expired {
+            what: format!("{what} certificate {}", common_name(cert)),
+            now,
+            not_before: Some(from),
+            not_after: Some(to.saturating_add(1)),
+        });
     }
     Ok(())
 }
@@ -621,7 +640,11 @@ fn ext_octets(cert: &X509Certificate<'_>, oid: &str) -> Result<Option<Vec<u8>>, 
 
 fn ext_product(cert: &X509Certificate<'_>) -> Result<String, VerifyError> {
     let v = ext_value(cert, OID_PRODUCT).ok_or_else(|| {
-        VerifyError::CertificateMismatch("the VEK has no productName extension".into())
+        mismatch(
+            "VEK productName extension",
+            "present".into(),
+            "absent".into(),
+        )
     })?;
     let text = match der_tlv(v) {
         Some((0x16 | 0x0C | 0x13, s)) => s,

@@ -7,7 +7,12 @@ use crate::VerifyError;
 pub(crate) fn unix_secs(now: SystemTime) -> Result<u64, VerifyError> {
     now.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .map_err(|_| VerifyError::Expired("the verification time is before 1970".into()))
+        .map_err(|e| VerifyError::Expired {
+            what: "the verification time (before 1970)".into(),
+            now: -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+            not_before: Some(0),
+            not_after: None,
+        })
 }
 
 /// RFC 3339 text of Unix seconds (UTC), or the number itself if out of range.

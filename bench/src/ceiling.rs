@@ -151,7 +151,7 @@ fn tls_configs(
     let (leaf, leaf_key) = root.issue_server_cert(&["127.0.0.1".to_string()])?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(quarry_coordinator::tls::AnyClientCert::new(true)))
+        .with_client_cert_verifier(Arc::new(quarry_trust::tls::AnyClientCert::new(true)))
         .with_single_cert(
             vec![
                 CertificateDer::from(leaf),

@@ -103,12 +103,12 @@ pub async fn activate(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
-    .map_err(|e| refuse(Refusal::Evidence(e.to_string())))?;
+    .map_err(|e| refuse(Refusal::Evidence(e)))?;
     quarry_attestation::binding::check_activation_binding(&claims, &spki, nonce.as_ref())
-        .map_err(|e| refuse(Refusal::KeyBinding(e.to_string())))?;
+        .map_err(|e| refuse(Refusal::KeyBinding(e)))?;
     quarry_attestation::check_package(package, &claims).map_err(|e| {
         for m in &e.0 {
-            tracing::warn!(marble_type, uuid = %req.uuid, package = %marble.package, field = m.field, expected = %m.expected, actual = %m.actual, "package field mismatch");
+            tracing::warn!(marble_type, uuid = %req.uuid, package = %marble.package, field = m.field, expected = %m.expected, found = %m.found, "package field mismatch");
         }
         refuse(Refusal::policy(&marble.package, &e))
     })?;

@@ -112,7 +112,7 @@ impl ApiError {
             code: self.code().to_string(),
             message: self.to_string(),
             fields: match self {
-                ApiError::Refused(r) => r.fields().to_vec(),
+                ApiError::Refused(r) => r.fields(),
                 _ => Vec::new(),
             },
             pointer: match self {

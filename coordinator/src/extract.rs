@@ -1,7 +1,11 @@
-//! JSend answers where axum's own would be plain text or empty: a query-string extractor
-//! whose rejection is a JSend 400, and a JSend 405 for a method a route does not serve.
+//! Request bodies and JSend answers where axum's own would be plain text or empty: a JSON
+//! body reader for any content type, a query-string extractor whose rejection is a JSend 400,
+//! and a JSend 405 for a method a route does not serve.
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -54,4 +58,25 @@ mod tests {
             );
         }
     }
+}
+
+/// Parses a JSON body whatever its content type (curl's `-d` sends a form type); 413 for
+/// bodies over the limit, 400 naming the line and column of malformed JSON.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(quarry_api::http::MAX_BODY_BYTES)
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {}", r.body_text()))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "malformed request body at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })
 }

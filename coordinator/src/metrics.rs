@@ -476,7 +476,7 @@ mod tests {
             ];
             errors.extend([
                 Refusal::Nonce(crate::state::nonces::NonceError::Expired).into(),
-                Refusal::Evidence(m.into()).into(),
+                Refusal::Evidence(quarry_attestation::VerifyError::Malformed(m.into())).into(),
                 Refusal::MaxActivations {
                     marble_type: m.into(),
                     max: 1,

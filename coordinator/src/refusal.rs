@@ -26,9 +26,9 @@ pub enum Refusal {
         marble_type: String,
     },
     /// The evidence did not verify (signature, chain, collateral, TCB, time, simulation).
-    Evidence(String),
+    Evidence(quarry_attestation::VerifyError),
     /// The evidence is not bound to the connection's TLS key (or nonce).
-    KeyBinding(String),
+    KeyBinding(quarry_attestation::VerifyError),
     /// The verified claims do not match the marble's package.
     PolicyMismatch {
         /// The package name.
@@ -64,10 +64,11 @@ impl Refusal {
     }
 
     /// The compared fields (empty unless the refusal compares values).
-    pub fn fields(&self) -> &[FieldMismatch] {
+    pub fn fields(&self) -> Vec<FieldMismatch> {
         match self {
-            Refusal::PolicyMismatch { fields, .. } => fields,
-            _ => &[],
+            Refusal::PolicyMismatch { fields, .. } => fields.clone(),
+            Refusal::Evidence(e) | Refusal::KeyBinding(e) => e.fields(),
+            _ => Vec::new(),
         }
     }
 
@@ -88,15 +89,7 @@ impl Refusal {
     pub fn policy(package: &str, mismatch: &quarry_attestation::PolicyMismatch) -> Refusal {
         Refusal::PolicyMismatch {
             package: package.to_string(),
-            fields: mismatch
-                .0
-                .iter()
-                .map(|m| FieldMismatch {
-                    field: m.field.to_string(),
-                    expected: m.expected.clone(),
-                    found: m.actual.clone(),
-                })
-                .collect(),
+            fields: mismatch.0.clone(),
         }
     }
 }
@@ -117,12 +110,12 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::Revoked(m) | Refusal::Certificate(m) => f.write_str(m),
             Refusal::Nonce(e) => write!(f, "{e}"),
-            Refusal::KeyBinding(m) => f.write_str(m),
+            Refusal::KeyBinding(e) => write!(f, "{e}"),
             Refusal::DnsName { name, marble_type } => write!(
                 f,
                 "requested DNS name {name:?} is not allowed by Marbles/{marble_type}/DNSNames"
             ),
-            Refusal::Evidence(m) => write!(f, "evidence refused: {m}"),
+            Refusal::Evidence(e) => write!(f, "evidence refused: {e}"),
             Refusal::PolicyMismatch { package, fields } => {
                 write!(
                     f,
@@ -132,7 +125,7 @@ impl std::fmt::Display for Refusal {
                     if i > 0 {
                         f.write_str("; ")?;
                     }
-                    write!(f, "{}: expected {}, got {}", m.field, m.expected, m.found)?;
+                    write!(f, "{m}")?;
                 }
                 Ok(())
             }
@@ -161,8 +154,13 @@ mod tests {
                 name: "a".into(),
                 marble_type: "t".into(),
             },
-            Refusal::Evidence("e".into()),
-            Refusal::KeyBinding("b".into()),
+            Refusal::Evidence(quarry_attestation::VerifyError::Malformed("e".into())),
+            Refusal::KeyBinding(quarry_attestation::VerifyError::Binding {
+                part: "report_data[0..32]",
+                reason: "r",
+                expected: "00".into(),
+                found: "01".into(),
+            }),
             Refusal::PolicyMismatch {
                 package: "p".into(),
                 fields: vec![],
@@ -180,15 +178,15 @@ mod tests {
     #[test]
     fn a_policy_mismatch_keeps_every_field_and_names_them_in_its_message() {
         let mismatch = quarry_attestation::PolicyMismatch(vec![
-            quarry_attestation::FieldMismatch {
-                field: "SecurityVersion",
+            FieldMismatch {
+                field: "SecurityVersion".into(),
                 expected: ">= 3".into(),
-                actual: "2".into(),
+                found: "2".into(),
             },
-            quarry_attestation::FieldMismatch {
-                field: "ProductID",
+            FieldMismatch {
+                field: "ProductID".into(),
                 expected: "7".into(),
-                actual: "8".into(),
+                found: "8".into(),
             },
         ]);
         let r = Refusal::policy("db", &mismatch);
@@ -210,7 +208,48 @@ mod tests {
         );
         assert_eq!(
             r.to_string(),
-            "package db: evidence does not match the package: SecurityVersion: expected >= 3, got 2; ProductID: expected 7, got 8"
+            "package db: evidence does not match the package: SecurityVersion: expected >= 3, found 2; ProductID: expected 7, found 8"
+        );
+    }
+
+    #[test]
+    fn evidence_refusals_carry_the_compared_values_as_fields() {
+        let r = Refusal::KeyBinding(quarry_attestation::VerifyError::Binding {
+            part: "report_data[32..64]",
+            reason: "does not match the nonce issued for this activation",
+            expected: "aa".into(),
+            found: "bb".into(),
+        });
+        assert_eq!(r.code(), "key-binding");
+        assert_eq!(
+            r.fields(),
+            [FieldMismatch {
+                field: "report_data[32..64]".into(),
+                expected: "aa".into(),
+                found: "bb".into()
+            }]
+        );
+        let expired = Refusal::Evidence(quarry_attestation::VerifyError::Expired {
+            what: "PCK CRL".into(),
+            now: 1_800_000_000,
+            not_before: Some(1_700_000_000),
+            not_after: Some(1_750_000_000),
+        });
+        let f = expired.fields();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].field, "PCK CRL");
+        assert!(f[0].expected.contains("2025-06-15"), "{:?}", f[0]);
+        assert!(f[0].found.starts_with("2027-01-15"), "{:?}", f[0]);
+        assert!(
+            expired
+                .to_string()
+                .contains("PCK CRL expired at 2025-06-15"),
+            "{expired}"
+        );
+        assert!(
+            Refusal::Evidence(quarry_attestation::VerifyError::Malformed("x".into()))
+                .fields()
+                .is_empty()
         );
     }
 }

@@ -192,9 +192,9 @@ pub async fn renew(
     let claims: Claims = tokio::task::spawn_blocking(move || verifier.verify(&evidence, at))
         .await
         .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?
-        .map_err(|e| refuse(Refusal::Evidence(e.to_string())))?;
+        .map_err(|e| refuse(Refusal::Evidence(e)))?;
     quarry_attestation::binding::check_activation_binding(&claims, &current.spki, Some(&nonce))
-        .map_err(|e| refuse(Refusal::KeyBinding(e.to_string())))?;
+        .map_err(|e| refuse(Refusal::KeyBinding(e)))?;
     quarry_attestation::check_package(package, &claims)
         .map_err(|e| refuse(Refusal::policy(&marble.package, &e)))?;
 
@@ -295,7 +295,7 @@ pub async fn renew_route(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: RenewRequest = crate::routes::json_body(body)?;
+    let req: RenewRequest = crate::extract::json_body(body)?;
     let cert = peer.0.as_deref().map(|v| v.as_slice()).ok_or_else(|| {
         ApiError::Unauthorized(
             "renewal needs the marble's current leaf certificate as TLS client certificate".into(),

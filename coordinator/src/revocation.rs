@@ -402,7 +402,7 @@ pub async fn revoke_route(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: RevokeRequest = crate::routes::json_body(body)?;
+    let req: RevokeRequest = crate::extract::json_body(body)?;
     let peer = peer.0.as_deref().map(|v| v.as_slice());
     let resp = revoke(&core, peer, req).await?;
     Ok((StatusCode::OK, Json(JSend::success(resp))).into_response())

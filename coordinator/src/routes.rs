@@ -90,27 +90,6 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
-/// Parses a JSON body whatever its content type (curl's `-d` sends a form type); 413 for
-/// bodies over the limit, 400 naming the line and column of malformed JSON.
-pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(MAX_BODY_BYTES)
-        } else {
-            ApiError::BadRequest(format!("cannot read the request body: {}", r.body_text()))
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "malformed request body at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ))
-    })
-}
-
 async fn status(State(core): State<Arc<Core>>) -> Response {
     let state = core.state();
     ok(StatusResponse {
@@ -125,7 +104,7 @@ async fn manifest_set(
     State(core): State<Arc<Core>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ManifestSetRequest = json_body(body)?;
+    let req: ManifestSetRequest = crate::extract::json_body(body)?;
     let outcome = crate::manifest_ops::set_manifest(&core, req.manifest).await?;
     Ok(ok(ManifestSetResponse {
         recovery_secrets: outcome.recovery_secrets,
@@ -205,7 +184,7 @@ async fn activate(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ActivateRequest = json_body(body)?;
+    let req: ActivateRequest = crate::extract::json_body(body)?;
     let cert = peer_cert(&peer)?;
     let marble_type = req.marble_type.clone();
     let result = crate::activation::activate(&core, req, cert).await;
@@ -362,7 +341,7 @@ async fn secrets_set(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: crate::secrets_api::SetSecretsRequest = json_body(body)?;
+    let req: crate::secrets_api::SetSecretsRequest = crate::extract::json_body(body)?;
     crate::secrets_api::write(&core, peer_der(&peer), req).await?;
     Ok(ok(serde_json::Value::Null))
 }
@@ -380,7 +359,7 @@ async fn update_propose(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ManifestSetRequest = json_body(body)?;
+    let req: ManifestSetRequest = crate::extract::json_body(body)?;
     Ok(ok(crate::update::propose(
         &core,
         peer_der(&peer),
@@ -400,7 +379,7 @@ async fn update_acknowledge(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ManifestSetRequest = json_body(body)?;
+    let req: ManifestSetRequest = crate::extract::json_body(body)?;
     Ok(ok(crate::update::acknowledge(
         &core,
         peer_der(&peer),
@@ -425,7 +404,7 @@ async fn recover(
     State(core): State<Arc<Core>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: quarry_api::http::RecoverRequest = json_body(body)?;
+    let req: quarry_api::http::RecoverRequest = crate::extract::json_body(body)?;
     Ok(ok(crate::recovery::recover(&core, req).await?))
 }
 

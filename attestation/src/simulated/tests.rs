@@ -98,16 +98,28 @@ fn time_is_an_input_platform_ca_expiry_and_future_evidence() {
     let (_d, provider, verifier) = setup();
     let ev = provider.evidence(&[0; 64]).unwrap();
     let far_future = SystemTime::now() + Duration::from_secs(20 * 365 * 86400);
-    assert!(matches!(
-        verifier.verify(&ev, far_future),
-        Err(VerifyError::Expired(_))
-    ));
+    match verifier.verify(&ev, far_future) {
+        Err(VerifyError::Expired {
+            what,
+            now,
+            not_after: Some(end),
+            ..
+        }) => {
+            assert_eq!(what, "simulated platform CA");
+            assert!(now >= end, "the verification time is past the window");
+        }
+        other => panic!("expected the platform CA to be expired: {other:?}"),
+    }
     let later = SystemTime::now() + Duration::from_secs(3600);
     let ev = provider.evidence_at(&[0; 64], later).unwrap();
-    assert!(matches!(
-        verifier.verify(&ev, SystemTime::now()),
-        Err(VerifyError::Expired(_))
-    ));
+    match verifier.verify(&ev, SystemTime::now()) {
+        Err(VerifyError::Expired {
+            now,
+            not_before: Some(start),
+            ..
+        }) => assert!(now < start, "evidence from the future is not valid yet"),
+        other => panic!("expected future evidence to be refused: {other:?}"),
+    }
 }
 
 #[test]

@@ -439,7 +439,7 @@ fn compare(package: &Package, c: &Claims) -> Vec<Row> {
         rows.push(Row {
             field: field.to_string(),
             expected: bad.map(|m| m.expected.clone()).unwrap_or(expected),
-            actual: bad.map(|m| m.actual.clone()).unwrap_or(actual),
+            actual: bad.map(|m| m.found.clone()).unwrap_or(actual),
             ok: bad.is_none(),
         });
     };
@@ -537,7 +537,7 @@ fn compare(package: &Package, c: &Claims) -> Vec<Row> {
             rows.push(Row {
                 field: m.field.to_string(),
                 expected: m.expected.clone(),
-                actual: m.actual.clone(),
+                actual: m.found.clone(),
                 ok: false,
             });
         }

@@ -6,9 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use quarry_api::manifest::SealMode;
 use quarry_api::{Claims, Evidence, Secret};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use quarry_trust::tls::{AnyClientCert, KeyPossession};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -166,66 +165,6 @@ fn ephemeral_identity() -> Result<TlsIdentity, String> {
     ))
 }
 
-/// Accepts any server certificate whose holder proves possession of its key; who the peer
-/// is, is decided by its evidence, bound to that key (the serving side uses
-/// [`crate::tls::AnyClientCert`], the same rule for clients).
-#[derive(Debug)]
-struct KeyPossession(Arc<rustls::crypto::CryptoProvider>);
-
-impl KeyPossession {
-    fn verify13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-}
-
-impl ServerCertVerifier for KeyPossession {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.verify13(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 async fn write_msg<W: AsyncWriteExt + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("message too large"))?;
     w.write_all(&len.to_be_bytes()).await?;
@@ -288,11 +227,9 @@ pub async fn fetch_dek(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, St
 
 async fn fetch_dek_inner(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, String> {
     let (cert, key, spki) = ephemeral_identity()?;
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+    // Who the peer is, its evidence decides: bound to the key it proves possession of.
+    let config = quarry_trust::tls::client_with_verifier(Arc::new(KeyPossession::new()))
         .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(KeyPossession(provider())))
         .with_client_auth_cert(
             vec![CertificateDer::from(cert)],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
@@ -352,15 +289,13 @@ pub async fn serve_peers(core: Arc<Core>, listener: tokio::net::TcpListener, own
             return;
         }
     };
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map(|b| {
-            b.with_client_cert_verifier(Arc::new(crate::tls::AnyClientCert::new(true)))
-                .with_single_cert(
-                    vec![CertificateDer::from(cert)],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-                )
-        });
+    let config = quarry_trust::tls::server_builder().map(|b| {
+        b.with_client_cert_verifier(Arc::new(AnyClientCert::new(true)))
+            .with_single_cert(
+                vec![CertificateDer::from(cert)],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+            )
+    });
     let config = match config {
         Ok(Ok(c)) => Arc::new(c),
         Ok(Err(e)) => {
