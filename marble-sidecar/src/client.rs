@@ -391,7 +391,22 @@ pub async fn activate(
     let mut delay = retry.initial_delay;
     let mut attempt = 1;
     loop {
-        match activate_once(mesh, key, provider, marble_type, uuid, dns_names).await {
+        // One exchange: a fresh nonce, evidence binding the key to it, the request, the check.
+        let once = async {
+            let nonce = mesh.nonce().await?;
+            let report_data = activation_report_data(key.spki_der(), Some(&nonce));
+            let request = ActivateRequest {
+                marble_type: marble_type.to_string(),
+                uuid: uuid.hyphenated().to_string(),
+                evidence: provider.evidence(&report_data)?,
+                dns_names: dns_names.to_vec(),
+                nonce: Some(hex::encode(nonce)),
+            };
+            let response = mesh.activate(&request).await?;
+            check_leaf_key(&response, key)?;
+            Ok::<_, ClientError>(response)
+        };
+        match once.await {
             Err(e) if e.is_retryable() && attempt < retry.attempts.max(1) => {
                 tracing::warn!(
                     attempt,
@@ -406,29 +421,6 @@ pub async fn activate(
             other => return other,
         }
     }
-}
-
-async fn activate_once(
-    mesh: &MeshClient,
-    key: &MarbleKey,
-    provider: &dyn EvidenceProvider,
-    marble_type: &str,
-    uuid: &uuid::Uuid,
-    dns_names: &[String],
-) -> Result<ActivateResponse, ClientError> {
-    let nonce = mesh.nonce().await?;
-    let report_data = activation_report_data(key.spki_der(), Some(&nonce));
-    let evidence = provider.evidence(&report_data)?;
-    let request = ActivateRequest {
-        marble_type: marble_type.to_string(),
-        uuid: uuid.hyphenated().to_string(),
-        evidence,
-        dns_names: dns_names.to_vec(),
-        nonce: Some(hex::encode(nonce)),
-    };
-    let response = mesh.activate(&request).await?;
-    check_leaf_key(&response, key)?;
-    Ok(response)
 }
 
 /// Checks that the chain's first certificate is for `key` and that the root CA parses.

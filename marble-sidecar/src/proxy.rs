@@ -326,8 +326,28 @@ async fn within<T, E: std::fmt::Display>(
     }
 }
 
-/// Waits before accepting again after an accept error (e.g. out of file descriptors).
-async fn accept_backoff(what: &'static str, addr: SocketAddr, error: &std::io::Error) {
-    tracing::warn!(proxy = what, %addr, %error, "accept failed; retrying");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+/// Accepts connections on `listener` (bound to `addr`) forever, each handled by `handle` in
+/// its own task.
+async fn accept_forever<F, C>(
+    what: &'static str,
+    listener: &tokio::net::TcpListener,
+    addr: SocketAddr,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> C,
+    C: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(handle(tcp, peer));
+            }
+            Err(error) => {
+                // For example out of file descriptors: wait before accepting again.
+                tracing::warn!(proxy = what, %addr, %error, "accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }

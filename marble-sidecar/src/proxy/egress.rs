@@ -74,15 +74,10 @@ impl Egress {
     /// Accepts connections forever, each in its own task.
     pub async fn serve(self) {
         let me = Arc::new(self);
-        loop {
-            match me.listener.accept().await {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    tokio::spawn(me.clone().connection(tcp, peer));
-                }
-                Err(e) => super::accept_backoff("egress", me.local_addr(), &e).await,
-            }
-        }
+        super::accept_forever("egress", &me.listener, me.local_addr(), |tcp, peer| {
+            me.clone().connection(tcp, peer)
+        })
+        .await
     }
 
     async fn connection(self: Arc<Self>, mut local: TcpStream, peer: SocketAddr) {

@@ -66,15 +66,10 @@ impl Ingress {
     /// Accepts connections forever, each in its own task.
     pub async fn serve(self) {
         let me = Arc::new(self);
-        loop {
-            match me.listener.accept().await {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    tokio::spawn(me.clone().connection(tcp, peer));
-                }
-                Err(e) => super::accept_backoff("ingress", me.local_addr(), &e).await,
-            }
-        }
+        super::accept_forever("ingress", &me.listener, me.local_addr(), |tcp, peer| {
+            me.clone().connection(tcp, peer)
+        })
+        .await
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
