@@ -25,6 +25,21 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Flags shared by every command that talks to the coordinator's client API.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {
+    /// Where the coordinator is and how it is authenticated.
+    #[command(flatten)]
+    pub server: CoordinatorArgs,
+    /// User certificate (PEM) presented as TLS client authentication; needs --key.
+    #[arg(short = 'c', long = "cert", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of the user certificate; needs --cert.
+    #[arg(short = 'k', long = "key", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+/// The coordinator's address and trust, without user authentication (`quarry recover`, whose
+/// `-k` is the recovery key).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CoordinatorArgs {
     /// Client API address of the coordinator.
     #[arg(long, env = "QUARRY_COORDINATOR", default_value = DEFAULT_COORDINATOR, value_name = "HOST:PORT")]
     pub coordinator: String,
@@ -34,12 +49,6 @@ pub struct ConnectArgs {
     /// DANGEROUS: accept any coordinator certificate (still TLS 1.3, nothing authenticated).
     #[arg(long)]
     pub insecure: bool,
-    /// User certificate (PEM) presented as TLS client authentication; needs --key.
-    #[arg(short = 'c', long = "cert", value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// Private key (PEM) of the user certificate; needs --cert.
-    #[arg(short = 'k', long = "key", value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
 }
 
 /// How the client authenticates the coordinator.
@@ -111,11 +120,11 @@ pub struct Client {
 impl Client {
     /// Builds a client from the command-line flags; prints a warning for `--insecure`.
     pub fn from_args(args: &ConnectArgs) -> Result<Client, Failure> {
-        let trust = trust_from_args(args)?;
+        let trust = trust_from_args(&args.server)?;
         if matches!(trust, Trust::Insecure) {
             output::warn(format!(
                 "--insecure: the certificate of {} is NOT verified; anyone on the network path can impersonate the coordinator",
-                args.coordinator
+                args.server.coordinator
             ));
         }
         let identity = match (&args.cert, &args.key) {
@@ -123,7 +132,7 @@ impl Client {
             _ => None,
         };
         let config = tls_config(&trust, identity)?;
-        let mut client = Client::new(&args.coordinator, config)?;
+        let mut client = Client::new(&args.server.coordinator, config)?;
         if let Trust::Pinned(root) = trust {
             client.pinned = Some(root);
         }
@@ -270,7 +279,7 @@ impl ApiError {
 }
 
 /// The trust decision from `--root-ca` / `--insecure`: exactly one is required.
-pub fn trust_from_args(args: &ConnectArgs) -> Result<Trust, Failure> {
+pub fn trust_from_args(args: &CoordinatorArgs) -> Result<Trust, Failure> {
     match (&args.root_ca, args.insecure) {
         (Some(_), true) => Err(Failure::usage(
             "both --root-ca (or QUARRY_ROOT_CA) and --insecure are given",

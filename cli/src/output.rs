@@ -99,24 +99,25 @@ pub fn json<T: Serialize>(value: &T) -> Result<(), Failure> {
 
 /// Writes `bytes` to `path` (replacing an existing file), with `mode` for a new file.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .map_err(|e| write_failure(path, &e))
+    write_with(path, bytes, mode, false)
 }
 
 /// Writes `bytes` to a new file at `path` with `mode`; refuses to replace an existing file.
 pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
+    write_with(path, bytes, mode, true)
+}
+
+/// Writes and syncs `bytes`; `only_new` refuses an existing file instead of truncating it.
+fn write_with(path: &Path, bytes: &[u8], mode: u32, only_new: bool) -> Result<(), Failure> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(mode);
+    if only_new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    options
         .open(path)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
         .map_err(|e| write_failure(path, &e))

@@ -4,8 +4,8 @@ use std::sync::mpsc;
 
 use quarry_api::http::StatusResponse;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::ServerConfig;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -274,12 +274,10 @@ fn root_ca_file_must_hold_exactly_one_certificate() {
 
 #[test]
 fn trust_needs_exactly_one_of_root_ca_and_insecure() {
-    let args = |root_ca: Option<&str>, insecure| ConnectArgs {
+    let args = |root_ca: Option<&str>, insecure| CoordinatorArgs {
         coordinator: DEFAULT_COORDINATOR.into(),
         root_ca: root_ca.map(PathBuf::from),
         insecure,
-        cert: None,
-        key: None,
     };
     let none = trust_from_args(&args(None, false)).expect_err("no trust is a usage error");
     assert_eq!(none.exit_code(), std::process::ExitCode::from(2));

@@ -8,7 +8,7 @@ use rsa::pkcs8::DecodePrivateKey as _;
 use rsa::sha2::{Digest as _, Sha256};
 use rsa::{Oaep, Pkcs1v15Sign, RsaPrivateKey};
 
-use crate::client::{Client, ConnectArgs, DEFAULT_COORDINATOR};
+use crate::client::{Client, ConnectArgs, CoordinatorArgs};
 use crate::output::{self, Failure};
 
 /// Length of a plaintext recovery secret (single key or XOR share).
@@ -47,15 +47,10 @@ pub struct Args {
     /// Signature over the plaintext secret (raw or base64), when FILE was signed offline.
     #[arg(long, value_name = "FILE", conflicts_with = "key")]
     pub signature: Option<PathBuf>,
-    /// Client API address of the coordinator.
-    #[arg(long, env = "QUARRY_COORDINATOR", default_value = DEFAULT_COORDINATOR, value_name = "HOST:PORT")]
-    pub coordinator: String,
-    /// Trust only this root CA (PEM) for the coordinator's TLS certificate.
-    #[arg(long, env = "QUARRY_ROOT_CA", value_name = "FILE")]
-    pub root_ca: Option<PathBuf>,
-    /// DANGEROUS: accept any coordinator certificate (the secret may reach an impostor).
-    #[arg(long)]
-    pub insecure: bool,
+    /// Where the coordinator is and how it is authenticated (the secret may reach an impostor
+    /// with --insecure).
+    #[command(flatten)]
+    pub server: CoordinatorArgs,
     /// Print the coordinator's answer as JSON.
     #[arg(long)]
     pub json: bool,
@@ -122,9 +117,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         )),
     };
     let connect = ConnectArgs {
-        coordinator: args.coordinator.clone(),
-        root_ca: args.root_ca.clone(),
-        insecure: args.insecure,
+        server: args.server.clone(),
         cert: None,
         key: None,
     };
