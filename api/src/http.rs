@@ -71,14 +71,19 @@ pub struct FieldMismatch {
 }
 
 impl FailData {
-    /// One line for operators: `refused [code] field: expected X, found Y; ...`, or the
-    /// message when no field was compared.
+    /// One line for operators: `refused [code] field: expected X, found Y; ...`, then the
+    /// message where it says more than the fields (why the values had to match); the message
+    /// alone when no field was compared.
     pub fn summary(&self) -> String {
         if self.fields.is_empty() {
-            format!("refused [{}] {}", self.code, self.message)
+            return format!("refused [{}] {}", self.code, self.message);
+        }
+        let fields: Vec<String> = self.fields.iter().map(ToString::to_string).collect();
+        let line = format!("refused [{}] {}", self.code, fields.join("; "));
+        if fields.iter().all(|f| self.message.contains(f.as_str())) {
+            line
         } else {
-            let fields: Vec<String> = self.fields.iter().map(ToString::to_string).collect();
-            format!("refused [{}] {}", self.code, fields.join("; "))
+            format!("{line} ({})", self.message)
         }
     }
 }
@@ -476,6 +481,47 @@ pub struct RevokeResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_leads_with_the_fields_and_keeps_a_message_that_says_more() {
+        let field = FieldMismatch {
+            field: "SecurityVersion".into(),
+            expected: ">= 3".into(),
+            found: "2".into(),
+        };
+        let policy = FailData {
+            code: "policy-mismatch".into(),
+            message: "package web: evidence does not match the package: SecurityVersion: expected >= 3, found 2".into(),
+            fields: vec![field.clone()],
+            pointer: None,
+        };
+        assert_eq!(
+            policy.summary(),
+            "refused [policy-mismatch] SecurityVersion: expected >= 3, found 2"
+        );
+        let binding = FailData {
+            code: "key-binding".into(),
+            message: "binding mismatch: report_data[0..32] is not SHA-256 of the TLS client key"
+                .into(),
+            fields: vec![FieldMismatch {
+                field: "report_data[0..32]".into(),
+                expected: "aa".into(),
+                found: "bb".into(),
+            }],
+            pointer: None,
+        };
+        assert_eq!(
+            binding.summary(),
+            "refused [key-binding] report_data[0..32]: expected aa, found bb (binding mismatch: report_data[0..32] is not SHA-256 of the TLS client key)"
+        );
+        let plain = FailData {
+            code: "nonce".into(),
+            message: "the nonce has expired".into(),
+            fields: vec![],
+            pointer: None,
+        };
+        assert_eq!(plain.summary(), "refused [nonce] the nonce has expired");
+    }
 
     #[test]
     fn activation_response_without_mesh_still_parses_and_mesh_round_trips() {

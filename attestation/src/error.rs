@@ -28,8 +28,9 @@ pub enum VerifyError {
         /// End of the validity window, when the item has one.
         not_after: Option<i64>,
     },
-    /// The report data does not bind what it must: which bytes, why, and both values (hex).
-    #[error("binding mismatch: {part} {reason} (expected {expected}, found {found})")]
+    /// The report data does not bind what it must: which bytes, why, and both values (hex,
+    /// in [`VerifyError::fields`]).
+    #[error("binding mismatch: {part} {reason}")]
     Binding {
         /// The bytes compared (`report_data[0..32]`).
         part: &'static str,

@@ -269,7 +269,9 @@ mod tests {
         assert_eq!(err.0[3].expected, ">= 4");
         assert_eq!(err.0[3].found, "3");
         assert_eq!(err.0[0].found, hex::encode([1u8; 32]));
-        assert!(err.to_string().contains("Debug: expected false, found true"));
+        assert!(err
+            .to_string()
+            .contains("Debug: expected false, found true"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use quarry_api::template::{Reference, Target, TemplateContext};
 use quarry_api::Claims;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Denial};
 use crate::pki::{pem_cert, LeafRequest};
 use crate::refusal::Refusal;
 use crate::secrets::{self, ActivationContext, SecretValue};
@@ -32,7 +32,7 @@ pub async fn activate(
     let deployment = match view.phase.as_ref() {
         Phase::Running(d) => d.clone(),
         other => {
-            return Err(ApiError::WrongState(format!(
+            return Err(ApiError::wrong_state(format!(
                 "the coordinator is not accepting marbles (state {}): {}",
                 other.state().code(),
                 if matches!(other, Phase::AcceptingManifest) {
@@ -60,11 +60,11 @@ pub async fn activate(
         ApiError::Internal(format!("marble {marble_type} references a missing package"))
     })?;
     let uuid = uuid::Uuid::parse_str(&req.uuid)
-        .map_err(|e| ApiError::BadRequest(format!("uuid {:?} is not a UUID: {e}", req.uuid)))?;
+        .map_err(|e| ApiError::bad_request(format!("uuid {:?} is not a UUID: {e}", req.uuid)))?;
     crate::revocation::ensure_not_revoked(store.as_ref(), &uuid, None)
         .await
         .map_err(|e| match e {
-            ApiError::Forbidden(m) => refuse(Refusal::Revoked(m)),
+            ApiError::Denied(Denial::Forbidden(m)) => refuse(Refusal::Revoked(m)),
             other => other,
         })?;
     let spki = spki_of(peer_cert)?;
@@ -75,7 +75,7 @@ pub async fn activate(
             let bytes: [u8; 32] = hex::decode(text)
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| ApiError::BadRequest("nonce must be 64 hex digits".into()))?;
+                .ok_or_else(|| ApiError::bad_request("nonce must be 64 hex digits".into()))?;
             core.take_nonce(&bytes, &spki_hash)
                 .map_err(|e| refuse(Refusal::Nonce(e)))?;
             Some(bytes)
@@ -146,7 +146,7 @@ pub async fn activate(
     record_activation(&view.log, &store, marble_type, marble, &uuid, event)
         .await
         .map_err(|e| match e {
-            ApiError::Refused(r) => refuse(r),
+            ApiError::Denied(Denial::Refused(r)) => refuse(r),
             other => other,
         })?;
     let root_der = view.identity.root.cert_der().to_vec();
@@ -187,13 +187,13 @@ pub async fn activate(
 /// Logs a refusal with its code and reason and turns it into a 403.
 fn refuse(marble_type: &str, uuid: &str, refusal: Refusal) -> ApiError {
     tracing::warn!(marble_type, uuid, code = refusal.code(), reason = %refusal, "activation refused");
-    ApiError::Refused(refusal)
+    ApiError::refused(refusal)
 }
 
 /// SubjectPublicKeyInfo DER of a certificate.
 pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, ApiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| {
-        ApiError::BadRequest(format!("the TLS client certificate does not parse: {e}"))
+        ApiError::bad_request(format!("the TLS client certificate does not parse: {e}"))
     })?;
     Ok(cert.public_key().raw.to_vec())
 }
@@ -239,7 +239,7 @@ async fn record_activation(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::Unavailable(format!(
+    Err(ApiError::unavailable(format!(
         "activation of {marble_type} is under heavy contention; retry"
     )))
 }
@@ -372,7 +372,7 @@ fn render_parameters(
         .template
     {
         Some(t) => t.render(&ctx as &dyn TemplateContext, target).map_err(|e| {
-            ApiError::WrongState(format!(
+            ApiError::wrong_state(format!(
                 "cannot render Marbles/{marble_type}/Parameters/{section}/{name}: {e}"
             ))
         }),

@@ -1,22 +1,38 @@
-//! The one mapping from failures to HTTP status codes and JSend bodies. Only client errors
-//! echo their message; internal failures are logged and answered generically.
+//! The one mapping from failures to HTTP status codes and JSend bodies, grouped by who must
+//! act: the caller's request ([`RequestFault`]), the caller's rights ([`Denial`], marble
+//! refusals included), the coordinator's current phase or store ([`NotNow`]), or the
+//! coordinator itself (`Internal`). Only client errors echo their message; internal failures
+//! are logged and answered generically.
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-/// Every way a request can fail.
+use crate::refusal::Refusal;
+
+/// Every way a request can fail, by who must act.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The request is wrong: the caller must change it.
+    #[error("{0}")]
+    Request(RequestFault),
+    /// The caller may not do this (not authenticated, not permitted, a refused marble).
+    #[error("{0}")]
+    Denied(Denial),
+    /// A valid request the coordinator cannot serve now: retry later or in another phase.
+    #[error("{0}")]
+    NotNow(NotNow),
+    /// A bug or an environment failure (500); details only in the log.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What is wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestFault {
     /// Malformed input (400).
     #[error("{0}")]
     BadRequest(String),
-    /// Not authenticated (401).
-    #[error("{0}")]
-    Unauthorized(String),
-    /// A marble refused (activation, renewal), with its stable code (403).
-    #[error("{0}")]
-    Refused(crate::refusal::Refusal),
     /// A manifest that breaks a rule, with the JSON pointer of the offending part (400).
     #[error("invalid manifest: {message}")]
     InvalidManifest {
@@ -25,67 +41,136 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
-    /// Refused by policy: user permissions, recovery, updates (403).
-    #[error("{0}")]
-    Forbidden(String),
     /// Nothing there (404).
     #[error("{0}")]
     NotFound(String),
     /// The endpoint exists but not with this method (405).
     #[error("{0}")]
     MethodNotAllowed(String),
-    /// The coordinator is not in a state that allows this (409).
-    #[error("{0}")]
-    WrongState(String),
     /// Body over the size limit (413).
     #[error("request body exceeds {0} bytes")]
     TooLarge(usize),
     /// The client did not send its request in time (408).
     #[error("{0}")]
     Timeout(String),
-    /// Temporarily unable (503).
+}
+
+/// Why the caller may not do this.
+#[derive(Debug, thiserror::Error)]
+pub enum Denial {
+    /// Not authenticated (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Refused by policy: user permissions, recovery, updates (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A marble refused (activation, renewal), with its stable code (403).
+    #[error("{0}")]
+    Refused(Refusal),
+}
+
+/// Why a valid request cannot be served now.
+#[derive(Debug, thiserror::Error)]
+pub enum NotNow {
+    /// The coordinator is not in a state that allows this (409).
+    #[error("{0}")]
+    WrongState(String),
+    /// Temporarily unable: the store is down, a table is full (503).
     #[error("{0}")]
     Unavailable(String),
-    /// A bug or an environment failure (500); details only in the log.
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 impl ApiError {
+    /// Malformed input (400).
+    pub fn bad_request(message: String) -> ApiError {
+        ApiError::Request(RequestFault::BadRequest(message))
+    }
+    /// Nothing there (404).
+    pub fn not_found(message: String) -> ApiError {
+        ApiError::Request(RequestFault::NotFound(message))
+    }
+    /// Wrong method for an existing endpoint (405).
+    pub fn method_not_allowed(message: String) -> ApiError {
+        ApiError::Request(RequestFault::MethodNotAllowed(message))
+    }
+    /// Body over `limit` bytes (413).
+    pub fn too_large(limit: usize) -> ApiError {
+        ApiError::Request(RequestFault::TooLarge(limit))
+    }
+    /// The request did not arrive in time (408).
+    pub fn timeout(message: String) -> ApiError {
+        ApiError::Request(RequestFault::Timeout(message))
+    }
+    /// Not authenticated (401).
+    pub fn unauthorized(message: String) -> ApiError {
+        ApiError::Denied(Denial::Unauthenticated(message))
+    }
+    /// Refused by policy (403).
+    pub fn forbidden(message: String) -> ApiError {
+        ApiError::Denied(Denial::Forbidden(message))
+    }
+    /// A refused marble (403).
+    pub fn refused(refusal: Refusal) -> ApiError {
+        ApiError::Denied(Denial::Refused(refusal))
+    }
+    /// Not in this phase (409).
+    pub fn wrong_state(message: String) -> ApiError {
+        ApiError::NotNow(NotNow::WrongState(message))
+    }
+    /// Temporarily unable (503).
+    pub fn unavailable(message: String) -> ApiError {
+        ApiError::NotNow(NotNow::Unavailable(message))
+    }
+
+    /// The marble refusal, when this is one.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            ApiError::Denied(Denial::Refused(r)) => Some(r),
+            _ => None,
+        }
+    }
+
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::InvalidManifest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Refused(_) => StatusCode::FORBIDDEN,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::WrongState(_) => StatusCode::CONFLICT,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Request(f) => match f {
+                RequestFault::BadRequest(_) | RequestFault::InvalidManifest { .. } => {
+                    StatusCode::BAD_REQUEST
+                }
+                RequestFault::NotFound(_) => StatusCode::NOT_FOUND,
+                RequestFault::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+                RequestFault::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                RequestFault::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            },
+            ApiError::Denied(Denial::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
+            ApiError::Denied(_) => StatusCode::FORBIDDEN,
+            ApiError::NotNow(NotNow::WrongState(_)) => StatusCode::CONFLICT,
+            ApiError::NotNow(NotNow::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
-}
 
-impl ApiError {
     /// The stable code of this failure, carried in the JSend `fail` body, the refusal log
     /// lines and the metrics (docs/OPERATIONS.md, "Refusal codes").
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Refused(r) => r.code(),
-            ApiError::InvalidManifest { .. } => "invalid-manifest",
-            ApiError::BadRequest(_) => "bad-request",
-            ApiError::Unauthorized(_) => "unauthenticated",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not-found",
-            ApiError::MethodNotAllowed(_) => "method-not-allowed",
-            ApiError::WrongState(_) => "wrong-state",
-            ApiError::TooLarge(_) => "too-large",
-            ApiError::Timeout(_) => "timeout",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Request(f) => match f {
+                RequestFault::InvalidManifest { .. } => "invalid-manifest",
+                RequestFault::BadRequest(_) => "bad-request",
+                RequestFault::NotFound(_) => "not-found",
+                RequestFault::MethodNotAllowed(_) => "method-not-allowed",
+                RequestFault::TooLarge(_) => "too-large",
+                RequestFault::Timeout(_) => "timeout",
+            },
+            ApiError::Denied(d) => match d {
+                Denial::Refused(r) => r.code(),
+                Denial::Unauthenticated(_) => "unauthenticated",
+                Denial::Forbidden(_) => "forbidden",
+            },
+            ApiError::NotNow(n) => match n {
+                NotNow::WrongState(_) => "wrong-state",
+                NotNow::Unavailable(_) => "unavailable",
+            },
             ApiError::Internal(_) => "internal",
         }
     }
@@ -111,37 +196,36 @@ impl ApiError {
         quarry_api::http::FailData {
             code: self.code().to_string(),
             message: self.to_string(),
-            fields: match self {
-                ApiError::Refused(r) => r.fields(),
-                _ => Vec::new(),
-            },
+            fields: self.refusal().map(Refusal::fields).unwrap_or_default(),
             pointer: match self {
-                ApiError::InvalidManifest { pointer, .. } => Some(pointer.clone()),
+                ApiError::Request(RequestFault::InvalidManifest { pointer, .. }) => {
+                    Some(pointer.clone())
+                }
                 _ => None,
             },
         }
     }
 }
 
-impl From<crate::refusal::Refusal> for ApiError {
-    fn from(r: crate::refusal::Refusal) -> ApiError {
-        ApiError::Refused(r)
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        ApiError::refused(r)
     }
 }
 
 impl From<quarry_api::manifest::ManifestError> for ApiError {
     fn from(e: quarry_api::manifest::ManifestError) -> ApiError {
-        ApiError::InvalidManifest {
+        ApiError::Request(RequestFault::InvalidManifest {
             pointer: e.path.clone(),
             message: e.to_string(),
-        }
+        })
     }
 }
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
         match e {
-            crate::store::StoreError::Unavailable(_) => ApiError::Unavailable(format!(
+            crate::store::StoreError::Unavailable(_) => ApiError::unavailable(format!(
                 "{e}; the request was not carried out, retry when the store is back"
             )),
             e => ApiError::Internal(e.to_string()),

@@ -28,12 +28,33 @@ where
 
 /// The method-not-allowed fallback of both routers (axum keeps the `Allow` header).
 pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
-    ApiError::MethodNotAllowed(format!("method {method} is not allowed on this endpoint"))
+    ApiError::method_not_allowed(format!("method {method} is not allowed on this endpoint"))
 }
 
 fn parse<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     serde_urlencoded::from_str(query)
-        .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))
+}
+
+/// Parses a JSON body whatever its content type (curl's `-d` sends a form type); 413 for
+/// bodies over the limit, 400 naming the line and column of malformed JSON.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(quarry_api::http::MAX_BODY_BYTES)
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {}", r.body_text()))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "malformed request body at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -53,30 +74,9 @@ mod tests {
         for bad in ["index=x&size=2", "size=2", ""] {
             let err = parse::<Proof>(bad).expect_err("must be refused");
             assert!(
-                matches!(err, ApiError::BadRequest(ref m) if m.starts_with("malformed query string")),
+                matches!(err, ApiError::Request(crate::error::RequestFault::BadRequest(ref m)) if m.starts_with("malformed query string")),
                 "{bad}: {err:?}"
             );
         }
     }
-}
-
-/// Parses a JSON body whatever its content type (curl's `-d` sends a form type); 413 for
-/// bodies over the limit, 400 naming the line and column of malformed JSON.
-pub fn json_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(quarry_api::http::MAX_BODY_BYTES)
-        } else {
-            ApiError::BadRequest(format!("cannot read the request body: {}", r.body_text()))
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "malformed request body at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ))
-    })
 }

@@ -103,13 +103,13 @@ pub async fn read_body(State(timeout): State<Duration>, req: Request, next: Next
         if declared.is_some_and(|n| n <= DRAIN_BYTES) {
             let _ = tokio::time::timeout(timeout, drain(body, DRAIN_BYTES)).await;
         }
-        return ApiError::TooLarge(limit).into_response();
+        return ApiError::too_large(limit).into_response();
     }
     let bytes = match tokio::time::timeout(timeout, collect(body, limit)).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => return e.into_response(),
         Err(_) => {
-            return ApiError::Timeout(format!(
+            return ApiError::timeout(format!(
                 "the request body was not received within {}",
                 humantime::format_duration(timeout)
             ))
@@ -126,13 +126,13 @@ async fn collect(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame
-            .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > limit {
                 let seen = (out.len() + data.len()) as u64;
                 drop(out);
                 drain(body, DRAIN_BYTES.saturating_sub(seen)).await;
-                return Err(ApiError::TooLarge(limit));
+                return Err(ApiError::too_large(limit));
             }
             out.extend_from_slice(&data);
         }
@@ -225,6 +225,12 @@ mod tests {
         let err = collect(Body::from(vec![1u8; 11]), 10)
             .await
             .expect_err("over the cap");
-        assert!(matches!(err, ApiError::TooLarge(10)), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                ApiError::Request(crate::error::RequestFault::TooLarge(10))
+            ),
+            "{err:?}"
+        );
     }
 }

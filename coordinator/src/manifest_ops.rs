@@ -25,7 +25,7 @@ pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiEr
         quarry_api::manifest::parse(&raw).map_err(ApiError::from)?;
     match core.view().phase.as_ref() {
         Phase::Running(_) => {
-            return Err(ApiError::WrongState(
+            return Err(ApiError::wrong_state(
                 "a manifest is already set (state 3); use a manifest update instead".into(),
             ))
         }
@@ -91,7 +91,9 @@ pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiEr
         Err(e) => {
             sealing.undo();
             return Err(match e {
-                StoreError::Conflict(_) => ApiError::WrongState("a manifest is already set".into()),
+                StoreError::Conflict(_) => {
+                    ApiError::wrong_state("a manifest is already set".into())
+                }
                 e => e.into(),
             });
         }

@@ -68,7 +68,7 @@ fn external_cert(
     let value: &SecretValue = match deployment.secrets.get(name) {
         Some(v) => v,
         None if spec.user_defined => {
-            return Err(ApiError::WrongState(format!(
+            return Err(ApiError::wrong_state(format!(
             "the user-defined certificate secret {name} used by a mesh port has not been set yet"
         )))
         }
@@ -78,7 +78,7 @@ fn external_cert(
         }
     };
     let cert = value.cert.as_deref().ok_or_else(|| {
-        ApiError::WrongState(format!(
+        ApiError::wrong_state(format!(
             "secret {name} used by a mesh port has no certificate"
         ))
     })?;

@@ -459,19 +459,19 @@ mod tests {
         let messages = ["", "a UUID 0f8fad5b-d9cb-469f-a165-70867728950e", "nonce"];
         for m in messages {
             let mut errors = vec![
-                ApiError::Forbidden(m.into()),
-                ApiError::WrongState(m.into()),
-                ApiError::BadRequest(m.into()),
-                ApiError::InvalidManifest {
+                ApiError::forbidden(m.into()),
+                ApiError::wrong_state(m.into()),
+                ApiError::bad_request(m.into()),
+                ApiError::Request(crate::error::RequestFault::InvalidManifest {
                     pointer: "/Secrets".into(),
                     message: m.into(),
-                },
-                ApiError::Unauthorized(m.into()),
-                ApiError::NotFound(m.into()),
-                ApiError::MethodNotAllowed(m.into()),
-                ApiError::TooLarge(1),
-                ApiError::Timeout(m.into()),
-                ApiError::Unavailable(m.into()),
+                }),
+                ApiError::unauthorized(m.into()),
+                ApiError::not_found(m.into()),
+                ApiError::method_not_allowed(m.into()),
+                ApiError::too_large(1),
+                ApiError::timeout(m.into()),
+                ApiError::unavailable(m.into()),
                 ApiError::Internal(m.into()),
             ];
             errors.extend([
@@ -495,7 +495,7 @@ mod tests {
         assert_eq!(all.len(), unique.len(), "codes are unique: {all:?}");
         assert_eq!(outcome(None), "ok");
         assert_eq!(
-            outcome(Some(&ApiError::WrongState("x".into()))),
+            outcome(Some(&ApiError::wrong_state("x".into()))),
             "wrong-state"
         );
         assert_eq!(

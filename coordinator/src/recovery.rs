@@ -55,8 +55,8 @@ pub enum RecoveryError {
 impl From<RecoveryError> for ApiError {
     fn from(e: RecoveryError) -> ApiError {
         match e {
-            RecoveryError::BadInput(m) => ApiError::BadRequest(m),
-            RecoveryError::Refused(m) => ApiError::Forbidden(m),
+            RecoveryError::BadInput(m) => ApiError::bad_request(m),
+            RecoveryError::Refused(m) => ApiError::forbidden(m),
             RecoveryError::Internal(m) => ApiError::Internal(m),
         }
     }
@@ -458,21 +458,21 @@ pub fn reseal_for_manifest(
 fn recovery_data(core: &Core) -> Result<RecoveryData, ApiError> {
     let sealed = core.sealed_key();
     let no_data = || {
-        ApiError::WrongState(format!(
+        ApiError::wrong_state(format!(
             "{} has no recovery data (the manifest had no RecoveryKeys, or the file is missing): this state cannot be recovered with recovery secrets; restore the data directory, or set a new manifest to start a new deployment",
             sealed.path().display()
         ))
     };
     sealed
         .recovery_data()
-        .map_err(ApiError::WrongState)?
+        .map_err(ApiError::wrong_state)?
         .ok_or_else(no_data)
 }
 
 fn in_recovery(core: &Core) -> Result<(), ApiError> {
     match core.view().phase.as_ref() {
         Phase::Recovery { .. } => Ok(()),
-        other => Err(ApiError::WrongState(format!(
+        other => Err(ApiError::wrong_state(format!(
             "the coordinator is not in recovery mode (state {})",
             other.state().code()
         ))),
@@ -515,7 +515,7 @@ pub async fn recover(core: &Core, req: RecoverRequest) -> Result<RecoverResponse
         }),
         Err(reason) => {
             tracing::error!(%reason, "the recovered key did not yield a usable state; staying in Recovery");
-            Err(ApiError::Forbidden(format!(
+            Err(ApiError::forbidden(format!(
                 "the recovery secrets are valid but the state cannot be used: {reason}; the uploaded secrets were discarded"
             )))
         }

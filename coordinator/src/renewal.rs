@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Denial};
 use crate::pki::{pem_cert, LeafRequest};
 use crate::refusal::Refusal;
 use crate::state::{Core, Phase};
@@ -131,7 +131,7 @@ fn sans(leaf: &X509Certificate<'_>) -> Result<(String, Vec<String>), String> {
 fn refuse(marble_type: &str, uuid: &str, refusal: Refusal) -> ApiError {
     tracing::warn!(marble_type, uuid, code = refusal.code(), reason = %refusal, "renewal refused");
     crate::metrics::renewal(marble_type, refusal.code());
-    ApiError::Refused(refusal)
+    ApiError::refused(refusal)
 }
 
 /// `POST /api/v2/renew`. `peer_cert` is the TLS client certificate of the connection.
@@ -142,7 +142,7 @@ pub async fn renew(
 ) -> Result<RenewResponse, ApiError> {
     let view = core.view();
     let Phase::Running(deployment) = view.phase.as_ref() else {
-        return Err(ApiError::WrongState(
+        return Err(ApiError::wrong_state(
             "the coordinator is not accepting marbles (state 3 needed)".into(),
         ));
     };
@@ -165,7 +165,7 @@ pub async fn renew(
     crate::revocation::ensure_not_revoked(store.as_ref(), &current.uuid, Some(&current.serial))
         .await
         .map_err(|e| match e {
-            ApiError::Forbidden(m) => refuse(Refusal::Revoked(m)),
+            ApiError::Denied(Denial::Forbidden(m)) => refuse(Refusal::Revoked(m)),
             other => other,
         })?;
     let marble = manifest.marbles.get(marble_type).ok_or_else(|| {
@@ -181,7 +181,7 @@ pub async fn renew(
     let nonce: [u8; 32] = hex::decode(req.nonce.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ApiError::BadRequest("nonce must be 64 hex digits".into()))?;
+        .ok_or_else(|| ApiError::bad_request("nonce must be 64 hex digits".into()))?;
     core.take_nonce(&nonce, &spki_hash)
         .map_err(|e| refuse(Refusal::Nonce(e)))?;
 
@@ -297,7 +297,7 @@ pub async fn renew_route(
 ) -> Result<Response, ApiError> {
     let req: RenewRequest = crate::extract::json_body(body)?;
     let cert = peer.0.as_deref().map(|v| v.as_slice()).ok_or_else(|| {
-        ApiError::Unauthorized(
+        ApiError::unauthorized(
             "renewal needs the marble's current leaf certificate as TLS client certificate".into(),
         )
     })?;

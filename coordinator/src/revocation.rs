@@ -106,13 +106,13 @@ pub async fn ensure_not_revoked(
     serial_hex: Option<&str>,
 ) -> Result<(), ApiError> {
     if store.get(&uuid_key(uuid)).await?.is_some() {
-        return Err(ApiError::Forbidden(format!(
+        return Err(ApiError::forbidden(format!(
             "marble {uuid} is revoked: it can neither activate nor renew"
         )));
     }
     if let Some(serial) = serial_hex {
         if store.get(&serial_key(serial)).await?.is_some() {
-            return Err(ApiError::Forbidden(format!(
+            return Err(ApiError::forbidden(format!(
                 "certificate {serial} is revoked"
             )));
         }
@@ -123,7 +123,7 @@ pub async fn ensure_not_revoked(
 /// Normalises a serial given by a user: hex digits, optional `0x` prefix and `:` separators,
 /// leading zero octets dropped (as the certificate's DER INTEGER content has none).
 pub fn normalize_serial(text: &str) -> Result<String, ApiError> {
-    let bad = |why: &str| ApiError::BadRequest(format!("serial {text:?} {why}"));
+    let bad = |why: &str| ApiError::bad_request(format!("serial {text:?} {why}"));
     let cleaned: String = text
         .trim()
         .trim_start_matches("0x")
@@ -178,7 +178,7 @@ pub async fn revoke(
 ) -> Result<RevokeResponse, ApiError> {
     let view = core.view();
     let Phase::Running(deployment) = view.phase.as_ref() else {
-        return Err(ApiError::WrongState(
+        return Err(ApiError::wrong_state(
             "nothing to revoke: the coordinator runs no deployment (state 3 needed)".into(),
         ));
     };
@@ -193,13 +193,13 @@ pub async fn revoke(
     let (key, marble_type, uuid, serials, by_serial) = match (&req.uuid, &req.serial) {
         (Some(text), None) => {
             let uuid = uuid::Uuid::parse_str(text.trim())
-                .map_err(|e| ApiError::BadRequest(format!("uuid {text:?} is not a UUID: {e}")))?;
+                .map_err(|e| ApiError::bad_request(format!("uuid {text:?} is not a UUID: {e}")))?;
             let mine: Vec<&Issued> = issued
                 .iter()
                 .filter(|i| i.uuid.eq_ignore_ascii_case(&uuid.hyphenated().to_string()))
                 .collect();
             let last = mine.last().ok_or_else(|| {
-                ApiError::NotFound(format!("no marble with UUID {uuid} was ever activated"))
+                ApiError::not_found(format!("no marble with UUID {uuid} was ever activated"))
             })?;
             let serials = mine.iter().map(|i| i.serial.clone()).collect();
             (
@@ -213,7 +213,7 @@ pub async fn revoke(
         (None, Some(text)) => {
             let serial = normalize_serial(text)?;
             let cert = issued.iter().find(|i| i.serial == serial).ok_or_else(|| {
-                ApiError::NotFound(format!(
+                ApiError::not_found(format!(
                     "no marble certificate with serial {serial} was issued by this deployment"
                 ))
             })?;
@@ -226,13 +226,13 @@ pub async fn revoke(
             )
         }
         _ => {
-            return Err(ApiError::BadRequest(
+            return Err(ApiError::bad_request(
                 "give exactly one of {\"uuid\": …} and {\"serial\": hex}".into(),
             ))
         }
     };
     if !may_revoke(manifest, &user, &marble_type) {
-        return Err(ApiError::Forbidden(format!(
+        return Err(ApiError::forbidden(format!(
             "user {user} may not {REVOKE_ACTION} on marble type {marble_type} (needs a role with ResourceType Marbles, Actions [{REVOKE_ACTION}], ResourceNames [{marble_type}], or UpdateManifest)"
         )));
     }
@@ -301,7 +301,7 @@ fn cache() -> &'static Mutex<Vec<Cached>> {
 pub async fn crl(core: &Core) -> Result<Vec<u8>, ApiError> {
     let view = core.view();
     let Phase::Running(deployment) = view.phase.as_ref() else {
-        return Err(ApiError::WrongState(
+        return Err(ApiError::wrong_state(
             "no CRL: the coordinator runs no deployment (state 3 needed)".into(),
         ));
     };

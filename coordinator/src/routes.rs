@@ -87,7 +87,7 @@ fn ok<T: serde::Serialize>(data: T) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::NotFound("no such endpoint".into())
+    ApiError::not_found("no such endpoint".into())
 }
 
 async fn status(State(core): State<Arc<Core>>) -> Response {
@@ -120,7 +120,7 @@ async fn manifest_get(State(core): State<Arc<Core>>) -> Result<Response, ApiErro
             manifest_fingerprint: hex::encode(Sha256::digest(&d.raw)),
             manifest: quarry_api::bytes::b64(&d.raw),
         })),
-        _ => Err(ApiError::NotFound("no manifest has been set".into())),
+        _ => Err(ApiError::not_found("no manifest has been set".into())),
     }
 }
 
@@ -140,11 +140,11 @@ async fn quote(
             base64::engine::general_purpose::URL_SAFE
                 .decode(text)
                 .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
-                .map_err(|e| ApiError::BadRequest(format!("nonce is not base64url: {e}")))?,
+                .map_err(|e| ApiError::bad_request(format!("nonce is not base64url: {e}")))?,
         ),
     };
     if nonce.as_ref().is_some_and(|n| n.len() > 1024) {
-        return Err(ApiError::BadRequest("nonce longer than 1024 bytes".into()));
+        return Err(ApiError::bad_request("nonce longer than 1024 bytes".into()));
     }
     let quote = core.quote(nonce.as_deref())?;
     let view = core.view();
@@ -165,7 +165,7 @@ fn peer_cert(peer: &PeerCert) -> Result<&[u8], ApiError> {
     peer.0
         .as_deref()
         .map(|v| v.as_slice())
-        .ok_or_else(|| ApiError::Unauthorized("a TLS client certificate is required".into()))
+        .ok_or_else(|| ApiError::unauthorized("a TLS client certificate is required".into()))
 }
 
 async fn activate_nonce(
@@ -206,9 +206,9 @@ async fn attestation(
         None | Some("") => None,
         Some(text) => {
             let n = hex::decode(text)
-                .map_err(|e| ApiError::BadRequest(format!("nonce is not hex: {e}")))?;
+                .map_err(|e| ApiError::bad_request(format!("nonce is not hex: {e}")))?;
             if n.len() > 64 {
-                return Err(ApiError::BadRequest("nonce longer than 64 bytes".into()));
+                return Err(ApiError::bad_request("nonce longer than 64 bytes".into()));
             }
             Some(n)
         }
@@ -252,7 +252,7 @@ async fn log_entries(
 ) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(LOG_PAGE_DEFAULT);
     if limit > LOG_PAGE_MAX {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::bad_request(format!(
             "limit {limit} exceeds the maximum of {LOG_PAGE_MAX} entries per page; page with from and limit"
         )));
     }
@@ -281,7 +281,7 @@ async fn log_proof(
     Query(q): Query<ProofQuery>,
 ) -> Result<Response, ApiError> {
     let proof = core.view().log.inclusion(q.index, q.size).ok_or_else(|| {
-        ApiError::BadRequest(format!(
+        ApiError::bad_request(format!(
             "no inclusion proof for index {} in a tree of size {}",
             q.index, q.size
         ))
@@ -303,7 +303,7 @@ async fn log_consistency(
     Query(q): Query<ConsistencyQuery>,
 ) -> Result<Response, ApiError> {
     let proof = core.view().log.consistency(q.from, q.to).ok_or_else(|| {
-        ApiError::BadRequest(format!(
+        ApiError::bad_request(format!(
             "no consistency proof from size {} to size {}",
             q.from, q.to
         ))
@@ -325,7 +325,7 @@ async fn secrets_get(
 ) -> Result<Response, ApiError> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-            .map_err(|e| ApiError::BadRequest(format!("malformed query: {e}")))?;
+            .map_err(|e| ApiError::bad_request(format!("malformed query: {e}")))?;
     let names: Vec<String> = pairs
         .into_iter()
         .filter(|(k, _)| k == "s")

@@ -70,7 +70,7 @@ pub struct PendingResponse {
 fn running(core: &Core) -> Result<Arc<Deployment>, ApiError> {
     match core.view().phase.as_ref() {
         Phase::Running(d) => Ok(d.clone()),
-        _ => Err(ApiError::WrongState(
+        _ => Err(ApiError::wrong_state(
             "the coordinator has no manifest (state 3 required)".into(),
         )),
     }
@@ -112,7 +112,7 @@ pub async fn propose(
     authorize(&d.manifest, &user, Action::UpdateManifest, &[])?;
     let store = store_of(core)?;
     if pending(store.as_ref()).await?.is_some() {
-        return Err(ApiError::WrongState(
+        return Err(ApiError::wrong_state(
             "an update is already pending; acknowledge or cancel it first".into(),
         ));
     }
@@ -171,21 +171,21 @@ pub async fn acknowledge(
     let store = store_of(core)?;
     let (mut p, rev) = pending(store.as_ref())
         .await?
-        .ok_or_else(|| ApiError::NotFound("no update is pending".into()))?;
+        .ok_or_else(|| ApiError::not_found("no update is pending".into()))?;
     if !p.required.contains(&user) {
-        return Err(ApiError::Forbidden(format!(
+        return Err(ApiError::forbidden(format!(
             "user {user} is not among the users who acknowledge updates"
         )));
     }
     if raw != p.raw {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::bad_request(format!(
             "the manifest differs from the pending one (SHA-256 {} vs {}); acknowledge the exact bytes",
             hex::encode(Sha256::digest(&raw)),
             hex::encode(Sha256::digest(&p.raw))
         )));
     }
     if !p.acks.insert(user.clone()) {
-        return Err(ApiError::WrongState(format!(
+        return Err(ApiError::wrong_state(format!(
             "user {user} has already acknowledged this update"
         )));
     }
@@ -225,7 +225,7 @@ pub async fn cancel(core: &Core, peer: Option<&[u8]>) -> Result<(), ApiError> {
     let store = store_of(core)?;
     let (p, rev) = pending(store.as_ref())
         .await?
-        .ok_or_else(|| ApiError::NotFound("no update is pending".into()))?;
+        .ok_or_else(|| ApiError::not_found("no update is pending".into()))?;
     let mut txn = Txn::new().require(keys::PENDING_UPDATE, Some(rev));
     txn.deletes.push(keys::PENDING_UPDATE.into());
     let event = serde_json::json!({
@@ -245,7 +245,7 @@ pub async fn get_pending(core: &Core) -> Result<PendingResponse, ApiError> {
     let store = store_of(core)?;
     let (p, _) = pending(store.as_ref())
         .await?
-        .ok_or_else(|| ApiError::NotFound("no update is pending".into()))?;
+        .ok_or_else(|| ApiError::not_found("no update is pending".into()))?;
     Ok(PendingResponse {
         manifest: quarry_api::bytes::b64(&p.raw),
         message: format!(
@@ -278,7 +278,7 @@ async fn package_update(
     raw: &[u8],
 ) -> Result<UpdateResponse, ApiError> {
     let update = quarry_api::manifest::parse_package_update(raw)
-        .map_err(|e| ApiError::BadRequest(format!("invalid package update: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("invalid package update: {e}")))?;
     let names: Vec<String> = update.security_versions.keys().cloned().collect();
     authorize(&d.manifest, user, Action::UpdateSecurityVersion, &names)?;
     let mut next = (**d).clone();
@@ -287,15 +287,15 @@ async fn package_update(
     for (name, svn) in &update.security_versions {
         let pkg =
             next.manifest.packages.get_mut(name).ok_or_else(|| {
-                ApiError::BadRequest(format!("/Packages/{name}: no such package"))
+                ApiError::bad_request(format!("/Packages/{name}: no such package"))
             })?;
         let current = pkg.security_version.ok_or_else(|| {
-            ApiError::BadRequest(format!(
+            ApiError::bad_request(format!(
                 "/Packages/{name}: the package is pinned by UniqueID and has no SecurityVersion; use a full manifest update"
             ))
         })?;
         if *svn < current {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::bad_request(format!(
                 "/Packages/{name}/SecurityVersion: {svn} is lower than the current {current}"
             )));
         }
@@ -369,7 +369,7 @@ async fn apply_full(
     mut events: Vec<serde_json::Value>,
 ) -> Result<Option<BTreeMap<String, String>>, ApiError> {
     let checked = quarry_api::manifest::parse(&p.raw)
-        .map_err(|e| ApiError::BadRequest(format!("invalid manifest: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("invalid manifest: {e}")))?;
     let manifest = checked.manifest;
     let view = core.view();
     let store = store_of(core)?;
@@ -487,7 +487,7 @@ async fn commit(
 ) -> Result<(), ApiError> {
     match core.view().log.commit_with_events(store, txn, events).await {
         Ok(_) => Ok(()),
-        Err(StoreError::Conflict(k)) => Err(ApiError::WrongState(format!(
+        Err(StoreError::Conflict(k)) => Err(ApiError::wrong_state(format!(
             "the state changed concurrently ({k}); retry"
         ))),
         Err(e) => Err(e.into()),

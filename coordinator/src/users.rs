@@ -41,7 +41,7 @@ impl Action {
 /// The user whose certificate is exactly `peer` (DER); 401 otherwise.
 pub fn authenticate(manifest: &Manifest, peer: Option<&[u8]>) -> Result<String, ApiError> {
     let peer = peer.ok_or_else(|| {
-        ApiError::Unauthorized(
+        ApiError::unauthorized(
             "this request needs a user's TLS client certificate (quarry -c CERT -k KEY)".into(),
         )
     })?;
@@ -50,7 +50,7 @@ pub fn authenticate(manifest: &Manifest, peer: Option<&[u8]>) -> Result<String, 
             return Ok(name.clone());
         }
     }
-    Err(ApiError::Unauthorized(
+    Err(ApiError::unauthorized(
         "the TLS client certificate belongs to no user of the manifest".into(),
     ))
 }
@@ -63,7 +63,7 @@ pub fn authorize(
     names: &[String],
 ) -> Result<(), ApiError> {
     let Some(u) = manifest.users.get(user) else {
-        return Err(ApiError::Unauthorized(format!("unknown user {user}")));
+        return Err(ApiError::unauthorized(format!("unknown user {user}")));
     };
     let grants = |name: Option<&str>| {
         u.roles
@@ -85,7 +85,7 @@ pub fn authorize(
         return if grants(None) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!(
+            Err(ApiError::forbidden(format!(
                 "user {user} may not {} (no role grants it)",
                 action.as_str()
             )))
@@ -93,7 +93,7 @@ pub fn authorize(
     }
     for n in names {
         if !grants(Some(n)) {
-            return Err(ApiError::Forbidden(format!(
+            return Err(ApiError::forbidden(format!(
                 "user {user} may not {} on {n}",
                 action.as_str()
             )));

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use quarry_attestation::simulated::SimPlatform;
-use quarry_coordinator::error::ApiError;
+use quarry_coordinator::error::{ApiError, RequestFault};
 use quarry_coordinator::state::Core;
 use quarry_coordinator::tee::Tee;
 
@@ -53,7 +53,7 @@ async fn same_verdict(name: &str, raw: &[u8]) -> bool {
     let coordinator = coordinator_verdict(raw).await;
     match (&api, &coordinator) {
         (Ok(_), Ok(())) => true,
-        (Err(e), Err(ApiError::InvalidManifest { pointer, message })) => {
+        (Err(e), Err(ApiError::Request(RequestFault::InvalidManifest { pointer, message }))) => {
             assert_eq!(pointer, &e.path, "{name}: {message}");
             assert_eq!(message, &e.to_string(), "{name}");
             false

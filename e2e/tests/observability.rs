@@ -331,7 +331,7 @@ async fn metrics_health_and_logs_after_an_end_to_end_run() {
             .iter()
             .any(|v| v["fields"]["message"] == "package field mismatch"
                 && v["fields"]["field"] == "UniqueID"
-                && v["fields"]["actual"] == hex::encode([0x99u8; 32])),
+                && v["fields"]["found"] == hex::encode([0x99u8; 32])),
         "no field-level mismatch line:\n{text}"
     );
     for secret in &secrets {

@@ -174,7 +174,9 @@ impl Fixture {
 /// A user-permission 403 (revocation) whose message mentions `needle`.
 fn forbidden(r: Result<impl std::fmt::Debug, ApiError>, needle: &str) {
     match r {
-        Err(ApiError::Forbidden(m)) => assert!(m.contains(needle), "{m:?} must mention {needle:?}"),
+        Err(ApiError::Denied(crate::error::Denial::Forbidden(m))) => {
+            assert!(m.contains(needle), "{m:?} must mention {needle:?}")
+        }
         other => panic!("expected 403 mentioning {needle:?}, got {other:?}"),
     }
 }
@@ -182,7 +184,7 @@ fn forbidden(r: Result<impl std::fmt::Debug, ApiError>, needle: &str) {
 /// A marble refusal with `code` whose message mentions `needle`.
 fn refused(r: Result<impl std::fmt::Debug, ApiError>, code: &str, needle: &str) {
     match r {
-        Err(ApiError::Refused(refusal)) => {
+        Err(ApiError::Denied(crate::error::Denial::Refused(refusal))) => {
             assert_eq!(refusal.code(), code, "{refusal}");
             let m = refusal.to_string();
             assert!(m.contains(needle), "{m:?} must mention {needle:?}");
@@ -349,7 +351,7 @@ async fn revoked_uuid_cannot_renew_or_activate_and_is_listed_in_the_crl() {
     );
     assert!(matches!(
         crate::revocation::revoke(&f.core, None, by_uuid.clone()).await,
-        Err(ApiError::Unauthorized(_))
+        Err(ApiError::Denied(crate::error::Denial::Unauthenticated(_)))
     ));
     assert!(matches!(
         f.revoke(
@@ -360,11 +362,11 @@ async fn revoked_uuid_cannot_renew_or_activate_and_is_listed_in_the_crl() {
             }
         )
         .await,
-        Err(ApiError::NotFound(_))
+        Err(ApiError::Request(crate::error::RequestFault::NotFound(_)))
     ));
     assert!(matches!(
         f.revoke(&f.alice, RevokeRequest::default()).await,
-        Err(ApiError::BadRequest(_))
+        Err(ApiError::Request(crate::error::RequestFault::BadRequest(_)))
     ));
     let resp = f.revoke(&f.alice, by_uuid.clone()).await.unwrap();
     assert_eq!(resp.marble_type, "web");
@@ -455,7 +457,7 @@ async fn revoking_one_serial_refuses_that_certificate_only_and_owners_may_revoke
             }
         )
         .await,
-        Err(ApiError::NotFound(_))
+        Err(ApiError::Request(crate::error::RequestFault::NotFound(_)))
     ));
 }
 
@@ -516,7 +518,7 @@ async fn activation_refusals_carry_their_code_fields_and_body() {
     let rd = quarry_api::evidence::activation_report_data(&key.spki, Some(&nonce));
     let req = web_request(wrong.evidence(&rd).unwrap(), nonce, &[]);
     let err = activate(req).await.unwrap_err();
-    let ApiError::Refused(refusal) = &err else {
+    let ApiError::Denied(crate::error::Denial::Refused(refusal)) = &err else {
         panic!("expected a refusal, got {err:?}");
     };
     assert_eq!(refusal.code(), "policy-mismatch");

@@ -310,7 +310,7 @@ impl Core {
     /// `recovery-<unix time>/` inside the data directory, never deleted.
     pub async fn reset_from_recovery(&self) -> Result<(), ApiError> {
         if self.cluster.is_some() {
-            return Err(ApiError::WrongState(
+            return Err(ApiError::wrong_state(
                 "this replica is in recovery and its state is in etcd: a replica never discards the shared state. Start a replica that holds the key, recover with the RecoveryKeys, or clear the etcd prefix deliberately to start a new deployment".into(),
             ));
         }
@@ -335,7 +335,7 @@ impl Core {
     /// Issues a single-use activation nonce bound to the TLS key that asked for it.
     pub fn issue_nonce(&self, spki_sha256: [u8; 32]) -> Result<[u8; 32], ApiError> {
         self.nonces.issue(spki_sha256).map_err(|e| match e {
-            NonceError::TableFull => ApiError::Unavailable(e.to_string()),
+            NonceError::TableFull => ApiError::unavailable(e.to_string()),
             _ => ApiError::Internal(e.to_string()),
         })
     }
