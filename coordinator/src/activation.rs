@@ -16,7 +16,7 @@ use crate::error::{ApiError, Denial};
 use crate::pki::{pem_cert, LeafRequest};
 use crate::refusal::Refusal;
 use crate::secrets::{self, ActivationContext, SecretValue};
-use crate::state::{keys, Core, Deployment, Phase};
+use crate::state::{keys, Core, Deployment};
 use crate::store::{Store, StoreError, Txn};
 
 /// How often a compare-and-swap on the activation counter is retried under contention.
@@ -29,24 +29,7 @@ pub async fn activate(
     peer_cert: &[u8],
 ) -> Result<ActivateResponse, ApiError> {
     let view = core.view();
-    let deployment = match view.phase.as_ref() {
-        Phase::Running(d) => d.clone(),
-        other => {
-            return Err(ApiError::wrong_state(format!(
-                "the coordinator is not accepting marbles (state {}): {}",
-                other.state().code(),
-                if matches!(other, Phase::AcceptingManifest) {
-                    "no manifest has been set yet"
-                } else {
-                    "it is in recovery"
-                }
-            )))
-        }
-    };
-    let store = view
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
+    let (deployment, store) = view.running("the coordinator is not accepting marbles")?;
     let manifest = &deployment.manifest;
     let marble_type = req.marble_type.as_str();
     let refuse = |refusal: Refusal| refuse(marble_type, &req.uuid, refusal);

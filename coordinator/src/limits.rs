@@ -196,26 +196,15 @@ mod tests {
 
     #[test]
     fn manifests_may_be_larger_than_evidence_and_everything_else_is_small() {
-        assert_eq!(
-            body_limit(&Method::POST, "/api/v2/manifest"),
-            MANIFEST_BODY_BYTES
-        );
-        assert_eq!(
-            body_limit(&Method::POST, "/api/v2/update-manifest"),
-            MANIFEST_BODY_BYTES
-        );
-        assert_eq!(
-            body_limit(&Method::POST, "/api/v2/activate"),
-            EVIDENCE_BODY_BYTES
-        );
-        assert_eq!(
-            body_limit(&Method::POST, "/api/v2/recover"),
-            SMALL_BODY_BYTES
-        );
-        assert_eq!(
-            body_limit(&Method::GET, "/api/v2/manifest"),
-            SMALL_BODY_BYTES
-        );
+        for (method, path, limit) in [
+            (Method::POST, "/api/v2/manifest", MANIFEST_BODY_BYTES),
+            (Method::POST, "/api/v2/update-manifest", MANIFEST_BODY_BYTES),
+            (Method::POST, "/api/v2/activate", EVIDENCE_BODY_BYTES),
+            (Method::POST, "/api/v2/recover", SMALL_BODY_BYTES),
+            (Method::GET, "/api/v2/manifest", SMALL_BODY_BYTES),
+        ] {
+            assert_eq!(body_limit(&method, path), limit, "{method} {path}");
+        }
     }
 
     #[tokio::test]

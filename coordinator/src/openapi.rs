@@ -51,8 +51,8 @@ mod tests {
             let begin = src.find(start).expect("router function");
             let body = &src[begin..];
             let end = body
-                .find(".with_state(")
-                .expect("router ends with with_state");
+                .find("serve(routes,")
+                .expect("router ends by serving its routes");
             let body = &body[..end];
             let mut rest = body;
             while let Some(i) = rest.find(".route(") {

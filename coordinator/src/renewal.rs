@@ -22,7 +22,7 @@ use x509_parser::extensions::GeneralName;
 use crate::error::{ApiError, Denial};
 use crate::pki::{pem_cert, LeafRequest};
 use crate::refusal::Refusal;
-use crate::state::{Core, Phase};
+use crate::state::Core;
 use crate::store::{StoreError, Txn};
 use crate::tls::PeerCert;
 
@@ -141,15 +141,7 @@ pub async fn renew(
     peer_cert: &[u8],
 ) -> Result<RenewResponse, ApiError> {
     let view = core.view();
-    let Phase::Running(deployment) = view.phase.as_ref() else {
-        return Err(ApiError::wrong_state(
-            "the coordinator is not accepting marbles (state 3 needed)".into(),
-        ));
-    };
-    let store = view
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
+    let (deployment, store) = view.running("the coordinator is not accepting marbles")?;
     let manifest = &deployment.manifest;
     let now = crate::translog::now_unix() as i64;
     let current = check_leaf(
@@ -238,7 +230,7 @@ pub async fn renew(
         marble,
         marble_type,
         &current.uuid,
-        deployment,
+        &deployment,
         &root_der,
         &leaf,
         &current.spki,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::state::{Core, Phase, View};
+use crate::state::{Core, View};
 use crate::store::{Store, StoreError, Txn};
 use crate::tls::PeerCert;
 use crate::users::{self, Action};
@@ -177,15 +177,8 @@ pub async fn revoke(
     req: RevokeRequest,
 ) -> Result<RevokeResponse, ApiError> {
     let view = core.view();
-    let Phase::Running(deployment) = view.phase.as_ref() else {
-        return Err(ApiError::wrong_state(
-            "nothing to revoke: the coordinator runs no deployment (state 3 needed)".into(),
-        ));
-    };
-    let store = view
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
+    let (deployment, store) =
+        view.running("nothing to revoke: the coordinator runs no deployment")?;
     let manifest = &deployment.manifest;
     let user = users::authenticate(manifest, peer)?;
     let issued = issued(&view);
@@ -300,15 +293,7 @@ fn cache() -> &'static Mutex<Vec<Cached>> {
 /// re-signed whenever the log grows (every revocation is logged) and at least every minute.
 pub async fn crl(core: &Core) -> Result<Vec<u8>, ApiError> {
     let view = core.view();
-    let Phase::Running(deployment) = view.phase.as_ref() else {
-        return Err(ApiError::wrong_state(
-            "no CRL: the coordinator runs no deployment (state 3 needed)".into(),
-        ));
-    };
-    let store = view
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
+    let (deployment, store) = view.running("no CRL: the coordinator runs no deployment")?;
     let mesh_sha256: [u8; 32] = Sha256::digest(deployment.mesh.cert_der()).into();
     let (log_size, _) = view.log.head();
     let mut last_number = 0;

@@ -25,7 +25,7 @@ use quarry_api::attestation::{LOG_PAGE_DEFAULT, LOG_PAGE_MAX};
 
 /// The client API router; request bodies are read within `limits` before a handler runs.
 pub fn client_router(core: Arc<Core>, limits: &Limits) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/api/v2/status", get(status))
         .route("/api/v2/manifest", get(manifest_get).post(manifest_set))
         .route("/api/v2/quote", get(quote))
@@ -44,30 +44,31 @@ pub fn client_router(core: Arc<Core>, limits: &Limits) -> Router {
         .route("/api/v2/log/consistency", get(log_consistency))
         .route("/api/v2/openapi.json", get(crate::openapi::document))
         .route("/api/v2/revoke", post(crate::revocation::revoke_route))
-        .route("/api/v2/crl", get(crate::revocation::crl_route))
-        .fallback(not_found)
-        .method_not_allowed_fallback(crate::extract::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            limits.body_read_timeout,
-            crate::limits::read_body,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            "client",
-            crate::metrics::track_http,
-        ))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(core)
+        .route("/api/v2/crl", get(crate::revocation::crl_route));
+    serve(routes, "client", core, limits)
 }
 
 /// The mesh API router; request bodies are read within `limits` before a handler runs.
 pub fn mesh_router(core: Arc<Core>, limits: &Limits) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/api/v2/activate/nonce", get(activate_nonce))
         .route("/api/v2/activate", post(activate))
         .route("/api/v2/attestation", get(attestation))
         .route("/api/v2/status", get(status))
         .route("/api/v2/renew", post(crate::renewal::renew_route))
-        .route("/api/v2/crl", get(crate::revocation::crl_route))
+        .route("/api/v2/crl", get(crate::revocation::crl_route));
+    serve(routes, "mesh", core, limits)
+}
+
+/// What both listeners share around their routes: JSend 404/405, the body read deadline,
+/// the request metrics under `listener`, and the body size cap.
+fn serve(
+    routes: Router<Arc<Core>>,
+    listener: &'static str,
+    core: Arc<Core>,
+    limits: &Limits,
+) -> Router {
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(crate::extract::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -75,7 +76,7 @@ pub fn mesh_router(core: Arc<Core>, limits: &Limits) -> Router {
             crate::limits::read_body,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            "mesh",
+            listener,
             crate::metrics::track_http,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::secrets::SecretValue;
-use crate::state::{keys, Core, Phase};
+use crate::state::{keys, Core};
 use crate::users::{authenticate, authorize, Action};
 
 /// One secret as returned to users (MarbleRun's `Secret` JSON).
@@ -65,22 +65,13 @@ pub struct SetSecretsRequest {
 /// Largest user-defined value accepted (bytes).
 const MAX_SECRET_BYTES: usize = 256 * 1024;
 
-fn running(core: &Core) -> Result<std::sync::Arc<crate::state::Deployment>, ApiError> {
-    match core.view().phase.as_ref() {
-        Phase::Running(d) => Ok(d.clone()),
-        _ => Err(ApiError::wrong_state(
-            "the coordinator has no manifest (state 3 required)".into(),
-        )),
-    }
-}
-
 /// `GET /api/v2/secrets?s=a&s=b`.
 pub fn read(
     core: &Core,
     peer: Option<&[u8]>,
     names: &[String],
 ) -> Result<BTreeMap<String, SecretOut>, ApiError> {
-    let d = running(core)?;
+    let (d, _) = core.view().running("secrets need a running deployment")?;
     let user = authenticate(&d.manifest, peer)?;
     if names.is_empty() || names.iter().any(|n| n.is_empty()) {
         return Err(ApiError::bad_request(
@@ -129,7 +120,8 @@ pub async fn write(
     req: SetSecretsRequest,
 ) -> Result<(), ApiError> {
     let _guard = core.manifest_lock.lock().await;
-    let d = running(core)?;
+    let view = core.view();
+    let (d, store) = view.running("secrets need a running deployment")?;
     let user = authenticate(&d.manifest, peer)?;
     let names: Vec<String> = req.secrets.keys().cloned().collect();
     if names.is_empty() {
@@ -150,11 +142,6 @@ pub async fn write(
         }
         values.insert(name.clone(), check_value(name, spec, s)?);
     }
-    let view = core.view();
-    let store = view
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
     let mut txn = crate::store::Txn::new();
     let mut events = Vec::new();
     for (name, v) in &values {

@@ -97,6 +97,27 @@ impl Txn {
     }
 }
 
+/// Records `key` = `current + 1` in `values` (the new counter values of one transaction, a
+/// key once), refusing when `current` is already `max`.
+pub fn bump_counter(
+    values: &mut Vec<(String, u64)>,
+    key: &str,
+    current: u64,
+    max: u64,
+) -> Result<(), StoreError> {
+    if current >= max {
+        return Err(StoreError::LimitReached {
+            key: key.to_string(),
+            max,
+        });
+    }
+    match values.iter_mut().find(|(k, _)| k == key) {
+        Some((_, v)) => *v = current + 1,
+        None => values.push((key.to_string(), current + 1)),
+    }
+    Ok(())
+}
+
 /// Decodes a counter value written by [`Txn::increment`].
 pub fn decode_counter(key: &str, value: &[u8]) -> Result<u64, StoreError> {
     let bytes: [u8; 8] = value

@@ -395,15 +395,21 @@ fn extend_tail(
         ));
     }
     for (j, (k, v)) in tail.into_iter().enumerate() {
-        let i = have + j;
-        if k != key(i) {
-            return Err(format!("transparency log: expected entry {i}, found {k}"));
-        }
-        let event: serde_json::Value = serde_json::from_slice(&v.value)
-            .map_err(|e| format!("transparency log entry {i} does not decode: {e}"))?;
-        let canonical = canonical_json(&event).map_err(|e| format!("log entry {i}: {e}"))?;
-        state.push(merkle::leaf_hash(canonical.as_bytes()), event);
+        push_stored(state, have + j, &k, &v)?;
     }
+    Ok(())
+}
+
+/// Appends the stored entry `k` = `v` as leaf `i`: it must be the key of index `i` and hold
+/// an event that canonicalises.
+fn push_stored(state: &mut State, i: usize, k: &str, v: &Versioned) -> Result<(), String> {
+    if k != key(i) {
+        return Err(format!("transparency log: expected entry {i}, found {k}"));
+    }
+    let event: serde_json::Value = serde_json::from_slice(&v.value)
+        .map_err(|e| format!("transparency log entry {i} does not decode: {e}"))?;
+    let canonical = canonical_json(&event).map_err(|e| format!("log entry {i}: {e}"))?;
+    state.push(merkle::leaf_hash(canonical.as_bytes()), event);
     Ok(())
 }
 
@@ -411,13 +417,7 @@ fn extend_tail(
 fn extend_from(state: &mut State, stored: Vec<(String, Versioned)>) -> Result<(), String> {
     let have = state.leaves.len();
     for (i, (k, v)) in stored.into_iter().enumerate().skip(have) {
-        if k != key(i) {
-            return Err(format!("transparency log: expected entry {i}, found {k}"));
-        }
-        let event: serde_json::Value = serde_json::from_slice(&v.value)
-            .map_err(|e| format!("transparency log entry {i} does not decode: {e}"))?;
-        let canonical = canonical_json(&event).map_err(|e| format!("log entry {i}: {e}"))?;
-        state.push(merkle::leaf_hash(canonical.as_bytes()), event);
+        push_stored(state, i, &k, &v)?;
     }
     Ok(())
 }

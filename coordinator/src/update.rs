@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::pki::CaKey;
 use crate::secrets::{self, SecretValue};
-use crate::state::{keys, Core, Deployment, Phase};
+use crate::state::{keys, Core, Deployment};
 use crate::store::{Store, StoreError, Txn};
 use crate::users::{authenticate, authorize, update_manifest_users, Action};
 
@@ -67,15 +67,6 @@ pub struct PendingResponse {
     pub missing_users: Vec<String>,
 }
 
-fn running(core: &Core) -> Result<Arc<Deployment>, ApiError> {
-    match core.view().phase.as_ref() {
-        Phase::Running(d) => Ok(d.clone()),
-        _ => Err(ApiError::wrong_state(
-            "the coordinator has no manifest (state 3 required)".into(),
-        )),
-    }
-}
-
 fn store_of(core: &Core) -> Result<Arc<dyn Store>, ApiError> {
     core.view()
         .store
@@ -102,7 +93,9 @@ pub async fn propose(
     raw: Vec<u8>,
 ) -> Result<UpdateResponse, ApiError> {
     let _guard = core.manifest_lock.lock().await;
-    let d = running(core)?;
+    let (d, store) = core
+        .view()
+        .running("manifest updates need a running deployment")?;
     let user = authenticate(&d.manifest, peer)?;
     if quarry_api::manifest::is_package_update(&raw) {
         return package_update(core, &d, &user, &raw).await;
@@ -110,7 +103,6 @@ pub async fn propose(
     // Validated now (the same rules as `quarry manifest check`); parsed again when applied.
     quarry_api::manifest::parse(&raw).map_err(ApiError::from)?;
     authorize(&d.manifest, &user, Action::UpdateManifest, &[])?;
-    let store = store_of(core)?;
     if pending(store.as_ref()).await?.is_some() {
         return Err(ApiError::wrong_state(
             "an update is already pending; acknowledge or cancel it first".into(),
@@ -128,35 +120,7 @@ pub async fn propose(
         acks: BTreeSet::new(),
     };
     p.acks.insert(user.clone());
-    let event = serde_json::json!({
-        "type": "manifest-update-proposed",
-        "time": crate::translog::now_unix(),
-        "manifestSha256": hex::encode(Sha256::digest(&p.raw)),
-        "user": user,
-    });
-    if p.missing() == 0 {
-        let recovery_secrets = apply_full(core, &d, &p, vec![event]).await?;
-        return Ok(UpdateResponse {
-            message: "manifest updated".into(),
-            missing_acknowledgments: 0,
-            missing_users: vec![],
-            recovery_secrets,
-        });
-    }
-    let txn = Txn::new()
-        .require_absent(keys::PENDING_UPDATE)
-        .put(keys::PENDING_UPDATE, encode(&p)?);
-    commit(core, &store, txn, vec![event]).await?;
-    tracing::info!(user, missing = p.missing(), "manifest update proposed");
-    Ok(UpdateResponse {
-        message: format!(
-            "update pending: {} more acknowledgement(s) needed",
-            p.missing()
-        ),
-        missing_acknowledgments: p.missing(),
-        missing_users: p.missing_users(),
-        recovery_secrets: None,
-    })
+    advance(core, &d, &store, &p, Step::Proposed, &user, None).await
 }
 
 /// `POST /api/v2/update-manifest`: acknowledge the pending update with its exact bytes.
@@ -166,9 +130,10 @@ pub async fn acknowledge(
     raw: Vec<u8>,
 ) -> Result<UpdateResponse, ApiError> {
     let _guard = core.manifest_lock.lock().await;
-    let d = running(core)?;
+    let (d, store) = core
+        .view()
+        .running("manifest updates need a running deployment")?;
     let user = authenticate(&d.manifest, peer)?;
-    let store = store_of(core)?;
     let (mut p, rev) = pending(store.as_ref())
         .await?
         .ok_or_else(|| ApiError::not_found("no update is pending".into()))?;
@@ -189,27 +154,66 @@ pub async fn acknowledge(
             "user {user} has already acknowledged this update"
         )));
     }
+    advance(core, &d, &store, &p, Step::Acknowledged, &user, Some(rev)).await
+}
+
+/// Which step of a multi-party update a user took.
+#[derive(Clone, Copy)]
+enum Step {
+    Proposed,
+    Acknowledged,
+}
+
+/// Logs `user`'s `step` on the update `p` and applies it when no acknowledgement is missing;
+/// otherwise stores `p` as the pending update (`rev`: the pending key's revision, None for a
+/// new proposal, so that two proposals or two acknowledgements never both win).
+async fn advance(
+    core: &Core,
+    d: &Arc<Deployment>,
+    store: &Arc<dyn Store>,
+    p: &Pending,
+    step: Step,
+    user: &str,
+    rev: Option<u64>,
+) -> Result<UpdateResponse, ApiError> {
+    let (kind, applied) = match step {
+        Step::Proposed => ("manifest-update-proposed", "manifest updated"),
+        Step::Acknowledged => (
+            "manifest-update-acknowledged",
+            "all acknowledgements received; manifest updated",
+        ),
+    };
     let event = serde_json::json!({
-        "type": "manifest-update-acknowledged",
+        "type": kind,
         "time": crate::translog::now_unix(),
         "manifestSha256": hex::encode(Sha256::digest(&p.raw)),
         "user": user,
     });
     if p.missing() == 0 {
-        let recovery_secrets = apply_full(core, &d, &p, vec![event]).await?;
+        let recovery_secrets = apply_full(core, d, p, vec![event]).await?;
         return Ok(UpdateResponse {
-            message: "all acknowledgements received; manifest updated".into(),
+            message: applied.into(),
             missing_acknowledgments: 0,
             missing_users: vec![],
             recovery_secrets,
         });
     }
     let txn = Txn::new()
-        .require(keys::PENDING_UPDATE, Some(rev))
-        .put(keys::PENDING_UPDATE, encode(&p)?);
-    commit(core, &store, txn, vec![event]).await?;
+        .require(keys::PENDING_UPDATE, rev)
+        .put(keys::PENDING_UPDATE, encode(p)?);
+    commit(core, store, txn, vec![event]).await?;
+    let message = match step {
+        Step::Proposed => {
+            tracing::info!(user, missing = p.missing(), "manifest update proposed");
+            format!(
+                "update pending: {} more acknowledgement(s) needed",
+                p.missing()
+            )
+        }
+        Step::Acknowledged => format!("{} more acknowledgement(s) needed", p.missing()),
+    };
     Ok(UpdateResponse {
-        message: format!("{} more acknowledgement(s) needed", p.missing()),
+        message,
         missing_acknowledgments: p.missing(),
         missing_users: p.missing_users(),
         recovery_secrets: None,
@@ -219,10 +223,11 @@ pub async fn acknowledge(
 /// `POST /api/v2/update-cancel`.
 pub async fn cancel(core: &Core, peer: Option<&[u8]>) -> Result<(), ApiError> {
     let _guard = core.manifest_lock.lock().await;
-    let d = running(core)?;
+    let (d, store) = core
+        .view()
+        .running("manifest updates need a running deployment")?;
     let user = authenticate(&d.manifest, peer)?;
     authorize(&d.manifest, &user, Action::UpdateManifest, &[])?;
-    let store = store_of(core)?;
     let (p, rev) = pending(store.as_ref())
         .await?
         .ok_or_else(|| ApiError::not_found("no update is pending".into()))?;
@@ -241,8 +246,9 @@ pub async fn cancel(core: &Core, peer: Option<&[u8]>) -> Result<(), ApiError> {
 
 /// `GET /api/v2/update-manifest`.
 pub async fn get_pending(core: &Core) -> Result<PendingResponse, ApiError> {
-    running(core)?;
-    let store = store_of(core)?;
+    let (_, store) = core
+        .view()
+        .running("manifest updates need a running deployment")?;
     let (p, _) = pending(store.as_ref())
         .await?
         .ok_or_else(|| ApiError::not_found("no update is pending".into()))?;

@@ -165,7 +165,7 @@ impl Fixture {
 
     fn mesh_ca(&self) -> Vec<u8> {
         match self.core.view().phase.as_ref() {
-            Phase::Running(d) => d.mesh.cert_der().to_vec(),
+            crate::state::Phase::Running(d) => d.mesh.cert_der().to_vec(),
             _ => panic!("not running"),
         }
     }

@@ -130,6 +130,32 @@ pub struct View {
     pub log: Arc<TransLog>,
 }
 
+impl View {
+    /// The running deployment and its store, or `wrong-state` saying `what` needs state 3
+    /// and which state the coordinator is in.
+    pub fn running(&self, what: &str) -> Result<(Arc<Deployment>, Arc<dyn Store>), ApiError> {
+        let deployment = match self.phase.as_ref() {
+            Phase::Running(d) => d.clone(),
+            other => {
+                return Err(ApiError::wrong_state(format!(
+                    "{what} (state {}): {}",
+                    other.state().code(),
+                    if matches!(other, Phase::AcceptingManifest) {
+                        "no manifest has been set yet"
+                    } else {
+                        "it is in recovery"
+                    }
+                )))
+            }
+        };
+        let store = self
+            .store
+            .clone()
+            .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
+        Ok((deployment, store))
+    }
+}
+
 impl Core {
     /// Opens the data directory (file store) and decides the starting state.
     pub async fn open(data_dir: &Path, tee: Tee) -> anyhow::Result<Core> {

@@ -539,15 +539,8 @@ impl EtcdStore {
                 if let Some(k) = self.failed_check(txn).await? {
                     return Ok((Attempt::Conflict(k), Vec::new()));
                 }
-                return Err(StoreError::LimitReached {
-                    key: key.clone(),
-                    max: *max,
-                });
             }
-            match values.iter_mut().find(|(k, _)| k == key) {
-                Some((_, v)) => *v = current + 1,
-                None => values.push((key.clone(), current + 1)),
-            }
+            super::bump_counter(&mut values, key, current, *max)?;
         }
         for (key, read) in counters {
             compares.push(match read {

@@ -624,16 +624,7 @@ fn evaluate_increments(
                 }
             }
         };
-        if current >= *max {
-            return Err(StoreError::LimitReached {
-                key: key.clone(),
-                max: *max,
-            });
-        }
-        match values.iter_mut().find(|(k, _)| k == key) {
-            Some((_, v)) => *v = current + 1,
-            None => values.push((key.clone(), current + 1)),
-        }
+        super::bump_counter(&mut values, key, current, *max)?;
     }
     Ok(values
         .into_iter()

@@ -213,21 +213,20 @@ impl Client {
 
 /// Compare: the key's version (0 = absent) equals `version`.
 pub fn version_equals(key: Vec<u8>, version: i64) -> pb::Compare {
-    pb::Compare {
-        result: CompareResult::Equal as i32,
-        target: CompareTarget::Version as i32,
-        key,
-        target_union: Some(TargetUnion::Version(version)),
-    }
+    equal(key, CompareTarget::Version, TargetUnion::Version(version))
 }
 
 /// Compare: the key's `mod_revision` equals `revision`.
 pub fn mod_revision_equals(key: Vec<u8>, revision: i64) -> pb::Compare {
+    equal(key, CompareTarget::Mod, TargetUnion::ModRevision(revision))
+}
+
+fn equal(key: Vec<u8>, target: CompareTarget, value: TargetUnion) -> pb::Compare {
     pb::Compare {
         result: CompareResult::Equal as i32,
-        target: CompareTarget::Mod as i32,
+        target: target as i32,
         key,
-        target_union: Some(TargetUnion::ModRevision(revision)),
+        target_union: Some(value),
     }
 }
 
