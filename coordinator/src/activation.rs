@@ -33,15 +33,7 @@ pub async fn activate(
     let manifest = &deployment.manifest;
     let marble_type = req.marble_type.as_str();
     let refuse = |refusal: Refusal| refuse(marble_type, &req.uuid, refusal);
-    let marble = manifest.marbles.get(marble_type).ok_or_else(|| {
-        refuse(Refusal::UnknownMarbleType {
-            marble_type: marble_type.to_string(),
-            removed: false,
-        })
-    })?;
-    let package = manifest.packages.get(&marble.package).ok_or_else(|| {
-        ApiError::Internal(format!("marble {marble_type} references a missing package"))
-    })?;
+    let (marble, package) = marble_entry(manifest, marble_type, false).map_err(refuse)?;
     let uuid = uuid::Uuid::parse_str(&req.uuid)
         .map_err(|e| ApiError::bad_request(format!("uuid {:?} is not a UUID: {e}", req.uuid)))?;
     crate::revocation::ensure_not_revoked(store.as_ref(), &uuid, None)
@@ -171,6 +163,24 @@ pub async fn activate(
 fn refuse(marble_type: &str, uuid: &str, refusal: Refusal) -> ApiError {
     tracing::warn!(marble_type, uuid, code = refusal.code(), reason = %refusal, "activation refused");
     ApiError::refused(refusal)
+}
+
+/// The manifest's entry for `marble_type` and its package; an unknown type is refused
+/// (`removed`: a renewal of a type the manifest no longer has).
+pub(crate) fn marble_entry<'m>(
+    manifest: &'m Manifest,
+    marble_type: &str,
+    removed: bool,
+) -> Result<(&'m Marble, &'m quarry_api::Package), Refusal> {
+    let unknown = || Refusal::UnknownMarbleType {
+        marble_type: marble_type.to_string(),
+        removed,
+    };
+    let marble = manifest.marbles.get(marble_type).ok_or_else(unknown)?;
+    // Validation ties every marble to a package; a stored manifest that breaks it is refused
+    // like an unknown type rather than trusted half-way.
+    let package = manifest.packages.get(&marble.package).ok_or_else(unknown)?;
+    Ok((marble, package))
 }
 
 /// SubjectPublicKeyInfo DER of a certificate.

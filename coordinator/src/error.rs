@@ -80,48 +80,42 @@ pub enum NotNow {
     Unavailable(String),
 }
 
-impl ApiError {
-    /// Malformed input (400).
-    pub fn bad_request(message: String) -> ApiError {
-        ApiError::Request(RequestFault::BadRequest(message))
-    }
-    /// Nothing there (404).
-    pub fn not_found(message: String) -> ApiError {
-        ApiError::Request(RequestFault::NotFound(message))
-    }
-    /// Wrong method for an existing endpoint (405).
-    pub fn method_not_allowed(message: String) -> ApiError {
-        ApiError::Request(RequestFault::MethodNotAllowed(message))
-    }
-    /// Body over `limit` bytes (413).
-    pub fn too_large(limit: usize) -> ApiError {
-        ApiError::Request(RequestFault::TooLarge(limit))
-    }
-    /// The request did not arrive in time (408).
-    pub fn timeout(message: String) -> ApiError {
-        ApiError::Request(RequestFault::Timeout(message))
-    }
-    /// Not authenticated (401).
-    pub fn unauthorized(message: String) -> ApiError {
-        ApiError::Denied(Denial::Unauthenticated(message))
-    }
-    /// Refused by policy (403).
-    pub fn forbidden(message: String) -> ApiError {
-        ApiError::Denied(Denial::Forbidden(message))
-    }
-    /// A refused marble (403).
-    pub fn refused(refusal: Refusal) -> ApiError {
-        ApiError::Denied(Denial::Refused(refusal))
-    }
-    /// Not in this phase (409).
-    pub fn wrong_state(message: String) -> ApiError {
-        ApiError::NotNow(NotNow::WrongState(message))
-    }
-    /// Temporarily unable (503).
-    pub fn unavailable(message: String) -> ApiError {
-        ApiError::NotNow(NotNow::Unavailable(message))
-    }
+/// One constructor per failure, named after it (`ApiError::bad_request(message)`), so that
+/// call sites say what failed rather than which group it belongs to.
+macro_rules! constructors {
+    ($($(#[$doc:meta])* $name:ident($arg:ident: $ty:ty) => $group:ident($kind:ident::$variant:ident);)*) => {
+        impl ApiError {
+            $($(#[$doc])* pub fn $name($arg: $ty) -> ApiError {
+                ApiError::$group($kind::$variant($arg))
+            })*
+        }
+    };
+}
 
+constructors! {
+    /// Malformed input (400).
+    bad_request(message: String) => Request(RequestFault::BadRequest);
+    /// Nothing there (404).
+    not_found(message: String) => Request(RequestFault::NotFound);
+    /// Wrong method for an existing endpoint (405).
+    method_not_allowed(message: String) => Request(RequestFault::MethodNotAllowed);
+    /// Body over `limit` bytes (413).
+    too_large(limit: usize) => Request(RequestFault::TooLarge);
+    /// The request did not arrive in time (408).
+    timeout(message: String) => Request(RequestFault::Timeout);
+    /// Not authenticated (401).
+    unauthorized(message: String) => Denied(Denial::Unauthenticated);
+    /// Refused by policy (403).
+    forbidden(message: String) => Denied(Denial::Forbidden);
+    /// A refused marble (403).
+    refused(refusal: Refusal) => Denied(Denial::Refused);
+    /// Not in this phase (409).
+    wrong_state(message: String) => NotNow(NotNow::WrongState);
+    /// Temporarily unable (503).
+    unavailable(message: String) => NotNow(NotNow::Unavailable);
+}
+
+impl ApiError {
     /// The marble refusal, when this is one.
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {

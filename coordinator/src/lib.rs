@@ -132,19 +132,20 @@ impl App {
 
     /// Serves both APIs until the future is dropped.
     pub async fn run(self) {
-        let client = tls::serve(
+        let serve = |listener, config, router, name| {
+            tls::serve(listener, config, router, name, self.limits.clone())
+        };
+        let client = serve(
             self.client,
             self.client_tls,
             routes::client_router(self.core.clone(), &self.limits),
             "client",
-            self.limits.clone(),
         );
-        let mesh = tls::serve(
+        let mesh = serve(
             self.mesh,
             self.mesh_tls,
             routes::mesh_router(self.core.clone(), &self.limits),
             "mesh",
-            self.limits.clone(),
         );
         let metrics = metrics::serve(self.metrics, self.core.clone());
         let _background = self.background;

@@ -5,15 +5,8 @@
 //! The evidence is verified exactly as at activation and against the package the marble's
 //! type has *now* (the manifest may have changed); the new leaf is for the same key, UUID,
 //! type and names, with a fresh validity. Renewal spends no activation.
-use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
-use quarry_api::http::{JSend, RenewRequest, RenewResponse};
+use quarry_api::http::{RenewRequest, RenewResponse};
 use quarry_api::Claims;
 use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
@@ -24,7 +17,6 @@ use crate::pki::{pem_cert, LeafRequest};
 use crate::refusal::Refusal;
 use crate::state::Core;
 use crate::store::{StoreError, Txn};
-use crate::tls::PeerCert;
 
 /// The marble a presented leaf certificate names, once it is known to be current.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,15 +152,8 @@ pub async fn renew(
             ApiError::Denied(Denial::Forbidden(m)) => refuse(Refusal::Revoked(m)),
             other => other,
         })?;
-    let marble = manifest.marbles.get(marble_type).ok_or_else(|| {
-        refuse(Refusal::UnknownMarbleType {
-            marble_type: marble_type.to_string(),
-            removed: true,
-        })
-    })?;
-    let package = manifest.packages.get(&marble.package).ok_or_else(|| {
-        ApiError::Internal(format!("marble {marble_type} references a missing package"))
-    })?;
+    let (marble, package) =
+        crate::activation::marble_entry(manifest, marble_type, true).map_err(refuse)?;
     let spki_hash: [u8; 32] = Sha256::digest(&current.spki).into();
     let nonce: [u8; 32] = hex::decode(req.nonce.trim())
         .ok()
@@ -279,22 +264,6 @@ pub async fn renew(
         not_after,
         files,
     })
-}
-
-/// Axum handler of `POST /api/v2/renew` (mesh API).
-pub async fn renew_route(
-    State(core): State<Arc<Core>>,
-    Extension(peer): Extension<PeerCert>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let req: RenewRequest = crate::extract::json_body(body)?;
-    let cert = peer.0.as_deref().map(|v| v.as_slice()).ok_or_else(|| {
-        ApiError::unauthorized(
-            "renewal needs the marble's current leaf certificate as TLS client certificate".into(),
-        )
-    })?;
-    let resp = renew(&core, req, cert).await?;
-    Ok((StatusCode::OK, Json(JSend::success(resp))).into_response())
 }
 
 #[cfg(test)]

@@ -10,16 +10,10 @@
 //! demand, so a certificate issued to a revoked UUID in a race with its revocation is listed
 //! as well.
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
-use quarry_api::http::{JSend, RevokeRequest, RevokeResponse};
+use quarry_api::http::{RevokeRequest, RevokeResponse};
 use quarry_api::manifest::{Manifest, ResourceType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,7 +21,6 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::state::{Core, View};
 use crate::store::{Store, StoreError, Txn};
-use crate::tls::PeerCert;
 use crate::users::{self, Action};
 
 /// Store key prefix of revoked marble UUIDs.
@@ -379,32 +372,6 @@ pub async fn revoked_serials(
         }
     }
     Ok(out)
-}
-
-/// Axum handler of `POST /api/v2/revoke` (client API).
-pub async fn revoke_route(
-    State(core): State<Arc<Core>>,
-    Extension(peer): Extension<PeerCert>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let req: RevokeRequest = crate::extract::json_body(body)?;
-    let peer = peer.0.as_deref().map(|v| v.as_slice());
-    let resp = revoke(&core, peer, req).await?;
-    Ok((StatusCode::OK, Json(JSend::success(resp))).into_response())
-}
-
-/// Axum handler of `GET /api/v2/crl` (client and mesh API): `application/pkix-crl`, DER.
-pub async fn crl_route(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
-    let der = crl(&core).await?;
-    Ok((
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "application/pkix-crl"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        der,
-    )
-        .into_response())
 }
 
 #[cfg(test)]

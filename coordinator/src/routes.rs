@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -43,8 +43,8 @@ pub fn client_router(core: Arc<Core>, limits: &Limits) -> Router {
         .route("/api/v2/log/proof", get(log_proof))
         .route("/api/v2/log/consistency", get(log_consistency))
         .route("/api/v2/openapi.json", get(crate::openapi::document))
-        .route("/api/v2/revoke", post(crate::revocation::revoke_route))
-        .route("/api/v2/crl", get(crate::revocation::crl_route));
+        .route("/api/v2/revoke", post(revoke))
+        .route("/api/v2/crl", get(crl));
     serve(routes, "client", core, limits)
 }
 
@@ -55,8 +55,8 @@ pub fn mesh_router(core: Arc<Core>, limits: &Limits) -> Router {
         .route("/api/v2/activate", post(activate))
         .route("/api/v2/attestation", get(attestation))
         .route("/api/v2/status", get(status))
-        .route("/api/v2/renew", post(crate::renewal::renew_route))
-        .route("/api/v2/crl", get(crate::revocation::crl_route));
+        .route("/api/v2/renew", post(renew))
+        .route("/api/v2/crl", get(crl));
     serve(routes, "mesh", core, limits)
 }
 
@@ -281,15 +281,13 @@ async fn log_proof(
     State(core): State<Arc<Core>>,
     Query(q): Query<ProofQuery>,
 ) -> Result<Response, ApiError> {
-    let proof = core.view().log.inclusion(q.index, q.size).ok_or_else(|| {
-        ApiError::bad_request(format!(
+    let proof = core.view().log.inclusion(q.index, q.size);
+    proof_response(proof, || {
+        format!(
             "no inclusion proof for index {} in a tree of size {}",
             q.index, q.size
-        ))
-    })?;
-    Ok(ok(quarry_api::attestation::ProofResponse {
-        proof: proof.iter().map(hex::encode).collect(),
-    }))
+        )
+    })
 }
 
 #[derive(Deserialize)]
@@ -303,15 +301,62 @@ async fn log_consistency(
     State(core): State<Arc<Core>>,
     Query(q): Query<ConsistencyQuery>,
 ) -> Result<Response, ApiError> {
-    let proof = core.view().log.consistency(q.from, q.to).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "no consistency proof from size {} to size {}",
-            q.from, q.to
-        ))
-    })?;
+    let proof = core.view().log.consistency(q.from, q.to);
+    proof_response(proof, || {
+        format!("no consistency proof from size {} to size {}", q.from, q.to)
+    })
+}
+
+/// A proof as hex hashes, or 400 saying which proof does not exist.
+fn proof_response(
+    proof: Option<Vec<quarry_api::merkle::Hash>>,
+    missing: impl FnOnce() -> String,
+) -> Result<Response, ApiError> {
+    let proof = proof.ok_or_else(|| ApiError::bad_request(missing()))?;
     Ok(ok(quarry_api::attestation::ProofResponse {
         proof: proof.iter().map(hex::encode).collect(),
     }))
+}
+
+/// `POST /api/v2/renew` (mesh API): the marble's current leaf is its TLS client certificate.
+async fn renew(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<PeerCert>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req = crate::extract::json_body(body)?;
+    let cert = peer_der(&peer).ok_or_else(|| {
+        ApiError::unauthorized(
+            "renewal needs the marble's current leaf certificate as TLS client certificate".into(),
+        )
+    })?;
+    Ok(ok(crate::renewal::renew(&core, req, cert).await?))
+}
+
+/// `POST /api/v2/revoke` (client API).
+async fn revoke(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<PeerCert>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req = crate::extract::json_body(body)?;
+    Ok(ok(
+        crate::revocation::revoke(&core, peer_der(&peer), req).await?
+    ))
+}
+
+/// `GET /api/v2/crl`: the DER CRL of the current mesh CA.
+async fn crl(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
+    let der = crate::revocation::crl(&core).await?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/pkix-crl"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        der,
+    )
+        .into_response())
 }
 
 fn peer_der(peer: &PeerCert) -> Option<&[u8]> {

@@ -146,24 +146,20 @@ impl TemplateContext for ActivationContext<'_> {
             private: Secret::default(),
         };
         match reference {
-            Reference::Secret {
-                name,
-                previous: false,
-                ..
-            } => self
-                .secrets
-                .get(name)
-                .map(SecretValue::material)
-                .ok_or_else(|| format!("secret {name} has no value (user-defined secrets must be set with POST /api/v2/secrets first)")),
-            Reference::Secret {
-                name,
-                previous: true,
-                ..
-            } => self
-                .previous
-                .get(name)
-                .map(SecretValue::material)
-                .ok_or_else(|| format!("secret {name} has no previous value (no manifest update has replaced it)")),
+            Reference::Secret { name, previous, .. } => {
+                let (values, missing) = if *previous {
+                    (
+                        self.previous,
+                        "no previous value (no manifest update has replaced it)",
+                    )
+                } else {
+                    (self.secrets, "no value (user-defined secrets must be set with POST /api/v2/secrets first)")
+                };
+                values
+                    .get(name)
+                    .map(SecretValue::material)
+                    .ok_or_else(|| format!("secret {name} has {missing}"))
+            }
             Reference::RootCa | Reference::CoordinatorRoot => Ok(reserved(self.root_ca, &[])),
             Reference::CoordinatorIntermediate => Ok(reserved(self.mesh_ca, &[])),
             Reference::MarbleCert(Part::Cert | Part::Public | Part::Private) => {

@@ -85,6 +85,25 @@ async fn pending(store: &dyn Store) -> Result<Option<(Pending, u64)>, ApiError> 
     }
 }
 
+/// What every update step holds: the manifest lock (one change at a time), the running
+/// deployment, its store and the authenticated user.
+type Begun<'c> = (
+    tokio::sync::MutexGuard<'c, ()>,
+    Arc<Deployment>,
+    Arc<dyn Store>,
+    String,
+);
+
+/// Takes the manifest lock, then requires a running deployment and a user of its manifest.
+async fn begin<'c>(core: &'c Core, peer: Option<&[u8]>) -> Result<Begun<'c>, ApiError> {
+    let guard = core.manifest_lock.lock().await;
+    let (d, store) = core
+        .view()
+        .running("manifest updates need a running deployment")?;
+    let user = authenticate(&d.manifest, peer)?;
+    Ok((guard, d, store, user))
+}
+
 /// `POST /api/v2/update`: a package-only update is applied at once; a full manifest starts
 /// (or, with enough acknowledgements, completes) a multi-party update.
 pub async fn propose(
@@ -92,11 +111,7 @@ pub async fn propose(
     peer: Option<&[u8]>,
     raw: Vec<u8>,
 ) -> Result<UpdateResponse, ApiError> {
-    let _guard = core.manifest_lock.lock().await;
-    let (d, store) = core
-        .view()
-        .running("manifest updates need a running deployment")?;
-    let user = authenticate(&d.manifest, peer)?;
+    let (_guard, d, store, user) = begin(core, peer).await?;
     if quarry_api::manifest::is_package_update(&raw) {
         return package_update(core, &d, &user, &raw).await;
     }
@@ -129,11 +144,7 @@ pub async fn acknowledge(
     peer: Option<&[u8]>,
     raw: Vec<u8>,
 ) -> Result<UpdateResponse, ApiError> {
-    let _guard = core.manifest_lock.lock().await;
-    let (d, store) = core
-        .view()
-        .running("manifest updates need a running deployment")?;
-    let user = authenticate(&d.manifest, peer)?;
+    let (_guard, d, store, user) = begin(core, peer).await?;
     let (mut p, rev) = pending(store.as_ref())
         .await?
         .ok_or_else(|| ApiError::not_found("no update is pending".into()))?;
@@ -222,11 +233,7 @@ async fn advance(
 
 /// `POST /api/v2/update-cancel`.
 pub async fn cancel(core: &Core, peer: Option<&[u8]>) -> Result<(), ApiError> {
-    let _guard = core.manifest_lock.lock().await;
-    let (d, store) = core
-        .view()
-        .running("manifest updates need a running deployment")?;
-    let user = authenticate(&d.manifest, peer)?;
+    let (_guard, d, store, user) = begin(core, peer).await?;
     authorize(&d.manifest, &user, Action::UpdateManifest, &[])?;
     let (p, rev) = pending(store.as_ref())
         .await?

@@ -23,15 +23,44 @@ pub trait Backend: Store {
     fn identity_wait(&self) -> Duration {
         Duration::ZERO
     }
-    /// Checks the loaded state (`revision`, log size, `root_at`) against the rollback
-    /// evidence `found` in the data directory (None: there is none yet).
+    /// Compares the loaded state (`revision`, log size, `root_at`) with the last head this
+    /// coordinator acknowledged; the message names the store and what to do.
+    fn check_head(
+        &self,
+        head: &Head,
+        revision: u64,
+        log_size: u64,
+        root_at: &dyn Fn(u64) -> Option<Hash>,
+    ) -> Result<(), String>;
+    /// Whether rollback evidence that does not open with this key refuses the state (the
+    /// file store: it is written with the log) or is replaced (a replica of another cluster).
+    fn unreadable_head_refuses(&self) -> bool;
+    /// Checks the loaded state against the rollback evidence `found` in the data directory
+    /// (None: there is none yet, recorded from now on).
     fn check_rollback(
         &self,
         found: Result<Option<Head>, String>,
         revision: u64,
         log_size: u64,
         root_at: &dyn Fn(u64) -> Option<Hash>,
-    ) -> Result<(), String>;
+    ) -> Result<(), String> {
+        match found {
+            Ok(Some(h)) => self.check_head(&h, revision, log_size, root_at),
+            Ok(None) => {
+                tracing::warn!(
+                    store = self.kind(),
+                    "no {} in the data directory: no rollback evidence to check the state against (recording it from now on)",
+                    head::HEAD_FILE
+                );
+                Ok(())
+            }
+            Err(e) if self.unreadable_head_refuses() => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "the rollback evidence in the data directory is not this cluster's; recording it anew");
+                Ok(())
+            }
+        }
+    }
     /// Keeps the rollback evidence current after every commit from `revision` on.
     fn track_head(&self, tracker: HeadTracker, revision: u64);
     /// The last revision recorded as seen (0 before tracking starts).
@@ -40,13 +69,6 @@ pub trait Backend: Store {
     }
     /// Records a revision another replica committed, seen through a watch.
     fn note_revision(&self, _revision: u64) {}
-}
-
-fn warn_no_head(what: &str) {
-    tracing::warn!(
-        "no {} in the data directory: no rollback evidence to check {what} against (recording it from now on)",
-        head::HEAD_FILE
-    );
 }
 
 #[async_trait]
@@ -59,21 +81,19 @@ impl Backend for FileStore {
         Ok(self.revision())
     }
 
-    fn check_rollback(
+    fn check_head(
         &self,
-        found: Result<Option<Head>, String>,
+        head: &Head,
         revision: u64,
         log_size: u64,
         root_at: &dyn Fn(u64) -> Option<Hash>,
     ) -> Result<(), String> {
-        // The head file is written with the log: unreadable evidence is not a fresh start.
-        match found? {
-            Some(h) => head::check(&h, revision, log_size, root_at),
-            None => {
-                warn_no_head("this state");
-                Ok(())
-            }
-        }
+        head::check(head, revision, log_size, root_at)
+    }
+
+    // The head file is written with the log: unreadable evidence is not a fresh start.
+    fn unreadable_head_refuses(&self) -> bool {
+        true
     }
 
     fn track_head(&self, tracker: HeadTracker, _revision: u64) {
@@ -95,26 +115,20 @@ impl Backend for EtcdStore {
         Duration::from_secs(30)
     }
 
-    fn check_rollback(
+    fn check_head(
         &self,
-        found: Result<Option<Head>, String>,
+        head: &Head,
         revision: u64,
         log_size: u64,
         root_at: &dyn Fn(u64) -> Option<Hash>,
     ) -> Result<(), String> {
-        match found {
-            Ok(Some(h)) => crate::store::etcd::check_head(&h, revision, log_size, root_at),
-            Ok(None) => {
-                warn_no_head("the etcd state");
-                Ok(())
-            }
-            // A data directory of another cluster (moved replica): its evidence says nothing
-            // about this cluster, and this replica's key was checked against the marker.
-            Err(e) => {
-                tracing::warn!(error = %e, "the rollback evidence in the data directory is not this cluster's; recording it anew");
-                Ok(())
-            }
-        }
+        crate::store::etcd::check_head(head, revision, log_size, root_at)
+    }
+
+    // A data directory of another cluster (a moved replica): its evidence says nothing about
+    // this cluster, and this replica's key was checked against the cluster marker.
+    fn unreadable_head_refuses(&self) -> bool {
+        false
     }
 
     fn track_head(&self, tracker: HeadTracker, revision: u64) {
