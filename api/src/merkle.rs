@@ -101,17 +101,11 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
         if s == 0 {
             return false;
         }
-        if f & 1 == 1 || f == s {
-            r = node_hash(p, &r);
-            while f & 1 == 0 && f != 0 {
-                f >>= 1;
-                s >>= 1;
-            }
+        r = if climb(&mut f, &mut s) {
+            node_hash(p, &r)
         } else {
-            r = node_hash(&r, p);
-        }
-        f >>= 1;
-        s >>= 1;
+            node_hash(&r, p)
+        };
     }
     s == 0 && r == *root
 }
@@ -147,20 +141,29 @@ pub fn verify_consistency(
         if s == 0 {
             return false;
         }
-        if f & 1 == 1 || f == s {
+        if climb(&mut f, &mut s) {
             fr = node_hash(p, &fr);
             sr = node_hash(p, &sr);
-            while f & 1 == 0 && f != 0 {
-                f >>= 1;
-                s >>= 1;
-            }
         } else {
             sr = node_hash(&sr, p);
         }
-        f >>= 1;
-        s >>= 1;
     }
     fr == *old_root && sr == *new_root && s == 0
+}
+
+/// One step up an RFC 9162 proof path (`f` is the walked node's index, `s` the last index):
+/// whether the proof node is the left sibling; `f` and `s` move up past it.
+fn climb(f: &mut u64, s: &mut u64) -> bool {
+    let left = *f & 1 == 1 || *f == *s;
+    if left {
+        while *f & 1 == 0 && *f != 0 {
+            *f >>= 1;
+            *s >>= 1;
+        }
+    }
+    *f >>= 1;
+    *s >>= 1;
+    left
 }
 
 #[cfg(test)]

@@ -336,15 +336,5 @@ fn is_dns_name_or_ip(s: &str) -> bool {
         return true;
     }
     let name = s.strip_prefix("*.").unwrap_or(s);
-    !name.is_empty()
-        && s.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    !name.is_empty() && s.len() <= 253 && name.split('.').all(super::mesh::is_dns_label)
 }

@@ -76,13 +76,7 @@ impl<'v> Obj<'v> {
 
     /// An optional non-negative integer field.
     pub(super) fn u64(&self, key: &str) -> Result<Option<u64>, ManifestError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.at(key).err("must be a non-negative integer")),
-        }
+        self.number(key, Value::as_u64, "must be a non-negative integer")
     }
 
     /// An optional non-negative integer field no larger than `max`.
@@ -95,13 +89,19 @@ impl<'v> Obj<'v> {
 
     /// An optional signed integer field.
     pub(super) fn i64(&self, key: &str) -> Result<Option<i64>, ManifestError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| self.at(key).err("must be an integer")),
-        }
+        self.number(key, Value::as_i64, "must be an integer")
+    }
+
+    /// An optional number field read with `read`, refused with `refusal` when it does not fit.
+    fn number<N>(
+        &self,
+        key: &str,
+        read: fn(&Value) -> Option<N>,
+        refusal: &'static str,
+    ) -> Result<Option<N>, ManifestError> {
+        self.get(key)
+            .map(|v| read(v).ok_or_else(|| self.at(key).err(refusal)))
+            .transpose()
     }
 
     /// A list of strings (absent = empty).

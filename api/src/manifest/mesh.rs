@@ -91,29 +91,16 @@ pub(super) fn check(
         let at = ptr.join("Inbound").join(i);
         match &entry.allow {
             AllowFrom::AnyMarble => {}
-            AllowFrom::Marbles(types) => {
-                for (j, t) in types.iter().enumerate() {
-                    if !m.marbles.contains_key(t) {
-                        return Err(at
-                            .join("AllowFrom")
-                            .join(j)
-                            .err(format!("marble type {t:?} is not defined in Marbles")));
-                    }
-                }
+            AllowFrom::Marbles(types) => super::validate::check_defined(
+                types,
+                &m.marbles,
+                &at.join("AllowFrom"),
+                "marble type",
+                "Marbles",
+            )?,
+            AllowFrom::External { cert } => {
+                super::validate::check_cert_secret(m, cert, &at.join("Cert"))?;
             }
-            AllowFrom::External { cert } => match m.secrets.get(cert) {
-                Some(s) if s.kind.is_cert() => {}
-                Some(_) => {
-                    return Err(at
-                        .join("Cert")
-                        .err(format!("secret {cert:?} is not a certificate")))
-                }
-                None => {
-                    return Err(at
-                        .join("Cert")
-                        .err(format!("secret {cert:?} is not defined in Secrets")))
-                }
-            },
         }
         if !entry.forward.ip().is_loopback() {
             warnings.push(at.join("Forward").warn(
@@ -278,22 +265,23 @@ pub(crate) fn check_host_port(text: &str) -> Result<(), String> {
             .map(|_| ())
             .map_err(|_| bad());
     }
-    let dns_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+    let dns_ok = !host.is_empty() && host.len() <= 253 && host.split('.').all(is_dns_label);
     if dns_ok {
         Ok(())
     } else {
         Err(bad())
     }
+}
+
+/// One label of a DNS name: 1–63 letters, digits, `-` or `_`, not starting or ending in `-`.
+pub(super) fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -319,6 +307,14 @@ mod tests {
             },
             "Secrets": {"web_cert": {"Type": "cert-ecdsa", "Size": 256}}
         })
+    }
+
+    /// `base()` with the existing `/Marbles/{marble}/Mesh{field}` set to `value`.
+    fn base_with(marble: &str, field: &str, value: Value) -> Value {
+        let mut v = base();
+        *v.pointer_mut(&format!("/Marbles/{marble}/Mesh{field}"))
+            .expect("an existing field") = value;
+        v
     }
 
     fn load(v: &Value) -> Result<CheckedManifest, ManifestError> {
@@ -377,17 +373,13 @@ mod tests {
 
     #[test]
     fn unknown_marble_types_are_refused() {
-        let mut v = base();
-        v["Marbles"]["server"]["Mesh"]["Inbound"][0]["AllowFrom"] = json!(["app", "gateway"]);
         assert_refused(
-            &v,
+            &base_with("server", "/Inbound/0/AllowFrom", json!(["app", "gateway"])),
             "/Marbles/server/Mesh/Inbound/0/AllowFrom/1",
             "\"gateway\" is not defined",
         );
-        let mut v = base();
-        v["Marbles"]["app"]["Mesh"]["Outbound"][0]["Marble"] = json!("nats");
         assert_refused(
-            &v,
+            &base_with("app", "/Outbound/0/Marble", json!("nats")),
             "/Marbles/app/Mesh/Outbound/0/Marble",
             "\"nats\" is not defined",
         );
@@ -419,17 +411,14 @@ mod tests {
     #[test]
     fn egress_listeners_must_be_loopback() {
         for bad in ["0.0.0.0:7001", "10.0.0.5:7001", "[::]:7001"] {
-            let mut v = base();
-            v["Marbles"]["app"]["Mesh"]["Outbound"][0]["Listen"] = json!(bad);
             assert_refused(
-                &v,
+                &base_with("app", "/Outbound/0/Listen", json!(bad)),
                 "/Marbles/app/Mesh/Outbound/0/Listen",
                 "not a loopback address",
             );
         }
-        let mut v = base();
-        v["Marbles"]["app"]["Mesh"]["Outbound"][0]["Listen"] = json!("[::1]:7001");
-        load(&v).expect("IPv6 loopback is loopback");
+        load(&base_with("app", "/Outbound/0/Listen", json!("[::1]:7001")))
+            .expect("IPv6 loopback is loopback");
     }
 
     #[test]
@@ -466,11 +455,7 @@ mod tests {
             ("/Outbound/0/Listen", "app", json!("127.0.0.1"), "IP:PORT"),
         ];
         for (field, marble, value, needle) in cases {
-            let mut v = base();
-            let (list, rest) = field[1..].split_once('/').expect("path");
-            let (index, key) = rest.split_once('/').expect("path");
-            let index: usize = index.parse().expect("index");
-            v["Marbles"][marble]["Mesh"][list][index][key] = value;
+            let v = base_with(marble, field, value);
             assert_refused(&v, &format!("/Marbles/{marble}/Mesh{field}"), needle);
         }
         for ok in ["nats:4222", "10.1.2.3:14222", "[::1]:14222"] {

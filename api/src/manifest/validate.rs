@@ -26,14 +26,7 @@ pub(super) fn check(m: &Manifest, warnings: &mut Vec<Warning>) -> Result<(), Man
                 marble.package
             )));
         }
-        for (i, tag) in marble.tls.iter().enumerate() {
-            if !m.tls.contains_key(tag) {
-                return Err(ptr
-                    .join("TLS")
-                    .join(i)
-                    .err(format!("TLS tag {tag:?} is not defined in TLS")));
-            }
-        }
+        check_defined(&marble.tls, &m.tls, &ptr.join("TLS"), "TLS tag", "TLS")?;
         if let Some(mesh) = &marble.mesh {
             super::mesh::check(m, mesh, &ptr.join("Mesh"), warnings)?;
         }
@@ -66,19 +59,7 @@ fn check_tls(m: &Manifest, tag: &TlsTag, ptr: &Ptr) -> Result<(), ManifestError>
             return Err(at.join("Port").err("Port is required"));
         }
         match (&e.cert, e.disable_client_auth) {
-            (Some(cert), true) => match m.secrets.get(cert) {
-                Some(s) if s.kind.is_cert() => {}
-                Some(_) => {
-                    return Err(at
-                        .join("Cert")
-                        .err(format!("secret {cert:?} is not a certificate")))
-                }
-                None => {
-                    return Err(at
-                        .join("Cert")
-                        .err(format!("secret {cert:?} is not defined in Secrets")))
-                }
-            },
+            (Some(cert), true) => check_cert_secret(m, cert, &at.join("Cert"))?,
             (Some(_), false) => {
                 return Err(at
                     .join("DisableClientAuth")
@@ -102,6 +83,36 @@ fn check_tls(m: &Manifest, tag: &TlsTag, ptr: &Ptr) -> Result<(), ManifestError>
         }
     }
     Ok(())
+}
+
+/// Checks that every entry of the list `names` (at `ptr`) is a key of `section`, named
+/// `section_name`: the first that is not is refused as "{what} {name:?} is not defined in …".
+pub(super) fn check_defined<V>(
+    names: &[String],
+    section: &BTreeMap<String, V>,
+    ptr: &Ptr,
+    what: &str,
+    section_name: &str,
+) -> Result<(), ManifestError> {
+    match names
+        .iter()
+        .enumerate()
+        .find(|(_, n)| !section.contains_key(*n))
+    {
+        Some((i, name)) => Err(ptr
+            .join(i)
+            .err(format!("{what} {name:?} is not defined in {section_name}"))),
+        None => Ok(()),
+    }
+}
+
+/// Checks that `cert` (named at `ptr`) is a certificate secret defined in `Secrets`.
+pub(super) fn check_cert_secret(m: &Manifest, cert: &str, ptr: &Ptr) -> Result<(), ManifestError> {
+    match m.secrets.get(cert) {
+        Some(s) if s.kind.is_cert() => Ok(()),
+        Some(_) => Err(ptr.err(format!("secret {cert:?} is not a certificate"))),
+        None => Err(ptr.err(format!("secret {cert:?} is not defined in Secrets"))),
+    }
 }
 
 fn check_secret(
@@ -189,14 +200,7 @@ fn check_users(m: &Manifest) -> Result<(), ManifestError> {
         if let Some(other) = seen.insert(der, name) {
             return Err(cert.err(format!("same certificate as user {other:?}")));
         }
-        for (i, role) in user.roles.iter().enumerate() {
-            if !m.roles.contains_key(role) {
-                return Err(ptr
-                    .join("Roles")
-                    .join(i)
-                    .err(format!("role {role:?} is not defined in Roles")));
-            }
-        }
+        check_defined(&user.roles, &m.roles, &ptr.join("Roles"), "role", "Roles")?;
     }
     Ok(())
 }
