@@ -288,9 +288,7 @@ pub fn check(doc: &Table, expect: &Expect<'_>) -> Vec<Problem> {
         }
     }
 
-    let env = doc
-        .get("loader")
-        .and_then(|l| l.get("env"))
+    let env = nested(doc, "loader", "env")
         .and_then(Value::as_table)
         .cloned()
         .unwrap_or_default();
@@ -370,9 +368,7 @@ struct Mount {
 }
 
 fn mounts(doc: &Table) -> Vec<Mount> {
-    let list = doc
-        .get("fs")
-        .and_then(|f| f.get("mounts"))
+    let list = nested(doc, "fs", "mounts")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -404,9 +400,13 @@ fn resolve<'m>(mounts: &'m [Mount], path: &str) -> Option<(&'m Mount, String)> {
         })
 }
 
+/// `doc[section][key]`, when both exist.
+fn nested<'d>(doc: &'d Table, section: &str, key: &str) -> Option<&'d Value> {
+    doc.get(section).and_then(|s| s.get(key))
+}
+
 fn uri_list(doc: &Table, key: &str) -> Vec<String> {
-    doc.get("sgx")
-        .and_then(|s| s.get(key))
+    nested(doc, "sgx", key)
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
