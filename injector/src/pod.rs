@@ -7,39 +7,29 @@ use serde_json::Value;
 
 /// The parts of a Pod the injector reads.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub(crate) struct PodView {
-    #[serde(default)]
     pub(crate) metadata: MetaView,
-    #[serde(default)]
     pub(crate) spec: SpecView,
 }
 
 /// `metadata`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub(crate) struct MetaView {
-    #[serde(default)]
     pub(crate) namespace: Option<String>,
-    #[serde(default)]
     pub(crate) labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
     pub(crate) annotations: Option<BTreeMap<String, String>>,
 }
 
 /// `spec`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub(crate) struct SpecView {
-    #[serde(default)]
     pub(crate) containers: Vec<ContainerView>,
-    #[serde(default)]
     pub(crate) init_containers: Option<Vec<Named>>,
-    #[serde(default)]
     pub(crate) volumes: Option<Vec<Named>>,
-    #[serde(default)]
     pub(crate) tolerations: Option<Vec<Value>>,
-    #[serde(default)]
     pub(crate) runtime_class_name: Option<String>,
 }
 
@@ -64,34 +54,31 @@ pub(crate) struct ContainerView {
 
 /// Anything with a `name`.
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub(crate) struct Named {
-    #[serde(default)]
     pub(crate) name: String,
 }
 
 /// One entry of `volumeMounts`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub(crate) struct MountView {
-    #[serde(default)]
     pub(crate) mount_path: String,
 }
 
 /// `resources`.
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub(crate) struct ResourcesView {
-    #[serde(default)]
     pub(crate) limits: Option<BTreeMap<String, Value>>,
 }
 
 /// The user and group a container runs as (copied to the sidecar containers that write
 /// files the service must read).
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub(crate) struct SecurityContextView {
-    #[serde(default)]
     pub(crate) run_as_user: Option<i64>,
-    #[serde(default)]
     pub(crate) run_as_group: Option<i64>,
 }
 

@@ -7,19 +7,17 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 
 /// An AdmissionReview: the API server sends `request`, the webhook answers with `response`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct AdmissionReview {
     /// Always `admission.k8s.io/v1`.
-    #[serde(default)]
     pub api_version: String,
     /// Always `AdmissionReview`.
-    #[serde(default)]
     pub kind: String,
     /// What the API server asks about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<AdmissionRequest>,
     /// The webhook's decision.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<AdmissionResponse>,
 }
 
@@ -51,15 +49,13 @@ pub struct AdmissionRequest {
 
 /// A group/version/kind triple.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GroupVersionKind {
     /// API group (`""` for core).
-    #[serde(default)]
     pub group: String,
     /// API version.
-    #[serde(default)]
     pub version: String,
     /// Kind.
-    #[serde(default)]
     pub kind: String,
 }
 
@@ -87,11 +83,10 @@ pub struct AdmissionResponse {
 
 /// A `metav1.Status` for refusals.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     /// HTTP-like status code (403 for refusals).
-    #[serde(default)]
     pub code: u16,
     /// The reason, shown to the user by kubectl.
-    #[serde(default)]
     pub message: String,
 }

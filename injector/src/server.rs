@@ -75,15 +75,15 @@ pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerC
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                tokio::spawn(connection(acceptor.clone(), tcp, peer, router.clone()));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        tokio::spawn(connection(acceptor.clone(), tcp, peer, router.clone()));
+        }
     }
 }
 
