@@ -147,7 +147,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn tls_configs(
     root: &CaKey,
 ) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)> {
-    let provider = quarry_coordinator::tls::provider();
+    let provider = quarry_coordinator::http::tls::provider();
     let (leaf, leaf_key) = root.issue_server_cert(&["127.0.0.1".to_string()])?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -159,7 +159,7 @@ fn tls_configs(
             ],
             PrivateKeyDer::Pkcs8(leaf_key.expose().to_vec().into()),
         )?;
-    quarry_coordinator::tls::apply_server_policy(&mut server);
+    quarry_coordinator::http::tls::apply_server_policy(&mut server);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(root.cert_der().to_vec()))?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;

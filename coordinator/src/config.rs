@@ -134,7 +134,7 @@ pub struct Config {
     pub peer_wait: std::time::Duration,
     /// Connection and request limits of the client and mesh API listeners.
     #[command(flatten, next_help_heading = "Connection limits")]
-    pub limits: crate::limits::Limits,
+    pub limits: crate::http::limits::Limits,
 }
 
 impl Config {

@@ -2,31 +2,20 @@
 //! identities, secrets and parameters, and keeps its state sealed (contract §6, §8).
 #![forbid(unsafe_code)]
 
-pub mod activation;
 pub mod config;
-pub mod error;
-pub mod extract;
-pub mod limits;
-pub mod manifest_ops;
-pub mod mesh;
+pub mod http;
+pub mod manifest;
+pub mod marble;
 pub mod metrics;
-pub mod openapi;
 pub mod pki;
 pub mod recovery;
-pub mod refusal;
-pub mod renewal;
 pub mod replica;
-pub mod revocation;
-pub mod routes;
 pub mod sealing;
 pub mod secrets;
-pub mod secrets_api;
 pub mod state;
 pub mod store;
 pub mod tee;
-pub mod tls;
 pub mod translog;
-pub mod update;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -48,7 +37,7 @@ pub struct App {
     metrics: Option<TcpListener>,
     /// Replica tasks (etcd watch, key sharing, announcement), ended with the app.
     background: Background,
-    limits: Arc<limits::Limits>,
+    limits: Arc<http::limits::Limits>,
 }
 
 impl App {
@@ -88,9 +77,10 @@ impl App {
             }
         };
         let background = Background(start_replica(&core, peer, config.peer_advertise.clone())?);
-        let resolver = tls::ServerCertResolver::new(core.clone(), config.certificate_names())?;
-        let client_tls = tls::server_config(resolver.clone(), false)?;
-        let mesh_tls = tls::server_config(resolver, true)?;
+        let resolver =
+            http::tls::ServerCertResolver::new(core.clone(), config.certificate_names())?;
+        let client_tls = http::tls::server_config(resolver.clone(), false)?;
+        let mesh_tls = http::tls::server_config(resolver, true)?;
         let client = TcpListener::bind(config.client_addr).await.map_err(|e| {
             anyhow::anyhow!("binding the client API to {}: {e}", config.client_addr)
         })?;
@@ -133,18 +123,18 @@ impl App {
     /// Serves both APIs until the future is dropped.
     pub async fn run(self) {
         let serve = |listener, config, router, name| {
-            tls::serve(listener, config, router, name, self.limits.clone())
+            http::tls::serve(listener, config, router, name, self.limits.clone())
         };
         let client = serve(
             self.client,
             self.client_tls,
-            routes::client_router(self.core.clone(), &self.limits),
+            http::routes::client_router(self.core.clone(), &self.limits),
             "client",
         );
         let mesh = serve(
             self.mesh,
             self.mesh_tls,
-            routes::mesh_router(self.core.clone(), &self.limits),
+            http::routes::mesh_router(self.core.clone(), &self.limits),
             "mesh",
         );
         let metrics = metrics::serve(self.metrics, self.core.clone());

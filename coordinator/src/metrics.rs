@@ -23,7 +23,7 @@ use prometheus::{
 use quarry_api::EvidenceType;
 use tokio::net::TcpListener;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::{Core, Phase};
 use crate::store::{Store, StoreError, Txn, Versioned};
 
@@ -34,7 +34,7 @@ pub const UNKNOWN_MARBLE_TYPE: &str = "unknown";
 /// stable code ([`ApiError::code`]).
 pub fn outcomes() -> impl Iterator<Item = &'static str> {
     std::iter::once("ok")
-        .chain(crate::refusal::Refusal::CODES)
+        .chain(crate::marble::refusal::Refusal::CODES)
         .chain(ApiError::REQUEST_CODES)
 }
 
@@ -455,14 +455,14 @@ mod tests {
 
     #[test]
     fn every_outcome_is_in_the_fixed_list_and_is_the_failures_code() {
-        use crate::refusal::Refusal;
+        use crate::marble::refusal::Refusal;
         let messages = ["", "a UUID 0f8fad5b-d9cb-469f-a165-70867728950e", "nonce"];
         for m in messages {
             let mut errors = vec![
                 ApiError::forbidden(m.into()),
                 ApiError::wrong_state(m.into()),
                 ApiError::bad_request(m.into()),
-                ApiError::Request(crate::error::RequestFault::InvalidManifest {
+                ApiError::Request(crate::http::error::RequestFault::InvalidManifest {
                     pointer: "/Secrets".into(),
                     message: m.into(),
                 }),

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::sealing::{self, DEK_LEN};
 use crate::state::sealed_key::SealedKey;
 use crate::state::{Core, Phase};

@@ -3,11 +3,11 @@
 //! JSend body, the log line and the metric label carry), beside the e2e tests that drive the
 //! same paths over TLS.
 use quarry_attestation::simulated::SimPlatform;
-use quarry_coordinator::error::{ApiError, Denial, NotNow, RequestFault};
-use quarry_coordinator::secrets_api::{self, SetSecretsRequest};
+use quarry_coordinator::http::error::{ApiError, Denial, NotNow, RequestFault};
+use quarry_coordinator::manifest::{set as manifest_ops, update};
 use quarry_coordinator::state::{Core, Phase};
 use quarry_coordinator::tee::Tee;
-use quarry_coordinator::{manifest_ops, update};
+use quarry_coordinator::users::secrets::{self as secrets_api, SetSecretsRequest};
 
 struct Fixture {
     _dir: tempfile::TempDir,

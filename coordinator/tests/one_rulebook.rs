@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use quarry_attestation::simulated::SimPlatform;
-use quarry_coordinator::error::{ApiError, RequestFault};
+use quarry_coordinator::http::error::{ApiError, RequestFault};
 use quarry_coordinator::state::Core;
 use quarry_coordinator::tee::Tee;
 
@@ -42,7 +42,7 @@ async fn coordinator_verdict(raw: &[u8]) -> Result<(), ApiError> {
     )
     .await
     .expect("core opens");
-    quarry_coordinator::manifest_ops::set_manifest(&core, raw.to_vec())
+    quarry_coordinator::manifest::set::set_manifest(&core, raw.to_vec())
         .await
         .map(|_| ())
 }

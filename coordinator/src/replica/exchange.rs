@@ -157,7 +157,7 @@ fn ephemeral_identity() -> Result<TlsIdentity, String> {
     let cert = params
         .self_signed(&key)
         .map_err(|e| format!("self-signing: {e}"))?;
-    let spki = crate::activation::spki_of(cert.der()).map_err(|e| e.to_string())?;
+    let spki = crate::marble::activation::spki_of(cert.der()).map_err(|e| e.to_string())?;
     Ok((
         cert.der().to_vec(),
         Zeroizing::new(key.serialize_der()),
@@ -191,7 +191,7 @@ fn peer_spki<T>(conn: &rustls::ConnectionCommon<T>) -> Result<Vec<u8>, String> {
         .peer_certificates()
         .and_then(|c| c.first())
         .ok_or("the peer presented no TLS certificate")?;
-    crate::activation::spki_of(cert).map_err(|e| e.to_string())
+    crate::marble::activation::spki_of(cert).map_err(|e| e.to_string())
 }
 
 /// Verifies `evidence` from a peer: valid for our verifier, bound to `role` and both TLS

@@ -26,7 +26,7 @@ use self::nonces::{NonceError, Nonces};
 use self::sealed_key::SealedKey;
 use self::startup::Opened;
 pub use self::startup::RecoveryReason;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::pki::CaKey;
 use crate::store::etcd::EtcdConn;
 use crate::store::{Store, StoreError};

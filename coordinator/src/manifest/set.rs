@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use quarry_api::manifest::CheckedManifest;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::pki::CaKey;
 use crate::secrets::{self, SecretValue};
 use crate::state::{keys, Core, Deployment, Phase};

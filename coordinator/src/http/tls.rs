@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::limits::Limits;
+use crate::http::limits::Limits;
 
 /// The DER of the TLS client certificate (end entity) of the request's connection.
 #[derive(Clone, Debug, Default)]

@@ -6,7 +6,7 @@ use quarry_api::http::{
 };
 use quarry_api::manifest::{AllowFrom, Manifest, Marble};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::pki::pem_cert;
 use crate::secrets::{self, SecretValue};
 use crate::state::Deployment;

@@ -63,7 +63,7 @@ async fn fixture() -> Fixture {
             "owner": {"ResourceType": "Manifest", "Actions": ["UpdateManifest"]}
         }
     });
-    crate::manifest_ops::set_manifest(&core, serde_json::to_vec(&manifest).unwrap())
+    crate::manifest::set::set_manifest(&core, serde_json::to_vec(&manifest).unwrap())
         .await
         .unwrap();
     let provider = SimProvider::new(
@@ -140,13 +140,13 @@ impl Fixture {
             dns_names: vec![],
             nonce: Some(hex::encode(nonce)),
         };
-        let resp = crate::activation::activate(&self.core, req, &key.cert).await?;
+        let resp = crate::marble::activation::activate(&self.core, req, &key.cert).await?;
         Ok(first_der(&resp.certificate_chain))
     }
 
     /// Renews over a connection presenting `leaf`, with evidence binding `evidence_spki`.
     async fn renew(&self, leaf: &[u8], evidence_spki: &[u8]) -> Result<RenewResponse, ApiError> {
-        let spki = crate::activation::spki_of(leaf)?;
+        let spki = crate::marble::activation::spki_of(leaf)?;
         let nonce = self.core.issue_nonce(Sha256::digest(&spki).into())?;
         let req = RenewRequest {
             evidence: self.evidence(evidence_spki, &nonce),
@@ -160,7 +160,7 @@ impl Fixture {
         user: &[u8],
         req: RevokeRequest,
     ) -> Result<quarry_api::http::RevokeResponse, ApiError> {
-        crate::revocation::revoke(&self.core, Some(user), req).await
+        crate::marble::revocation::revoke(&self.core, Some(user), req).await
     }
 
     fn mesh_ca(&self) -> Vec<u8> {
@@ -174,7 +174,7 @@ impl Fixture {
 /// A user-permission 403 (revocation) whose message mentions `needle`.
 fn forbidden(r: Result<impl std::fmt::Debug, ApiError>, needle: &str) {
     match r {
-        Err(ApiError::Denied(crate::error::Denial::Forbidden(m))) => {
+        Err(ApiError::Denied(crate::http::error::Denial::Forbidden(m))) => {
             assert!(m.contains(needle), "{m:?} must mention {needle:?}")
         }
         other => panic!("expected 403 mentioning {needle:?}, got {other:?}"),
@@ -184,7 +184,7 @@ fn forbidden(r: Result<impl std::fmt::Debug, ApiError>, needle: &str) {
 /// A marble refusal with `code` whose message mentions `needle`.
 fn refused(r: Result<impl std::fmt::Debug, ApiError>, code: &str, needle: &str) {
     match r {
-        Err(ApiError::Denied(crate::error::Denial::Refused(refusal))) => {
+        Err(ApiError::Denied(crate::http::error::Denial::Refused(refusal))) => {
             assert_eq!(refusal.code(), code, "{refusal}");
             let m = refusal.to_string();
             assert!(m.contains(needle), "{m:?} must mention {needle:?}");
@@ -350,8 +350,10 @@ async fn revoked_uuid_cannot_renew_or_activate_and_is_listed_in_the_crl() {
         "may not RevokeMarble on marble type web",
     );
     assert!(matches!(
-        crate::revocation::revoke(&f.core, None, by_uuid.clone()).await,
-        Err(ApiError::Denied(crate::error::Denial::Unauthenticated(_)))
+        crate::marble::revocation::revoke(&f.core, None, by_uuid.clone()).await,
+        Err(ApiError::Denied(
+            crate::http::error::Denial::Unauthenticated(_)
+        ))
     ));
     assert!(matches!(
         f.revoke(
@@ -362,11 +364,15 @@ async fn revoked_uuid_cannot_renew_or_activate_and_is_listed_in_the_crl() {
             }
         )
         .await,
-        Err(ApiError::Request(crate::error::RequestFault::NotFound(_)))
+        Err(ApiError::Request(
+            crate::http::error::RequestFault::NotFound(_)
+        ))
     ));
     assert!(matches!(
         f.revoke(&f.alice, RevokeRequest::default()).await,
-        Err(ApiError::Request(crate::error::RequestFault::BadRequest(_)))
+        Err(ApiError::Request(
+            crate::http::error::RequestFault::BadRequest(_)
+        ))
     ));
     let resp = f.revoke(&f.alice, by_uuid.clone()).await.unwrap();
     assert_eq!(resp.marble_type, "web");
@@ -392,7 +398,7 @@ async fn revoked_uuid_cannot_renew_or_activate_and_is_listed_in_the_crl() {
     f.renew(&other, &other_key.spki).await.unwrap();
 
     // The CRL is signed by the mesh CA and lists both serials of the revoked UUID.
-    let der = crate::revocation::crl(&f.core).await.unwrap();
+    let der = crate::marble::revocation::crl(&f.core).await.unwrap();
     let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
     let mesh = f.mesh_ca();
     let (_, mesh) = x509_parser::parse_x509_certificate(&mesh).unwrap();
@@ -440,7 +446,7 @@ async fn revoking_one_serial_refuses_that_certificate_only_and_owners_may_revoke
     let key2 = marble_key();
     let leaf2 = f.activate(&key2, "other", &uuid).await.unwrap();
     f.renew(&leaf2, &key2.spki).await.unwrap();
-    let der = crate::revocation::crl(&f.core).await.unwrap();
+    let der = crate::marble::revocation::crl(&f.core).await.unwrap();
     let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
     let listed: Vec<String> = crl
         .iter_revoked_certificates()
@@ -457,7 +463,9 @@ async fn revoking_one_serial_refuses_that_certificate_only_and_owners_may_revoke
             }
         )
         .await,
-        Err(ApiError::Request(crate::error::RequestFault::NotFound(_)))
+        Err(ApiError::Request(
+            crate::http::error::RequestFault::NotFound(_)
+        ))
     ));
 }
 
@@ -483,7 +491,7 @@ async fn activation_refusals_carry_their_code_fields_and_body() {
     let f = fixture().await;
     let key = marble_key();
     let nonce_for = |spki: &[u8]| f.core.issue_nonce(Sha256::digest(spki).into()).unwrap();
-    let activate = |req| crate::activation::activate(&f.core, req, &key.cert);
+    let activate = |req| crate::marble::activation::activate(&f.core, req, &key.cert);
     refused(
         f.activate(&key, "nope", &uuid::Uuid::new_v4().to_string())
             .await,
@@ -518,7 +526,7 @@ async fn activation_refusals_carry_their_code_fields_and_body() {
     let rd = quarry_api::evidence::activation_report_data(&key.spki, Some(&nonce));
     let req = web_request(wrong.evidence(&rd).unwrap(), nonce, &[]);
     let err = activate(req).await.unwrap_err();
-    let ApiError::Denied(crate::error::Denial::Refused(refusal)) = &err else {
+    let ApiError::Denied(crate::http::error::Denial::Refused(refusal)) = &err else {
         panic!("expected a refusal, got {err:?}");
     };
     assert_eq!(refusal.code(), "policy-mismatch");

@@ -1,9 +1,11 @@
 //! Users and roles (MarbleRun semantics, reference §2.7): a user is the exact TLS client
 //! certificate named in `Users`; permissions come from its roles and are additive; a request
 //! on several resources needs all of them.
+pub mod secrets;
+
 use quarry_api::manifest::{Manifest, ResourceType};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Actions a role can grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

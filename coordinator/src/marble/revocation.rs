@@ -18,7 +18,7 @@ use quarry_api::manifest::{Manifest, ResourceType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::{Core, View};
 use crate::store::{Store, StoreError, Txn};
 use crate::users::{self, Action};

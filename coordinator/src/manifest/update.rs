@@ -8,7 +8,7 @@ use quarry_api::manifest::SecretSpec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::pki::CaKey;
 use crate::secrets::{self, SecretValue};
 use crate::state::{keys, Core, Deployment};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use quarry_api::manifest::{SecretKind, SecretSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::secrets::SecretValue;
 use crate::state::{keys, Core};
 use crate::users::{authenticate, authorize, Action};

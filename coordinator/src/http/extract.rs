@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The request's query string deserialized into `T`; 400 naming the problem otherwise.
 #[derive(Debug, Clone, Copy, Default)]
@@ -74,7 +74,7 @@ mod tests {
         for bad in ["index=x&size=2", "size=2", ""] {
             let err = parse::<Proof>(bad).expect_err("must be refused");
             assert!(
-                matches!(err, ApiError::Request(crate::error::RequestFault::BadRequest(ref m)) if m.starts_with("malformed query string")),
+                matches!(err, ApiError::Request(crate::http::error::RequestFault::BadRequest(ref m)) if m.starts_with("malformed query string")),
                 "{bad}: {err:?}"
             );
         }

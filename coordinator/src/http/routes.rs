@@ -16,11 +16,11 @@ use quarry_api::http::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
-use crate::extract::Query;
-use crate::limits::Limits;
+use crate::http::error::ApiError;
+use crate::http::extract::Query;
+use crate::http::limits::Limits;
+use crate::http::tls::PeerCert;
 use crate::state::{Core, Phase};
-use crate::tls::PeerCert;
 use quarry_api::attestation::{LOG_PAGE_DEFAULT, LOG_PAGE_MAX};
 
 /// The client API router; request bodies are read within `limits` before a handler runs.
@@ -42,7 +42,7 @@ pub fn client_router(core: Arc<Core>, limits: &Limits) -> Router {
         .route("/api/v2/log", get(log_entries))
         .route("/api/v2/log/proof", get(log_proof))
         .route("/api/v2/log/consistency", get(log_consistency))
-        .route("/api/v2/openapi.json", get(crate::openapi::document))
+        .route("/api/v2/openapi.json", get(crate::http::openapi::document))
         .route("/api/v2/revoke", post(revoke))
         .route("/api/v2/crl", get(crl));
     serve(routes, "client", core, limits)
@@ -70,10 +70,10 @@ fn serve(
 ) -> Router {
     routes
         .fallback(not_found)
-        .method_not_allowed_fallback(crate::extract::method_not_allowed)
+        .method_not_allowed_fallback(crate::http::extract::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             limits.body_read_timeout,
-            crate::limits::read_body,
+            crate::http::limits::read_body,
         ))
         .layer(axum::middleware::from_fn_with_state(
             listener,
@@ -105,8 +105,8 @@ async fn manifest_set(
     State(core): State<Arc<Core>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ManifestSetRequest = crate::extract::json_body(body)?;
-    let outcome = crate::manifest_ops::set_manifest(&core, req.manifest).await?;
+    let req: ManifestSetRequest = crate::http::extract::json_body(body)?;
+    let outcome = crate::manifest::set::set_manifest(&core, req.manifest).await?;
     Ok(ok(ManifestSetResponse {
         recovery_secrets: outcome.recovery_secrets,
         warnings: outcome.warnings,
@@ -173,7 +173,7 @@ async fn activate_nonce(
     State(core): State<Arc<Core>>,
     Extension(peer): Extension<PeerCert>,
 ) -> Result<Response, ApiError> {
-    let spki = crate::activation::spki_of(peer_cert(&peer)?)?;
+    let spki = crate::marble::activation::spki_of(peer_cert(&peer)?)?;
     let nonce = core.issue_nonce(Sha256::digest(&spki).into())?;
     Ok(ok(NonceResponse {
         nonce: hex::encode(nonce),
@@ -185,10 +185,10 @@ async fn activate(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ActivateRequest = crate::extract::json_body(body)?;
+    let req: ActivateRequest = crate::http::extract::json_body(body)?;
     let cert = peer_cert(&peer)?;
     let marble_type = req.marble_type.clone();
-    let result = crate::activation::activate(&core, req, cert).await;
+    let result = crate::marble::activation::activate(&core, req, cert).await;
     crate::metrics::activation(&core, &marble_type, result.as_ref().err());
     Ok(ok(result?))
 }
@@ -324,13 +324,13 @@ async fn renew(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req = crate::extract::json_body(body)?;
+    let req = crate::http::extract::json_body(body)?;
     let cert = peer_der(&peer).ok_or_else(|| {
         ApiError::unauthorized(
             "renewal needs the marble's current leaf certificate as TLS client certificate".into(),
         )
     })?;
-    Ok(ok(crate::renewal::renew(&core, req, cert).await?))
+    Ok(ok(crate::marble::renewal::renew(&core, req, cert).await?))
 }
 
 /// `POST /api/v2/revoke` (client API).
@@ -339,15 +339,18 @@ async fn revoke(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req = crate::extract::json_body(body)?;
-    Ok(ok(
-        crate::revocation::revoke(&core, peer_der(&peer), req).await?
-    ))
+    let req = crate::http::extract::json_body(body)?;
+    Ok(ok(crate::marble::revocation::revoke(
+        &core,
+        peer_der(&peer),
+        req,
+    )
+    .await?))
 }
 
 /// `GET /api/v2/crl`: the DER CRL of the current mesh CA.
 async fn crl(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
-    let der = crate::revocation::crl(&core).await?;
+    let der = crate::marble::revocation::crl(&core).await?;
     Ok((
         StatusCode::OK,
         [
@@ -377,7 +380,7 @@ async fn secrets_get(
         .filter(|(k, _)| k == "s")
         .map(|(_, v)| v)
         .collect();
-    let secrets = crate::secrets_api::read(&core, peer_der(&peer), &names)?;
+    let secrets = crate::users::secrets::read(&core, peer_der(&peer), &names)?;
     Ok(ok(serde_json::json!({ "secrets": secrets })))
 }
 
@@ -387,15 +390,15 @@ async fn secrets_set(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: crate::secrets_api::SetSecretsRequest = crate::extract::json_body(body)?;
-    crate::secrets_api::write(&core, peer_der(&peer), req).await?;
+    let req: crate::users::secrets::SetSecretsRequest = crate::http::extract::json_body(body)?;
+    crate::users::secrets::write(&core, peer_der(&peer), req).await?;
     Ok(ok(serde_json::Value::Null))
 }
 
 /// `GET /api/v2/update`.
 async fn update_log(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
     Ok(ok(
-        serde_json::json!({ "updateLog": crate::update::update_log(&core) }),
+        serde_json::json!({ "updateLog": crate::manifest::update::update_log(&core) }),
     ))
 }
 
@@ -405,8 +408,8 @@ async fn update_propose(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ManifestSetRequest = crate::extract::json_body(body)?;
-    Ok(ok(crate::update::propose(
+    let req: ManifestSetRequest = crate::http::extract::json_body(body)?;
+    Ok(ok(crate::manifest::update::propose(
         &core,
         peer_der(&peer),
         req.manifest,
@@ -416,7 +419,7 @@ async fn update_propose(
 
 /// `GET /api/v2/update-manifest`.
 async fn update_pending(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
-    Ok(ok(crate::update::get_pending(&core).await?))
+    Ok(ok(crate::manifest::update::get_pending(&core).await?))
 }
 
 /// `POST /api/v2/update-manifest`.
@@ -425,8 +428,8 @@ async fn update_acknowledge(
     Extension(peer): Extension<PeerCert>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ManifestSetRequest = crate::extract::json_body(body)?;
-    Ok(ok(crate::update::acknowledge(
+    let req: ManifestSetRequest = crate::http::extract::json_body(body)?;
+    Ok(ok(crate::manifest::update::acknowledge(
         &core,
         peer_der(&peer),
         req.manifest,
@@ -439,7 +442,7 @@ async fn update_cancel(
     State(core): State<Arc<Core>>,
     Extension(peer): Extension<PeerCert>,
 ) -> Result<Response, ApiError> {
-    crate::update::cancel(&core, peer_der(&peer)).await?;
+    crate::manifest::update::cancel(&core, peer_der(&peer)).await?;
     Ok(ok(
         serde_json::json!({"message": "Update successfully cancelled"}),
     ))
@@ -450,7 +453,7 @@ async fn recover(
     State(core): State<Arc<Core>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: quarry_api::http::RecoverRequest = crate::extract::json_body(body)?;
+    let req: quarry_api::http::RecoverRequest = crate::http::extract::json_body(body)?;
     Ok(ok(crate::recovery::recover(&core, req).await?))
 }
 

@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
-use crate::error::{ApiError, Denial};
+use crate::http::error::{ApiError, Denial};
+use crate::marble::refusal::Refusal;
 use crate::pki::{pem_cert, LeafRequest};
-use crate::refusal::Refusal;
 use crate::state::Core;
 use crate::store::{StoreError, Txn};
 
@@ -146,14 +146,18 @@ pub async fn renew(
     let marble_type = current.marble_type.as_str();
     let uuid_text = current.uuid.hyphenated().to_string();
     let refuse = |refusal: Refusal| refuse(marble_type, &uuid_text, refusal);
-    crate::revocation::ensure_not_revoked(store.as_ref(), &current.uuid, Some(&current.serial))
-        .await
-        .map_err(|e| match e {
-            ApiError::Denied(Denial::Forbidden(m)) => refuse(Refusal::Revoked(m)),
-            other => other,
-        })?;
+    crate::marble::revocation::ensure_not_revoked(
+        store.as_ref(),
+        &current.uuid,
+        Some(&current.serial),
+    )
+    .await
+    .map_err(|e| match e {
+        ApiError::Denied(Denial::Forbidden(m)) => refuse(Refusal::Revoked(m)),
+        other => other,
+    })?;
     let (marble, package) =
-        crate::activation::marble_entry(manifest, marble_type, true).map_err(refuse)?;
+        crate::marble::activation::marble_entry(manifest, marble_type, true).map_err(refuse)?;
     let spki_hash: [u8; 32] = Sha256::digest(&current.spki).into();
     let nonce: [u8; 32] = hex::decode(req.nonce.trim())
         .ok()
@@ -210,7 +214,7 @@ pub async fn renew(
     // The files that hold the certificate, for the sidecar to replace. A file that cannot be
     // rendered any more does not stop the renewal of the mesh certificate.
     let root_der = view.identity.root.cert_der().to_vec();
-    let files = crate::activation::render_cert_files(
+    let files = crate::marble::activation::render_cert_files(
         manifest,
         marble,
         marble_type,
@@ -236,8 +240,8 @@ pub async fn renew(
     });
     // A revocation committed since the check above wins: the renewal is not recorded.
     let txn = Txn::new()
-        .require_absent(&crate::revocation::uuid_key(&current.uuid))
-        .require_absent(&crate::revocation::serial_key(&current.serial));
+        .require_absent(&crate::marble::revocation::uuid_key(&current.uuid))
+        .require_absent(&crate::marble::revocation::serial_key(&current.serial));
     match view.log.commit_with_events(&store, txn, vec![event]).await {
         Ok(_) => {}
         Err(StoreError::Conflict(_)) => {

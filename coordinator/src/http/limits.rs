@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Body cap of routes that take a manifest or user secrets (`MAX_BODY_BYTES`, 2 MiB).
 pub const MANIFEST_BODY_BYTES: usize = quarry_api::http::MAX_BODY_BYTES;
@@ -217,7 +217,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                ApiError::Request(crate::error::RequestFault::TooLarge(10))
+                ApiError::Request(crate::http::error::RequestFault::TooLarge(10))
             ),
             "{err:?}"
         );

@@ -5,7 +5,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 /// The document, as committed under `docs/`.
-pub const DOCUMENT: &str = include_str!("../../docs/openapi.json");
+pub const DOCUMENT: &str = include_str!("../../../docs/openapi.json");
 
 /// `GET /api/v2/openapi.json`.
 pub async fn document() -> Response {

@@ -12,9 +12,9 @@ use quarry_api::template::{Reference, Target, TemplateContext};
 use quarry_api::Claims;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, Denial};
+use crate::http::error::{ApiError, Denial};
+use crate::marble::refusal::Refusal;
 use crate::pki::{pem_cert, LeafRequest};
-use crate::refusal::Refusal;
 use crate::secrets::{self, ActivationContext, SecretValue};
 use crate::state::{keys, Core, Deployment};
 use crate::store::{Store, StoreError, Txn};
@@ -36,7 +36,7 @@ pub async fn activate(
     let (marble, package) = marble_entry(manifest, marble_type, false).map_err(refuse)?;
     let uuid = uuid::Uuid::parse_str(&req.uuid)
         .map_err(|e| ApiError::bad_request(format!("uuid {:?} is not a UUID: {e}", req.uuid)))?;
-    crate::revocation::ensure_not_revoked(store.as_ref(), &uuid, None)
+    crate::marble::revocation::ensure_not_revoked(store.as_ref(), &uuid, None)
         .await
         .map_err(|e| match e {
             ApiError::Denied(Denial::Forbidden(m)) => refuse(Refusal::Revoked(m)),
@@ -91,7 +91,7 @@ pub async fn activate(
     // Everything that can fail for reasons of the deployment's configuration runs before the
     // activation budget is spent (the budget is spent in the same transaction that logs the
     // activation, below).
-    let mesh = crate::mesh::config(manifest, marble, &deployment)?;
+    let mesh = crate::marble::mesh::config(manifest, marble, &deployment)?;
 
     let trust_domain = manifest.config.trust_domain.clone();
     let spiffe_id = quarry_api::spiffe::marble_id(&trust_domain, marble_type, &uuid);
@@ -205,7 +205,7 @@ async fn record_activation(
 ) -> Result<(), ApiError> {
     let key = format!("{}{marble_type}", keys::ACTIVATIONS_PREFIX);
     for _ in 0..MAX_CAS_RETRIES {
-        let mut txn = Txn::new().require_absent(&crate::revocation::uuid_key(uuid));
+        let mut txn = Txn::new().require_absent(&crate::marble::revocation::uuid_key(uuid));
         if marble.max_activations > 0 {
             txn = txn.increment(&key, marble.max_activations);
         }
@@ -221,7 +221,7 @@ async fn record_activation(
                 }
                 .into())
             }
-            Err(StoreError::Conflict(k)) if k == crate::revocation::uuid_key(uuid) => {
+            Err(StoreError::Conflict(k)) if k == crate::marble::revocation::uuid_key(uuid) => {
                 return Err(Refusal::Revoked(format!(
                     "marble {uuid} is revoked: it can neither activate nor renew"
                 ))

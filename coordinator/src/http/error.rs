@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::refusal::Refusal;
+use crate::marble::refusal::Refusal;
 
 /// Every way a request can fail, by who must act.
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +170,7 @@ impl ApiError {
     }
 
     /// The codes of failures that are not marble refusals (those are
-    /// [`crate::refusal::Refusal::CODES`]).
+    /// [`crate::marble::refusal::Refusal::CODES`]).
     pub const REQUEST_CODES: [&'static str; 11] = [
         "invalid-manifest",
         "bad-request",
