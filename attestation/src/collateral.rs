@@ -186,11 +186,26 @@ impl CollateralCache {
         }
     }
 
-    fn miss(&self, what: String, path: &Path) -> VerifyError {
-        VerifyError::Collateral(format!(
-            "no cached {what} at {} and the collateral cache is offline",
-            path.display()
-        ))
+    /// A cache miss: fetch `what` (offline: refused, naming the file it looked for) and keep
+    /// it at `path` for the next verification.
+    fn fetch_and_store<T>(
+        &self,
+        what: &str,
+        path: &Path,
+        fetch: impl FnOnce(&crate::fetch::Fetcher) -> Result<T, VerifyError>,
+        store: impl FnOnce(&T) -> std::io::Result<()>,
+    ) -> Result<T, VerifyError> {
+        let Some(fetcher) = &self.fetcher else {
+            return Err(VerifyError::Collateral(format!(
+                "no cached {what} at {} and the collateral cache is offline",
+                path.display()
+            )));
+        };
+        let fresh = fetch(fetcher)?;
+        store(&fresh).map_err(|e| {
+            VerifyError::Collateral(format!("storing {what} at {}: {e}", path.display()))
+        })?;
+        Ok(fresh)
     }
 }
 
@@ -203,14 +218,12 @@ impl CollateralSource for CollateralCache {
                 return Ok(c.clone());
             }
         }
-        let Some(fetcher) = &self.fetcher else {
-            return Err(self.miss(key.to_string(), &path));
-        };
-        let fresh = fetcher.dcap(key)?;
-        self.store_dcap(key, &fresh).map_err(|e| {
-            VerifyError::Collateral(format!("storing {key} at {}: {e}", path.display()))
-        })?;
-        Ok(fresh)
+        self.fetch_and_store(
+            &key.to_string(),
+            &path,
+            |f| f.dcap(key),
+            |c| self.store_dcap(key, c),
+        )
     }
 
     fn snp(&self, key: &SnpKey, _now: SystemTime) -> Result<SnpCollateral, VerifyError> {
@@ -218,14 +231,12 @@ impl CollateralSource for CollateralCache {
         if let Some(c) = Self::read(&path, &key.to_string())? {
             return Ok(c);
         }
-        let Some(fetcher) = &self.fetcher else {
-            return Err(self.miss(key.to_string(), &path));
-        };
-        let fresh = fetcher.snp(key)?;
-        self.store_snp(key, &fresh).map_err(|e| {
-            VerifyError::Collateral(format!("storing {key} at {}: {e}", path.display()))
-        })?;
-        Ok(fresh)
+        self.fetch_and_store(
+            &key.to_string(),
+            &path,
+            |f| f.snp(key),
+            |c| self.store_snp(key, c),
+        )
     }
 }
 
@@ -362,6 +373,23 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// The collateral that travels inside `evidence`, when there is any, as `T` (`shape` names
+/// the expected JSON in the refusal).
+pub fn embedded<T: serde::de::DeserializeOwned>(
+    evidence: &quarry_api::Evidence,
+    shape: &str,
+) -> Result<Option<T>, VerifyError> {
+    evidence
+        .collateral
+        .as_ref()
+        .map(|v| {
+            serde_json::from_value(v.clone()).map_err(|e| {
+                VerifyError::Collateral(format!("the evidence's collateral is not {shape}: {e}"))
+            })
+        })
+        .transpose()
 }
 
 #[cfg(test)]

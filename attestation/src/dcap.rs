@@ -182,17 +182,8 @@ impl Verifier for DcapVerifier {
                 want.as_str()
             )));
         }
-        let collateral = evidence
-            .collateral
-            .as_ref()
-            .map(|v| {
-                serde_json::from_value::<QuoteCollateralV3>(v.clone()).map_err(|e| {
-                    VerifyError::Collateral(format!(
-                        "the evidence's collateral is not QuoteCollateralV3 JSON: {e}"
-                    ))
-                })
-            })
-            .transpose()?;
+        let collateral: Option<QuoteCollateralV3> =
+            crate::collateral::embedded(evidence, "QuoteCollateralV3 JSON")?;
         self.verify_quote(&evidence.quote, collateral.as_ref(), now)
     }
 }
@@ -341,19 +332,24 @@ fn claims_from(out: &dcap_qvl::policy::QuoteClaims) -> Result<Claims, VerifyErro
             let td = other.as_td10().ok_or_else(|| {
                 VerifyError::Malformed("TDX quote without a TD report body".into())
             })?;
+            let fields: [(&str, &[u8]); 12] = [
+                ("MRTD", &td.mr_td),
+                ("RTMR0", &td.rt_mr0),
+                ("RTMR1", &td.rt_mr1),
+                ("RTMR2", &td.rt_mr2),
+                ("RTMR3", &td.rt_mr3),
+                ("MRSEAM", &td.mr_seam),
+                ("MRConfigID", &td.mr_config_id),
+                ("MROwner", &td.mr_owner),
+                ("MROwnerConfig", &td.mr_owner_config),
+                ("TDAttributes", &td.td_attributes),
+                ("TEETCBSVN", &td.tee_tcb_svn),
+                ("XFAM", &td.xfam),
+            ];
             let f = &mut identity.fields;
-            f.insert("MRTD".into(), hex::encode(td.mr_td));
-            f.insert("RTMR0".into(), hex::encode(td.rt_mr0));
-            f.insert("RTMR1".into(), hex::encode(td.rt_mr1));
-            f.insert("RTMR2".into(), hex::encode(td.rt_mr2));
-            f.insert("RTMR3".into(), hex::encode(td.rt_mr3));
-            f.insert("MRSEAM".into(), hex::encode(td.mr_seam));
-            f.insert("MRConfigID".into(), hex::encode(td.mr_config_id));
-            f.insert("MROwner".into(), hex::encode(td.mr_owner));
-            f.insert("MROwnerConfig".into(), hex::encode(td.mr_owner_config));
-            f.insert("TDAttributes".into(), hex::encode(td.td_attributes));
-            f.insert("TEETCBSVN".into(), hex::encode(td.tee_tcb_svn));
-            f.insert("XFAM".into(), hex::encode(td.xfam));
+            for (name, value) in fields {
+                f.insert(name.into(), hex::encode(value));
+            }
             if let Some(td15) = other.as_td15() {
                 f.insert("MRServiceTD".into(), hex::encode(td15.mr_service_td));
             }

@@ -343,17 +343,8 @@ impl Verifier for SnpVerifier {
                 evidence.kind.as_str()
             )));
         }
-        let collateral = evidence
-            .collateral
-            .as_ref()
-            .map(|v| {
-                serde_json::from_value::<SnpCollateral>(v.clone()).map_err(|e| {
-                    VerifyError::Collateral(format!(
-                        "the evidence's collateral is not {{\"vek\": PEM, \"ca_chain\": PEM}}: {e}"
-                    ))
-                })
-            })
-            .transpose()?;
+        let collateral: Option<SnpCollateral> =
+            crate::collateral::embedded(evidence, "{\"vek\": PEM, \"ca_chain\": PEM}")?;
         self.verify_report(&evidence.quote, collateral.as_ref(), now)
     }
 }
