@@ -97,6 +97,15 @@ impl TcbStatus {
             .into_iter()
             .find(|s| s.as_str().eq_ignore_ascii_case(text))
     }
+
+    /// The names of `statuses`, comma-separated (`UpToDate,SWHardeningNeeded`).
+    pub fn join(statuses: &[TcbStatus]) -> String {
+        statuses
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// Identity values proven by evidence; which are present depends on the TEE.
@@ -203,6 +212,17 @@ impl std::fmt::Display for SnpTcb {
 }
 
 impl Claims {
+    /// The TCB status with its advisories, as refusals print it:
+    /// `SWHardeningNeeded (advisories: INTEL-SA-00615)`, or `(advisories: none)`.
+    pub fn tcb_summary(&self) -> String {
+        let advisories = if self.advisory_ids.is_empty() {
+            "none".to_string()
+        } else {
+            self.advisory_ids.join(",")
+        };
+        format!("{} (advisories: {advisories})", self.tcb_status.as_str())
+    }
+
     /// SHA-256 over the canonical JSON of these claims; recorded in certificates and logs.
     pub fn digest(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};

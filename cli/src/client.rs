@@ -193,6 +193,21 @@ impl Client {
             .and_then(|bytes| self.unwrap_jsend(bytes))
     }
 
+    /// [`Client::get`], a failure worded for `action`.
+    pub fn fetch<T: DeserializeOwned>(&self, path: &str, action: &str) -> Result<T, Failure> {
+        self.get(path).map_err(|e| e.failure(action))
+    }
+
+    /// [`Client::post`], a failure worded for `action`.
+    pub fn submit<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        action: &str,
+    ) -> Result<T, Failure> {
+        self.post(path, body).map_err(|e| e.failure(action))
+    }
+
     fn url(&self, path: &str) -> Result<reqwest::Url, ApiError> {
         self.base.join(path).map_err(|e| ApiError::Malformed {
             address: self.address.clone(),
@@ -253,27 +268,49 @@ impl Client {
 impl ApiError {
     /// The one-line failure for this error while doing `action` (e.g. "reading the status").
     pub fn failure(self, action: &str) -> Failure {
+        Failure::new(format!("{action}: {self}"), self.hint())
+    }
+
+    /// What the user should check.
+    fn hint(&self) -> &'static str {
         match self {
-            ApiError::Connect { address, detail } => Failure::new(
-                format!("{action}: cannot connect to the coordinator at {address}: {detail}"),
-                "check --coordinator (QUARRY_COORDINATOR) and that the coordinator is running",
+            ApiError::Connect { .. } => {
+                "check --coordinator (QUARRY_COORDINATOR) and that the coordinator is running"
+            }
+            ApiError::Tls { .. } => "check that --root-ca (QUARRY_ROOT_CA) is this deployment's root CA and that HOST matches the coordinator's certificate",
+            ApiError::Timeout { .. } => {
+                "check --coordinator (QUARRY_COORDINATOR) and the coordinator's health"
+            }
+            ApiError::Refused { .. } => "see 'quarry status' for the coordinator's state",
+            ApiError::Malformed { .. } => {
+                "check that --coordinator names a Quarry coordinator's client API"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Connect { address, detail } => {
+                write!(
+                    f,
+                    "cannot connect to the coordinator at {address}: {detail}"
+                )
+            }
+            ApiError::Tls { address, detail } => write!(
+                f,
+                "TLS handshake with the coordinator at {address} failed: {detail}"
             ),
-            ApiError::Tls { address, detail } => Failure::new(
-                format!("{action}: TLS handshake with the coordinator at {address} failed: {detail}"),
-                "check that --root-ca (QUARRY_ROOT_CA) is this deployment's root CA and that HOST matches the coordinator's certificate",
-            ),
-            ApiError::Timeout { address } => Failure::new(
-                format!("{action}: the coordinator at {address} did not answer in time"),
-                "check --coordinator (QUARRY_COORDINATOR) and the coordinator's health",
-            ),
-            ApiError::Refused { status, message } => Failure::new(
-                format!("{action}: the coordinator refused (HTTP {status}): {message}"),
-                "see 'quarry status' for the coordinator's state",
-            ),
-            ApiError::Malformed { address, detail } => Failure::new(
-                format!("{action}: unexpected answer from {address}: {detail}"),
-                "check that --coordinator names a Quarry coordinator's client API",
-            ),
+            ApiError::Timeout { address } => {
+                write!(f, "the coordinator at {address} did not answer in time")
+            }
+            ApiError::Refused { status, message } => {
+                write!(f, "the coordinator refused (HTTP {status}): {message}")
+            }
+            ApiError::Malformed { address, detail } => {
+                write!(f, "unexpected answer from {address}: {detail}")
+            }
         }
     }
 }

@@ -67,9 +67,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         Which::Chain(a) => ("CA chain", a),
     };
     let client = Client::from_args(&cert_args.connect)?;
-    let quote: QuoteResponse = client
-        .get("api/v2/quote")
-        .map_err(|e| e.failure("fetching the coordinator's certificates"))?;
+    let quote: QuoteResponse =
+        client.fetch("api/v2/quote", "fetching the coordinator's certificates")?;
     let chain = parse_chain(&quote.cert).map_err(|e| {
         Failure::new(
             format!(

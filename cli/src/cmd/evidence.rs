@@ -246,18 +246,9 @@ fn evaluate_with(
         );
     } else if !accepted.contains(&claims.tcb_status) {
         error = Some(format!(
-            "TCB status {} (advisories: {}) is not accepted (accepted: {})",
-            claims.tcb_status.as_str(),
-            if claims.advisory_ids.is_empty() {
-                "none".to_string()
-            } else {
-                claims.advisory_ids.join(",")
-            },
-            accepted
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
+            "TCB status {} is not accepted (accepted: {})",
+            claims.tcb_summary(),
+            TcbStatus::join(&accepted)
         ));
     }
     Ok((Some(claims), error))
@@ -495,12 +486,7 @@ fn compare(package: &Package, c: &Claims) -> Vec<Row> {
     add("Debug", package.debug.to_string(), c.debug.to_string());
     add(
         "AcceptedTCBStatuses",
-        package
-            .effective_tcb_statuses()
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
+        TcbStatus::join(&package.effective_tcb_statuses()),
         c.tcb_status.as_str().to_string(),
     );
     if !package.accepted_advisories.is_empty() {

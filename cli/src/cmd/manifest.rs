@@ -330,9 +330,7 @@ fn set(args: &SetArgs) -> Result<(), Failure> {
 
 fn get(args: &GetArgs) -> Result<(), Failure> {
     let client = Client::from_args(&args.connect)?;
-    let response: ManifestGetResponse = client
-        .get("api/v2/manifest")
-        .map_err(|e| e.failure("fetching the manifest"))?;
+    let response: ManifestGetResponse = client.fetch("api/v2/manifest", "fetching the manifest")?;
     let bytes = quarry_api::bytes::unb64(&response.manifest).map_err(|e| {
         Failure::new(
             format!(

@@ -122,9 +122,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         key: None,
     };
     let client = Client::from_args(&connect)?;
-    let answer: RecoverResponse = client
-        .post("api/v2/recover", &request)
-        .map_err(|e| e.failure("uploading the recovery secret"))?;
+    let answer: RecoverResponse =
+        client.submit("api/v2/recover", &request, "uploading the recovery secret")?;
     if args.json {
         return output::json(&answer);
     }

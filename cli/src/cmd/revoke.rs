@@ -43,9 +43,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         uuid: args.uuid.clone(),
         serial: args.serial.clone(),
     };
-    let resp: RevokeResponse = client
-        .post("api/v2/revoke", &request)
-        .map_err(|e| e.failure("revoking"))?;
+    let resp: RevokeResponse = client.submit("api/v2/revoke", &request, "revoking")?;
     if args.json {
         return output::json(&resp);
     }

@@ -70,9 +70,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                 .map(|n| format!("s={}", urlencode(n)))
                 .collect::<Vec<_>>()
                 .join("&");
-            let v: Value = client
-                .get(&format!("api/v2/secrets?{query}"))
-                .map_err(|e| e.failure("reading secrets"))?;
+            let v: Value = client.fetch(&format!("api/v2/secrets?{query}"), "reading secrets")?;
             let text = serde_json::to_vec_pretty(&v["secrets"])
                 .map_err(|e| Failure::bare(e.to_string()))?;
             match &a.output {
@@ -93,9 +91,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             };
             let names: Vec<String> = secrets.keys().cloned().collect();
             let client = Client::from_args(&a.conn)?;
-            let _: Value = client
-                .post("api/v2/secrets", &json!({ "secrets": secrets }))
-                .map_err(|e| e.failure("writing secrets"))?;
+            let _: Value = client.submit(
+                "api/v2/secrets",
+                &json!({ "secrets": secrets }),
+                "writing secrets",
+            )?;
             output::line(format!("set: {}", names.join(", ")))
         }
     }

@@ -21,9 +21,7 @@ pub struct Args {
 /// Runs `quarry status`.
 pub fn run(args: &Args) -> Result<(), Failure> {
     let client = Client::from_args(&args.connect)?;
-    let status: StatusResponse = client
-        .get("api/v2/status")
-        .map_err(|e| e.failure("reading the coordinator status"))?;
+    let status: StatusResponse = client.fetch("api/v2/status", "reading the coordinator status")?;
     if status.simulation {
         warn_simulation(client.address());
     }

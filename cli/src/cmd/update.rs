@@ -95,16 +95,16 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         }
         UpdateCommand::Cancel(a) => {
             let client = Client::from_args(&a.conn)?;
-            let v: Value = client
-                .post("api/v2/update-cancel", &serde_json::json!({}))
-                .map_err(|e| e.failure("cancelling the update"))?;
+            let v: Value = client.submit(
+                "api/v2/update-cancel",
+                &serde_json::json!({}),
+                "cancelling the update",
+            )?;
             output::line(v["message"].as_str().unwrap_or("cancelled"))
         }
         UpdateCommand::Get(a) => {
             let client = Client::from_args(&a.conn)?;
-            let v: Value = client
-                .get("api/v2/update-manifest")
-                .map_err(|e| e.failure("fetching the pending update"))?;
+            let v: Value = client.fetch("api/v2/update-manifest", "fetching the pending update")?;
             if let Some(path) = &a.output {
                 let bytes = quarry_api::bytes::unb64(v["manifest"].as_str().unwrap_or_default())
                     .map_err(|e| Failure::bare(format!("pending manifest is not base64: {e}")))?;
@@ -122,9 +122,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
 /// Runs `quarry manifest log`.
 pub fn run_log(args: &LogArgs) -> Result<(), Failure> {
     let client = Client::from_args(&args.conn)?;
-    let v: Value = client
-        .get("api/v2/update")
-        .map_err(|e| e.failure("fetching the update log"))?;
+    let v: Value = client.fetch("api/v2/update", "fetching the update log")?;
     if args.json {
         return output::json(&v);
     }
@@ -137,9 +135,7 @@ pub fn run_log(args: &LogArgs) -> Result<(), Failure> {
 fn send(a: &FileArgs, path: &str, action: &str) -> Result<(), Failure> {
     let bytes = output::read_file(&a.file, "manifest")?;
     let client = Client::from_args(&a.conn)?;
-    let v: Value = client
-        .post(path, &ManifestSetRequest { manifest: bytes })
-        .map_err(|e| e.failure(action))?;
+    let v: Value = client.submit(path, &ManifestSetRequest { manifest: bytes }, action)?;
     if a.json {
         return output::json(&v);
     }

@@ -217,9 +217,10 @@ fn fetch(address: &str, page: u64) -> Result<Fetched, Failure> {
         .map_err(|e| Failure::bare(format!("cannot configure TLS 1.3: {e}")))?
         .with_no_client_auth();
     let client = Client::new(address, config)?;
-    let att: AttestationResponse = client
-        .get(&relying_party::attestation_path(&nonce))
-        .map_err(|e| e.failure("fetching the attestation"))?;
+    let att: AttestationResponse = client.fetch(
+        &relying_party::attestation_path(&nonce),
+        "fetching the attestation",
+    )?;
     // Entries appended after the attestation are outside the attested root: read up to its size.
     let entries = fetch_log(&client, att.statement.log_size, page)?;
     Ok((att, entries, recording.chain(), nonce))
@@ -231,9 +232,10 @@ fn fetch_log(client: &Client, size: u64, page: u64) -> Result<Vec<LogEntry>, Fai
     while (entries.len() as u64) < size {
         let from = entries.len() as u64;
         let limit = (size - from).min(page.clamp(1, LOG_PAGE_MAX));
-        let page: LogResponse = client
-            .get(&format!("api/v2/log?from={from}&limit={limit}"))
-            .map_err(|e| e.failure(&format!("fetching the transparency log from entry {from}")))?;
+        let page: LogResponse = client.fetch(
+            &format!("api/v2/log?from={from}&limit={limit}"),
+            &format!("fetching the transparency log from entry {from}"),
+        )?;
         let before = entries.len();
         // A coordinator that ignores `limit` answers everything from `from` on.
         entries.extend(page.entries.into_iter().take(limit as usize));
