@@ -100,10 +100,9 @@ pub struct ProxyArgs {
     /// Flags shared by every subcommand.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// With --tee simulated: the executable whose SHA-256 is the simulated UniqueID (looked up
-    /// on PATH, symlinks resolved). Required for simulated evidence. [env: QUARRY_SIM_MEASURE]
-    #[arg(long, value_name = "FILE")]
-    pub sim_measure: Option<String>,
+    /// The executable measured for simulated evidence.
+    #[command(flatten)]
+    pub measure: MeasureArgs,
 }
 
 /// Flags of `marble-sidecar run`.
@@ -126,6 +125,14 @@ pub struct ActivateArgs {
     /// Directory to write certificates, key, env file and argv into (created 0700 if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// The executable measured for simulated evidence.
+    #[command(flatten)]
+    pub measure: MeasureArgs,
+}
+
+/// `--sim-measure`, of `activate` and `proxy`.
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
     /// With --tee simulated: the executable whose SHA-256 is the simulated UniqueID (looked up
     /// on PATH, symlinks resolved). Required for simulated evidence. [env: QUARRY_SIM_MEASURE]
     #[arg(long, value_name = "FILE")]
@@ -351,9 +358,7 @@ impl Config {
         let (common, mode) = match cli.command {
             Command::Run(a) => (a.common, Mode::Run { command: a.command }),
             Command::Activate(a) => {
-                let measure = src
-                    .pick(a.sim_measure, "--sim-measure", &["QUARRY_SIM_MEASURE"])
-                    .map(|s| s.value);
+                let measure = src.measure(a.measure);
                 (
                     a.common,
                     Mode::Activate {
@@ -363,9 +368,7 @@ impl Config {
                 )
             }
             Command::Proxy(a) => {
-                let measure = src
-                    .pick(a.sim_measure, "--sim-measure", &["QUARRY_SIM_MEASURE"])
-                    .map(|s| s.value);
+                let measure = src.measure(a.measure);
                 (a.common, Mode::Proxy { measure })
             }
         };
@@ -615,6 +618,12 @@ struct Sources<'a, F> {
 }
 
 impl<F: Fn(&str) -> Option<String>> Sources<'_, F> {
+    /// `--sim-measure`, else `QUARRY_SIM_MEASURE`.
+    fn measure(&self, args: MeasureArgs) -> Option<String> {
+        self.pick(args.sim_measure, "--sim-measure", &["QUARRY_SIM_MEASURE"])
+            .map(|s| s.value)
+    }
+
     /// The flag if given, else the first non-empty variable of `vars`.
     fn pick(&self, flag: Option<String>, flag_name: &str, vars: &[&str]) -> Option<Setting> {
         if let Some(value) = flag {

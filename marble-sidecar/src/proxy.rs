@@ -314,6 +314,13 @@ impl Proxies {
     }
 }
 
+/// Binds the `what` (`ingress` or `egress`) listener on `addr`.
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, ProxyError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { what, addr, source })
+}
+
 /// `fut` bounded by `limit`: its output, or why there is none (its error, or the timeout).
 async fn within<T, E: std::fmt::Display>(
     limit: Duration,

@@ -223,33 +223,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let me = nix::unistd::Pid::this();
 
-        // A child that traps TERM exits with its own code.
-        let ready = dir.path().join("ready-term");
-        let script = format!(
-            r#"trap "exit 3" TERM; : > "{}"; sleep 10 & wait"#,
-            ready.display()
-        );
-        let task = tokio::spawn(run_child(sh(&script)));
-        wait_for(&ready).await;
-        nix::sys::signal::kill(me, Signal::SIGTERM).unwrap();
-        let code = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the child must exit after SIGTERM")
-            .unwrap()
-            .unwrap();
-        assert_eq!(code, 3);
-
-        // Another forwarded signal, untrapped: the child dies of it, exit 128+N.
-        let ready = dir.path().join("ready-usr1");
-        let script = format!(r#": > "{}"; exec sleep 10"#, ready.display());
-        let task = tokio::spawn(run_child(sh(&script)));
-        wait_for(&ready).await;
-        nix::sys::signal::kill(me, Signal::SIGUSR1).unwrap();
-        let code = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the child must exit after SIGUSR1")
-            .unwrap()
-            .unwrap();
-        assert_eq!(code, 128 + Signal::SIGUSR1 as i32);
+        // A child that traps TERM exits with its own code; another forwarded signal,
+        // untrapped, kills the child: exit 128+N.
+        let cases = [
+            (
+                "ready-term",
+                r#"trap "exit 3" TERM; : > "{ready}"; sleep 10 & wait"#,
+                Signal::SIGTERM,
+                3,
+            ),
+            (
+                "ready-usr1",
+                r#": > "{ready}"; exec sleep 10"#,
+                Signal::SIGUSR1,
+                128 + Signal::SIGUSR1 as i32,
+            ),
+        ];
+        for (name, script, signal, expected) in cases {
+            let ready = dir.path().join(name);
+            let script = script.replace("{ready}", &ready.display().to_string());
+            let task = tokio::spawn(run_child(sh(&script)));
+            wait_for(&ready).await;
+            nix::sys::signal::kill(me, signal).unwrap();
+            let code = tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .unwrap_or_else(|_| panic!("the child must exit after {}", signal.as_str()))
+                .unwrap()
+                .unwrap();
+            assert_eq!(code, expected, "{}", signal.as_str());
+        }
     }
 }

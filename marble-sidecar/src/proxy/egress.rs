@@ -47,14 +47,7 @@ impl Egress {
             });
         }
         let config = client_config(entry, id)?;
-        let listener =
-            TcpListener::bind(entry.listen)
-                .await
-                .map_err(|source| ProxyError::Bind {
-                    what: "egress",
-                    addr: entry.listen,
-                    source,
-                })?;
+        let listener = super::bind("egress", entry.listen).await?;
         Ok(Egress {
             listener,
             connector: TlsConnector::from(Arc::new(config)),

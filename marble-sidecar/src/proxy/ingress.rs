@@ -40,13 +40,7 @@ impl Ingress {
     pub async fn bind(entry: &MeshInboundConfig, id: &MeshIdentity) -> Result<Ingress, ProxyError> {
         let config = server_config(entry, id)?;
         let addr = SocketAddr::from(([0, 0, 0, 0], entry.port));
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                what: "ingress",
-                addr,
-                source,
-            })?;
+        let listener = super::bind("ingress", addr).await?;
         Ok(Ingress {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(config)),
