@@ -55,18 +55,7 @@ impl Coordinator {
         sim_platform: &Path,
         log: &Path,
     ) -> anyhow::Result<Coordinator> {
-        Coordinator::launch(wrapper, data_dir, sim_platform, log, &[])
-    }
-
-    /// [`Coordinator::start_wrapped`] with `extra_args` appended to the command line.
-    pub fn start_wrapped_with(
-        wrapper: &[&str],
-        data_dir: &Path,
-        sim_platform: &Path,
-        log: &Path,
-        extra_args: &[&str],
-    ) -> anyhow::Result<Coordinator> {
-        Coordinator::launch(wrapper, data_dir, sim_platform, log, extra_args)
+        Coordinator::start_wrapped_with(wrapper, data_dir, sim_platform, log, &[])
     }
 
     /// Like [`Coordinator::start`], with `extra_args` appended to the command line.
@@ -76,10 +65,11 @@ impl Coordinator {
         log: &Path,
         extra_args: &[&str],
     ) -> anyhow::Result<Coordinator> {
-        Coordinator::launch(&[], data_dir, sim_platform, log, extra_args)
+        Coordinator::start_wrapped_with(&[], data_dir, sim_platform, log, extra_args)
     }
 
-    fn launch(
+    /// [`Coordinator::start_wrapped`] with `extra_args` appended to the command line.
+    pub fn start_wrapped_with(
         wrapper: &[&str],
         data_dir: &Path,
         sim_platform: &Path,
