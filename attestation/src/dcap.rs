@@ -175,13 +175,7 @@ impl Verifier for DcapVerifier {
             TeeKind::Tdx => EvidenceType::TdxDcap,
             _ => EvidenceType::SgxDcap,
         };
-        if evidence.kind != want {
-            return Err(VerifyError::Unsupported(format!(
-                "{} evidence given to the {} verifier",
-                evidence.kind.as_str(),
-                want.as_str()
-            )));
-        }
+        crate::expect_kind(evidence, want)?;
         let collateral: Option<QuoteCollateralV3> =
             crate::collateral::embedded(evidence, "QuoteCollateralV3 JSON")?;
         self.verify_quote(&evidence.quote, collateral.as_ref(), now)

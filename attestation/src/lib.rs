@@ -129,3 +129,18 @@ fn not_configured(kind: quarry_api::EvidenceType) -> VerifyError {
         kind.as_str()
     ))
 }
+
+/// Refuses evidence of another type than the verifier's, naming both.
+pub(crate) fn expect_kind(
+    evidence: &Evidence,
+    want: quarry_api::EvidenceType,
+) -> Result<(), VerifyError> {
+    if evidence.kind == want {
+        return Ok(());
+    }
+    Err(VerifyError::Unsupported(format!(
+        "{} evidence given to the {} verifier",
+        evidence.kind.as_str(),
+        want.as_str()
+    )))
+}

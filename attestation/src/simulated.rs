@@ -360,12 +360,7 @@ impl SimVerifier {
 
 impl Verifier for SimVerifier {
     fn verify(&self, evidence: &Evidence, now: SystemTime) -> Result<Claims, VerifyError> {
-        if evidence.kind != EvidenceType::Simulated {
-            return Err(VerifyError::Unsupported(format!(
-                "expected simulated evidence, got {}",
-                evidence.kind.as_str()
-            )));
-        }
+        crate::expect_kind(evidence, EvidenceType::Simulated)?;
         let env: Envelope = serde_json::from_slice(&evidence.quote).map_err(|e| {
             VerifyError::Malformed(format!(
                 "simulated quote envelope at line {} column {}: {e}",

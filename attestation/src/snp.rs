@@ -337,12 +337,7 @@ impl SnpVerifier {
 
 impl Verifier for SnpVerifier {
     fn verify(&self, evidence: &Evidence, now: SystemTime) -> Result<Claims, VerifyError> {
-        if evidence.kind != EvidenceType::Snp {
-            return Err(VerifyError::Unsupported(format!(
-                "{} evidence given to the snp verifier",
-                evidence.kind.as_str()
-            )));
-        }
+        crate::expect_kind(evidence, EvidenceType::Snp)?;
         let collateral: Option<SnpCollateral> =
             crate::collateral::embedded(evidence, "{\"vek\": PEM, \"ca_chain\": PEM}")?;
         self.verify_report(&evidence.quote, collateral.as_ref(), now)
