@@ -119,6 +119,19 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Registers a metric whose definition is a constant: it cannot fail except by a
+/// programming error (a bad name, a name used twice), which the unit tests catch.
+fn registered<C>(registry: &Registry, metric: prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
+    metric
+}
+
 /// Wraps a store so that every commit is timed (`quarry_store_commit_seconds`).
 pub fn timed_store<S: Store + 'static>(store: S) -> Arc<dyn Store> {
     Arc::new(TimedStore(store))
@@ -339,62 +352,39 @@ impl Metrics {
         let registry = Registry::new();
         // The definitions are constants: they cannot fail except by a programming error,
         // which the unit tests catch.
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid gauge definition");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric name");
-            g
-        };
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help));
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)
-                .expect("valid counter definition");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric name");
-            c
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
+        let buckets =
+            |name: &str, help: &str| HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
         let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
-                labels,
-            )
-            .expect("valid histogram definition");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric name");
-            h
+            registered(&registry, HistogramVec::new(buckets(name, help), labels))
         };
-        let store_commit = Histogram::with_opts(
-            HistogramOpts::new(
+        let store_commit = registered(
+            &registry,
+            Histogram::with_opts(buckets(
                 "quarry_store_commit_seconds",
                 "Duration of state store commits (sealed and durable).",
-            )
-            .buckets(BUCKETS.to_vec()),
-        )
-        .expect("valid histogram definition");
-        registry
-            .register(Box::new(store_commit.clone()))
-            .expect("unique metric name");
-        let open_connections = IntGaugeVec::new(
-            Opts::new(
-                "quarry_http_open_connections",
-                "Open connections of the client and mesh API listeners (TCP accepted, TLS included).",
+            )),
+        );
+        let open_connections = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "quarry_http_open_connections",
+                    "Open connections of the client and mesh API listeners (TCP accepted, TLS included).",
+                ),
+                &["api"],
             ),
-            &["api"],
-        )
-        .expect("valid gauge definition");
-        registry
-            .register(Box::new(open_connections.clone()))
-            .expect("unique metric name");
-        let collateral_expiry = Gauge::new(
-            "quarry_collateral_expiry_seconds",
-            "Seconds until the earliest nextUpdate/notAfter of the cached attestation collateral (negative once expired; NaN without cached collateral).",
-        )
-        .expect("valid gauge definition");
-        registry
-            .register(Box::new(collateral_expiry.clone()))
-            .expect("unique metric name");
+        );
+        let collateral_expiry = registered(
+            &registry,
+            Gauge::new(
+                "quarry_collateral_expiry_seconds",
+                "Seconds until the earliest nextUpdate/notAfter of the cached attestation collateral (negative once expired; NaN without cached collateral).",
+            ),
+        );
         Metrics {
             state: gauge(
                 "quarry_coordinator_state",

@@ -125,14 +125,9 @@ async fn manifest_get(State(core): State<Arc<Core>>) -> Result<Response, ApiErro
     }
 }
 
-#[derive(Deserialize)]
-struct QuoteQuery {
-    nonce: Option<String>,
-}
-
 async fn quote(
     State(core): State<Arc<Core>>,
-    Query(q): Query<QuoteQuery>,
+    Query(q): Query<NonceQuery>,
 ) -> Result<Response, ApiError> {
     use base64::Engine as _;
     let nonce = match q.nonce.as_deref() {
@@ -193,6 +188,7 @@ async fn activate(
     Ok(ok(result?))
 }
 
+/// `?nonce=`: base64url on `/quote` (MarbleRun's), hex on `/attestation`.
 #[derive(Deserialize)]
 struct NonceQuery {
     nonce: Option<String>,

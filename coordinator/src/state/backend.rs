@@ -12,6 +12,10 @@ use crate::store::file::{FileStore, HeadTracker};
 use crate::store::head::{self, Head};
 use crate::store::{Store, StoreError};
 
+/// A comparison of the loaded state (head, revision, log size, log root at a size) with
+/// the rollback evidence.
+pub type HeadCheck = fn(&Head, u64, u64, &dyn Fn(u64) -> Option<Hash>) -> Result<(), String>;
+
 /// A state store the coordinator can open, check against rollback evidence and serve.
 #[async_trait]
 pub trait Backend: Store {
@@ -23,15 +27,9 @@ pub trait Backend: Store {
     fn identity_wait(&self) -> Duration {
         Duration::ZERO
     }
-    /// Compares the loaded state (`revision`, log size, `root_at`) with the last head this
-    /// coordinator acknowledged; the message names the store and what to do.
-    fn check_head(
-        &self,
-        head: &Head,
-        revision: u64,
-        log_size: u64,
-        root_at: &dyn Fn(u64) -> Option<Hash>,
-    ) -> Result<(), String>;
+    /// How the loaded state (`revision`, log size, `root_at`) is compared with the last head
+    /// this coordinator acknowledged; its message names the store and what to do.
+    fn head_check(&self) -> HeadCheck;
     /// Whether rollback evidence that does not open with this key refuses the state (the
     /// file store: it is written with the log) or is replaced (a replica of another cluster).
     fn unreadable_head_refuses(&self) -> bool;
@@ -45,7 +43,7 @@ pub trait Backend: Store {
         root_at: &dyn Fn(u64) -> Option<Hash>,
     ) -> Result<(), String> {
         match found {
-            Ok(Some(h)) => self.check_head(&h, revision, log_size, root_at),
+            Ok(Some(h)) => self.head_check()(&h, revision, log_size, root_at),
             Ok(None) => {
                 tracing::warn!(
                     store = self.kind(),
@@ -81,14 +79,8 @@ impl Backend for FileStore {
         Ok(self.revision())
     }
 
-    fn check_head(
-        &self,
-        head: &Head,
-        revision: u64,
-        log_size: u64,
-        root_at: &dyn Fn(u64) -> Option<Hash>,
-    ) -> Result<(), String> {
-        head::check(head, revision, log_size, root_at)
+    fn head_check(&self) -> HeadCheck {
+        |h, revision, log_size, root_at| head::check(h, revision, log_size, root_at)
     }
 
     // The head file is written with the log: unreadable evidence is not a fresh start.
@@ -115,14 +107,10 @@ impl Backend for EtcdStore {
         Duration::from_secs(30)
     }
 
-    fn check_head(
-        &self,
-        head: &Head,
-        revision: u64,
-        log_size: u64,
-        root_at: &dyn Fn(u64) -> Option<Hash>,
-    ) -> Result<(), String> {
-        crate::store::etcd::check_head(head, revision, log_size, root_at)
+    fn head_check(&self) -> HeadCheck {
+        |h, revision, log_size, root_at| {
+            crate::store::etcd::check_head(h, revision, log_size, root_at)
+        }
     }
 
     // A data directory of another cluster (a moved replica): its evidence says nothing about

@@ -169,6 +169,13 @@ fn check_value(name: &str, spec: &SecretSpec, s: &UserSecret) -> Result<SecretVa
     let decode = |field: &str, v: &str| {
         quarry_api::bytes::unb64(v).map_err(|e| bad(format!("{field} is not base64: {e}")))
     };
+    let required = |field: &str, v: &Option<String>| {
+        decode(
+            field,
+            v.as_deref()
+                .ok_or_else(|| bad(format!("{field} is required")))?,
+        )
+    };
     match spec.kind {
         SecretKind::SymmetricKey | SecretKind::Plain => {
             if s.cert.is_some() || s.private.is_some() {
@@ -177,12 +184,7 @@ fn check_value(name: &str, spec: &SecretSpec, s: &UserSecret) -> Result<SecretVa
                     spec.kind.as_str()
                 )));
             }
-            let key = decode(
-                "Key",
-                s.key
-                    .as_deref()
-                    .ok_or_else(|| bad("Key is required".into()))?,
-            )?;
+            let key = required("Key", &s.key)?;
             if key.is_empty() || key.len() > MAX_SECRET_BYTES {
                 return Err(bad(format!(
                     "Key must be 1..={MAX_SECRET_BYTES} bytes, got {}",
@@ -210,12 +212,7 @@ fn check_value(name: &str, spec: &SecretSpec, s: &UserSecret) -> Result<SecretVa
                     "a certificate secret takes Cert and Private, not Key".into()
                 ));
             }
-            let cert = decode(
-                "Cert",
-                s.cert
-                    .as_deref()
-                    .ok_or_else(|| bad("Cert is required".into()))?,
-            )?;
+            let cert = required("Cert", &s.cert)?;
             let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
                 .map_err(|e| bad(format!("Cert is not a DER X.509 certificate: {e}")))?;
             let spki = parsed.public_key().raw.to_vec();

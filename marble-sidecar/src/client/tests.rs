@@ -43,7 +43,7 @@ fn interpret_maps_envelopes_and_statuses() {
 
 #[test]
 fn a_typed_refusal_keeps_its_code_and_fields_and_prints_them() {
-    let body = br#"{"status":"fail","message":"package web: evidence does not match the package: SecurityVersion: expected >= 3, got 2","data":{"code":"policy-mismatch","message":"package web: evidence does not match the package: SecurityVersion: expected >= 3, got 2","fields":[{"field":"SecurityVersion","expected":">= 3","found":"2\u0007"}]}}"#;
+    let body = br#"{"status":"fail","message":"package web: evidence does not match the package: SecurityVersion: expected >= 3, found 2\u0007","data":{"code":"policy-mismatch","message":"package web: evidence does not match the package: SecurityVersion: expected >= 3, found 2\u0007","fields":[{"field":"SecurityVersion","expected":">= 3","found":"2\u0007"}]}}"#;
     let err = interpret::<NonceResponse>(StatusCode::FORBIDDEN, body, "t").unwrap_err();
     match &err {
         ClientError::Refused {
