@@ -186,6 +186,14 @@ impl CollateralCache {
         }
     }
 
+    /// `path` as the operator knows it: relative to the cache directory.
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.dir)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
     /// A cache miss: fetch `what` (offline: refused, naming the file it looked for) and keep
     /// it at `path` for the next verification.
     fn fetch_and_store<T>(
@@ -265,11 +273,7 @@ impl CollateralCache {
         };
         for tee in ["sgx", "tdx"] {
             for path in json_files(&self.dir.join(tee), 1) {
-                let name = path
-                    .strip_prefix(&self.dir)
-                    .unwrap_or(&path)
-                    .display()
-                    .to_string();
+                let name = self.relative(&path);
                 let Ok(Some(c)) = Self::read::<QuoteCollateralV3>(&path, "collateral") else {
                     continue;
                 };
@@ -286,11 +290,7 @@ impl CollateralCache {
             }
         }
         for path in json_files(&self.dir.join("snp"), 3) {
-            let name = path
-                .strip_prefix(&self.dir)
-                .unwrap_or(&path)
-                .display()
-                .to_string();
+            let name = self.relative(&path);
             let Ok(Some(c)) = Self::read::<SnpCollateral>(&path, "collateral") else {
                 continue;
             };

@@ -76,6 +76,11 @@ impl DcapVerifier {
         self
     }
 
+    /// The TEE whose quotes this verifier takes (SGX or TDX).
+    pub fn tee(&self) -> TeeKind {
+        self.tee
+    }
+
     /// Accepts debug enclaves / TDs (claims say `debug: true`). Default: refused.
     pub fn allow_debug(mut self, allow: bool) -> DcapVerifier {
         self.allow_debug = allow;

@@ -60,15 +60,13 @@ impl VerifierSet {
         self
     }
 
-    /// Accept SGX DCAP quotes with this verifier (see [`dcap::DcapVerifier::sgx`]).
-    pub fn with_sgx(mut self, verifier: dcap::DcapVerifier) -> VerifierSet {
-        self.sgx = Some(verifier);
-        self
-    }
-
-    /// Accept TDX DCAP quotes with this verifier (see [`dcap::DcapVerifier::tdx`]).
-    pub fn with_tdx(mut self, verifier: dcap::DcapVerifier) -> VerifierSet {
-        self.tdx = Some(verifier);
+    /// Accept SGX or TDX DCAP quotes with this verifier, by the TEE it was made for (see
+    /// [`dcap::DcapVerifier::sgx`] and [`dcap::DcapVerifier::tdx`]).
+    pub fn with_dcap(mut self, verifier: dcap::DcapVerifier) -> VerifierSet {
+        match verifier.tee() {
+            quarry_api::TeeKind::Tdx => self.tdx = Some(verifier),
+            _ => self.sgx = Some(verifier),
+        }
         self
     }
 
@@ -93,7 +91,10 @@ impl VerifierSet {
             tdx = tdx.with_collateral_source(s.clone());
             snp = snp.with_collateral_source(s);
         }
-        VerifierSet::new().with_sgx(sgx).with_tdx(tdx).with_snp(snp)
+        VerifierSet::new()
+            .with_dcap(sgx)
+            .with_dcap(tdx)
+            .with_snp(snp)
     }
 }
 

@@ -716,7 +716,7 @@ const REPORT_LEN: usize = quarry_attestation::snp::REPORT_LEN;
 #[test]
 fn verifier_set_dispatches_hardware_evidence_with_collateral_on_the_wire() {
     let set = VerifierSet::new()
-        .with_sgx(SGX.verifier())
+        .with_dcap(SGX.verifier())
         .with_snp(SnpVerifier::new());
     let ev = Evidence {
         kind: EvidenceType::SgxDcap,
