@@ -143,6 +143,7 @@ impl CaKey {
         let now = OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::hours(1);
         p.not_after = now + time::Duration::days(365);
+        p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         p.serial_number = Some(random_serial()?);
@@ -170,10 +171,10 @@ impl CaKey {
         p.not_after = now
             + time::Duration::try_from(leaf.valid_for)
                 .map_err(|_| PkiError::Key("validity out of range".into()))?;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyAgreement,
-        ];
+        // X.509-SVID: a leaf says cA=false explicitly and signs only (P-256: no key
+        // encipherment, and TLS 1.3's ephemeral key exchange needs no keyAgreement).
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,

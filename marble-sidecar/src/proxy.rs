@@ -187,13 +187,14 @@ pub struct MeshPeerCheck {
 impl MeshPeerCheck {
     /// Logs why the peer is refused; `why` completes "server refused" / "peer refused".
     fn refused(&self, peer: Option<&allow::PeerId>, reason: &dyn std::fmt::Display, why: &str) {
-        let peer = peer.map(ToString::to_string);
+        // Displayed as the operator reads it (`peer=web/<uuid>`); `-` without a marble identity.
+        let peer = peer.map_or_else(|| "-".to_string(), ToString::to_string);
         match &self.admit {
             Admit::Server { expected } => {
-                tracing::warn!(proxy = "egress", marble = %expected, server = ?peer, %reason, "server refused{why}")
+                tracing::warn!(proxy = "egress", marble = %expected, server = %peer, %reason, "server refused{why}")
             }
             Admit::Client { port, .. } => {
-                tracing::warn!(proxy = "ingress", port, peer = ?peer, %reason, "peer refused{why}")
+                tracing::warn!(proxy = "ingress", port, peer = %peer, %reason, "peer refused{why}")
             }
         }
     }

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod nonces;
 pub mod sealed_key;
 pub mod startup;
+pub mod view;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,6 +27,7 @@ use self::nonces::{NonceError, Nonces};
 use self::sealed_key::SealedKey;
 use self::startup::Opened;
 pub use self::startup::RecoveryReason;
+pub use self::view::View;
 use crate::http::error::ApiError;
 use crate::pki::CaKey;
 use crate::store::etcd::EtcdConn;
@@ -115,44 +117,6 @@ impl Inner {
             Phase::Running(d) => Some(&d.manifest),
             _ => None,
         }
-    }
-}
-
-/// A consistent view for one request.
-pub struct View {
-    /// Current phase.
-    pub phase: Arc<Phase>,
-    /// The store (absent in Recovery).
-    pub store: Option<Arc<dyn Store>>,
-    /// Root CA and root secret.
-    pub identity: Arc<Identity>,
-    /// The transparency log.
-    pub log: Arc<TransLog>,
-}
-
-impl View {
-    /// The running deployment and its store, or `wrong-state` saying `what` needs state 3
-    /// and which state the coordinator is in.
-    pub fn running(&self, what: &str) -> Result<(Arc<Deployment>, Arc<dyn Store>), ApiError> {
-        let deployment = match self.phase.as_ref() {
-            Phase::Running(d) => d.clone(),
-            other => {
-                return Err(ApiError::wrong_state(format!(
-                    "{what} (state {}): {}",
-                    other.state().code(),
-                    if matches!(other, Phase::AcceptingManifest) {
-                        "no manifest has been set yet"
-                    } else {
-                        "it is in recovery"
-                    }
-                )))
-            }
-        };
-        let store = self
-            .store
-            .clone()
-            .ok_or_else(|| ApiError::Internal("no store in state 3".into()))?;
-        Ok((deployment, store))
     }
 }
 
