@@ -30,6 +30,15 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Moves `path` into the directory `aside` when it exists (never deleted: a new deployment
+/// replaces unusable state by moving it aside).
+pub fn move_into(path: &Path, aside: &Path) -> std::io::Result<()> {
+    match path.file_name() {
+        Some(name) if path.exists() => std::fs::rename(path, aside.join(name)),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,7 +311,7 @@ impl Core {
         let aside = self.data_dir.join(format!("recovery-{stamp}"));
         std::fs::create_dir_all(&aside).map_err(|e| ApiError::Internal(e.to_string()))?;
         for path in startup::state_files(&self.data_dir) {
-            sealed_key::move_into(&path, &aside)
+            fs::move_into(&path, &aside)
                 .map_err(|e| ApiError::Internal(format!("moving {}: {e}", path.display())))?;
         }
         tracing::warn!(moved_to = %aside.display(), "state from before recovery moved aside; starting a new deployment");

@@ -248,19 +248,6 @@ impl SealedKey {
         );
         Ok(true)
     }
-
-    /// Moves the file into `aside` (a new deployment replaces unusable state; never deleted).
-    pub fn move_into(&self, aside: &Path) -> std::io::Result<()> {
-        move_into(&self.path, aside)
-    }
-}
-
-/// Moves `path` into the directory `aside` when it exists.
-pub fn move_into(path: &Path, aside: &Path) -> std::io::Result<()> {
-    match path.file_name() {
-        Some(name) if path.exists() => std::fs::rename(path, aside.join(name)),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
