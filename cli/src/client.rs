@@ -22,6 +22,20 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// How long a whole request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Flags of the commands that fetch one document from the coordinator and print or save it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FetchArgs {
+    /// Coordinator address and trust.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Write the document to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the document and what was checked about it as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Flags shared by every command that talks to the coordinator's client API.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {

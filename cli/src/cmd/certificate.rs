@@ -1,11 +1,10 @@
 //! `quarry certificate root|mesh|chain`: the coordinator's CA certificates.
-use std::path::PathBuf;
 
 use quarry_api::http::QuoteResponse;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::client::{Client, ConnectArgs};
+use crate::client::{Client, FetchArgs};
 use crate::cmd::status::warn_simulation;
 use crate::output::{self, Failure};
 
@@ -24,30 +23,16 @@ pub enum Which {
     #[command(
         after_help = "Example:\n  quarry certificate root --insecure -o root.pem   # trust on first use\n  quarry certificate root --root-ca root.pem        # check it is still the same root\n\nWith --insecure the certificate is NOT verified: compare its SHA-256 out of band,\nor attest the coordinator with 'quarry verify' (coming)."
     )]
-    Root(CertArgs),
+    Root(FetchArgs),
     /// The current mesh CA (intermediate; rotates on every manifest update).
     #[command(
         visible_alias = "intermediate",
         after_help = "Example:\n  quarry certificate mesh --root-ca root.pem -o mesh.pem"
     )]
-    Mesh(CertArgs),
+    Mesh(FetchArgs),
     /// The whole chain: mesh CA, then root CA.
     #[command(after_help = "Example:\n  quarry certificate chain --root-ca root.pem -o chain.pem")]
-    Chain(CertArgs),
-}
-
-/// Flags of each `quarry certificate` subcommand.
-#[derive(clap::Args, Debug)]
-pub struct CertArgs {
-    /// Coordinator address and trust.
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// Write the PEM to FILE instead of stdout.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Print the PEM, its SHA-256 and whether it was verified as JSON.
-    #[arg(long)]
-    pub json: bool,
+    Chain(FetchArgs),
 }
 
 /// What `certificate` reports with `--json`.

@@ -6,7 +6,7 @@ use quarry_api::manifest;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::client::{Client, ConnectArgs};
+use crate::client::{Client, ConnectArgs, FetchArgs};
 use crate::output::{self, Failure};
 
 /// Arguments of `quarry manifest`.
@@ -34,7 +34,7 @@ pub enum ManifestCommand {
     #[command(
         after_help = "Example:\n  quarry manifest get --root-ca root.pem -o deployed.json\n  quarry manifest get --root-ca root.pem --json"
     )]
-    Get(GetArgs),
+    Get(FetchArgs),
     /// Print the fingerprint (hex SHA-256) of a manifest file's exact bytes, offline.
     #[command(
         after_help = "Example:\n  quarry manifest signature manifest.json\n  # compare with: quarry manifest get --json | jq -r .manifestFingerprint"
@@ -69,20 +69,6 @@ pub struct SetArgs {
     /// Write the recovery secrets to OUT (mode 0600; must not exist yet).
     #[arg(short = 'r', long, value_name = "OUT")]
     pub recovery_data: Option<PathBuf>,
-}
-
-/// Flags of `quarry manifest get`.
-#[derive(clap::Args, Debug)]
-pub struct GetArgs {
-    /// Coordinator address and trust.
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// Write the manifest bytes to FILE instead of stdout.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Print fingerprint, signature and manifest (base64) as JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Flags of `quarry manifest signature`.
@@ -328,7 +314,7 @@ fn set(args: &SetArgs) -> Result<(), Failure> {
     }
 }
 
-fn get(args: &GetArgs) -> Result<(), Failure> {
+fn get(args: &FetchArgs) -> Result<(), Failure> {
     let client = Client::from_args(&args.connect)?;
     let response: ManifestGetResponse = client.fetch("api/v2/manifest", "fetching the manifest")?;
     let bytes = quarry_api::bytes::unb64(&response.manifest).map_err(|e| {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use quarry_api::http::ManifestSetRequest;
 use serde_json::Value;
 
-use crate::client::{Client, ConnectArgs};
+use crate::client::{Client, ConnectArgs, FetchArgs};
 use crate::output::{self, Failure};
 
 /// `quarry manifest update`.
@@ -36,7 +36,7 @@ pub enum UpdateCommand {
     Cancel(ConnArgs),
     /// Show the pending update (or write its manifest with -o).
     #[command(after_help = "Example:\n  quarry manifest update get --root-ca root.pem --json")]
-    Get(GetArgs),
+    Get(FetchArgs),
 }
 
 /// A manifest file and the connection.
@@ -58,20 +58,6 @@ pub struct ConnArgs {
     /// Connection and user authentication.
     #[command(flatten)]
     pub conn: ConnectArgs,
-}
-
-/// `update get`.
-#[derive(clap::Args, Debug)]
-pub struct GetArgs {
-    /// Connection.
-    #[command(flatten)]
-    pub conn: ConnectArgs,
-    /// Write the pending manifest here.
-    #[arg(short = 'o', long = "output", value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Print as JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// `quarry manifest log`.
@@ -103,7 +89,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             output::line(v["message"].as_str().unwrap_or("cancelled"))
         }
         UpdateCommand::Get(a) => {
-            let client = Client::from_args(&a.conn)?;
+            let client = Client::from_args(&a.connect)?;
             let v: Value = client.fetch("api/v2/update-manifest", "fetching the pending update")?;
             if let Some(path) = &a.output {
                 let bytes = quarry_api::bytes::unb64(v["manifest"].as_str().unwrap_or_default())
