@@ -370,8 +370,18 @@ fn manifest_template_yaml_converts_and_loads_once_filled_in() {
     v["TLS"]["<TLSConfigName>"] = serde_json::json!({
         "Outgoing": [{"Port": "443", "Addr": "db"}], "Incoming": [{"Port": "8443"}]
     });
+    // The marble name becomes the path of its SPIFFE ID, where '<' and '>' are not allowed.
+    let err = parse_value(&v).expect_err("<MarbleName> is not a SPIFFE path segment");
+    assert_eq!(err.path, "/Marbles/<MarbleName>");
+    assert!(err.message.contains("SPIFFE ID"), "{err}");
+    let marbles = v["Marbles"].as_object_mut().expect("Marbles");
+    let marble = marbles
+        .remove("<MarbleName>")
+        .expect("the template's marble");
+    marbles.insert("frontend".into(), marble);
     let m = parse_value(&v).expect("filled-in template loads").manifest;
     assert_eq!(m.roles["<RoleName>"].actions, vec!["UpdateManifest"]);
+    assert!(m.marbles.contains_key("frontend"));
 }
 
 #[test]

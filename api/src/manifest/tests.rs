@@ -67,15 +67,15 @@ fn unknown_keys_are_warnings_with_their_pointer() {
     let mut v = base();
     v["Clients"] = json!({"x": 1});
     v["Marbles"]["web"]["Parmeters"] = json!({});
-    v["Marbles"]["web/a"] = json!({"Package": "backend", "Extra~": true});
+    v["Marbles"]["web"]["Parameters"] = json!({"Files": {"/a": {"Data": "", "Extra~": true}}});
     let checked = parse_json(&v).expect("loads");
     let shown: Vec<String> = checked.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,
         [
             "/Clients: unknown key \"Clients\" is ignored",
+            "/Marbles/web/Parameters/Files/~1a/Extra~0: unknown key \"Extra~\" is ignored",
             "/Marbles/web/Parmeters: unknown key \"Parmeters\" is ignored",
-            "/Marbles/web~1a/Extra~0: unknown key \"Extra~\" is ignored",
         ]
     );
 }
@@ -85,6 +85,20 @@ fn two_spellings_of_one_key_are_refused() {
     let v = json!({"Packages": {}, "packages": {}, "Marbles": {}});
     let err = refused(&v);
     assert!(err.message.contains("duplicate key"), "{err}");
+}
+
+#[test]
+fn marble_names_must_be_spiffe_path_segments() {
+    for (name, pointer, says) in [
+        ("web/a", "/Marbles/web~1a", "'/' at byte 3"),
+        ("<MarbleName>", "/Marbles/<MarbleName>", "'<' at byte 0"),
+        ("..", "/Marbles/..", "not allowed"),
+    ] {
+        let mut v = base();
+        v["Marbles"][name] = json!({"Package": "backend"});
+        assert_refused(&v, pointer, says);
+        assert_refused(&v, pointer, "SPIFFE ID");
+    }
 }
 
 #[test]

@@ -17,6 +17,12 @@ pub(super) fn check(m: &Manifest, warnings: &mut Vec<Warning>) -> Result<(), Man
     }
     for (name, marble) in &m.marbles {
         let ptr = root.join("Marbles").join(name);
+        // The name becomes the path segment of the marble's SPIFFE ID.
+        if let Some(why) = crate::spiffe::path_segment_error(name) {
+            return Err(ptr.err(format!(
+                "marble name {name:?} cannot be part of its SPIFFE ID spiffe://<trust domain>/marble/{name}/<uuid>: {why}"
+            )));
+        }
         if marble.package.is_empty() {
             return Err(ptr.join("Package").err("Package is required"));
         }
