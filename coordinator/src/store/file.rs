@@ -229,7 +229,12 @@ impl FileStore {
         }
         report.records = index;
         if report.dropped_tail_bytes > 0 {
-            // Cut the torn record so the next append starts on a record boundary.
+            // Cut the torn record so the next append starts on a record boundary. The cut
+            // bytes are kept beside the log first: a flipped length field also looks torn,
+            // and the rollback check that refuses such a state runs only after this.
+            let torn = dir.join(format!("{LOG_FILE}.torn-{off}"));
+            std::fs::write(&torn, &bytes[off..]).map_err(io_err(&torn))?;
+            sync_dir(dir)?;
             file.set_len(off as u64).map_err(&io)?;
             file.sync_all().map_err(&io)?;
         }
