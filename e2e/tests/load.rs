@@ -613,3 +613,42 @@ async fn at_the_connection_cap_new_clients_wait_until_a_slot_frees() {
     eprintln!("served after waiting {:?} for a slot", t.elapsed());
     assert_responsive(&r, "after the cap was reached").await;
 }
+
+/// An on-path attacker cannot downgrade either listener to TLS 1.2: a client offering only
+/// TLS 1.2 (with the coordinator's root trusted, so nothing else fails) is refused in the
+/// handshake with a `protocol_version` alert, and the coordinator keeps serving TLS 1.3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_2_only_client_is_refused_on_both_listeners() {
+    let r = running().await;
+    let mut roots = rustls::RootCertStore::empty();
+    let der = pem::parse(r.root.trim()).unwrap();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(
+            der.contents().to_vec(),
+        ))
+        .unwrap();
+    let tls12 = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    for (listener, addr) in [("client", r.coord.client), ("mesh", r.coord.mesh)] {
+        let err = tls_stream_with(addr, tls12.clone())
+            .await
+            .expect_err("a TLS 1.2 handshake must not complete");
+        let tls = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .unwrap_or_else(|| panic!("{listener}: not a TLS refusal: {err}"));
+        assert_eq!(
+            tls,
+            &rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion),
+            "{listener} listener"
+        );
+    }
+    assert_responsive(&r, "after the downgrade attempts").await;
+}
