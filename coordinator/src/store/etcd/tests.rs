@@ -510,3 +510,50 @@ async fn tls_with_client_certificates() {
     .await;
     assert!(half.err().unwrap().to_string().contains("--etcd-cert"));
 }
+
+/// Open weakness (docs/SECURITY.md, "etcd value replay"): a value's AEAD binds its key name
+/// only, so an etcd writer who puts back an older ciphertext of the same key is not noticed
+/// and a bounded counter can be spent again. This test pins today's behaviour so that the fix
+/// (binding values to a commit sequence the rollback evidence covers) must update it and the
+/// threat table together. What is refused today: the same bytes under another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_counter_ciphertext_replayed_at_its_own_key_is_accepted_open_weakness() {
+    let etcd = TestEtcd::start().await;
+    let dek = sealing::new_dek().unwrap();
+    let store = etcd.conn("/q9/").await.store(&dek).unwrap();
+    let raw_client = etcd.conn("/").await.client;
+    store
+        .commit(Txn::new().increment("count", 2))
+        .await
+        .unwrap();
+    let at_one = raw_client.get(b"/q9/s/count".to_vec()).await.unwrap().kvs[0]
+        .value
+        .clone();
+    store
+        .commit(Txn::new().increment("count", 2))
+        .await
+        .unwrap();
+    let spent = store.commit(Txn::new().increment("count", 2)).await;
+    assert!(
+        matches!(spent, Err(StoreError::LimitReached { max: 2, .. })),
+        "{spent:?}"
+    );
+    raw_client
+        .put(b"/q9/s/other".to_vec(), at_one.clone(), 0)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.get("other").await,
+        Err(StoreError::Corrupt(_))
+    ));
+    raw_client
+        .put(b"/q9/s/count".to_vec(), at_one, 0)
+        .await
+        .unwrap();
+    let v = store.get("count").await.unwrap().unwrap().value;
+    assert_eq!(super::super::decode_counter("count", &v).unwrap(), 1);
+    store
+        .commit(Txn::new().increment("count", 2))
+        .await
+        .expect("today the replayed counter is spent again");
+}
