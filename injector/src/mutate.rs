@@ -260,6 +260,17 @@ fn wrapped_argv(
     Ok(entry.into_iter().chain(args).collect())
 }
 
+/// Sidecar variables a wrapped container may not set: the coordinator it trusts, how, and
+/// which marble type it is (contract §9).
+const TRUST_ENV: [&str; 6] = [
+    "QUARRY_COORDINATOR_ADDR",
+    "QUARRY_COORDINATOR_ROOT_CA",
+    "QUARRY_COORDINATOR_POLICY",
+    "QUARRY_ALLOW_SIMULATED_COORDINATOR",
+    "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY",
+    "QUARRY_MARBLE_TYPE",
+];
+
 fn check_free_names(pod: &PodView, wrapped: &[usize]) -> Result<(), Refusal> {
     let taken = |kind: &'static str, name: &str| Refusal::NameTaken {
         kind,
@@ -294,6 +305,19 @@ fn check_free_names(pod: &PodView, wrapped: &[usize]) -> Result<(), Refusal> {
     }
     for &i in wrapped {
         let c = &pod.spec.containers[i];
+        // The pod's own env wins over the injector's (`add_env`), so these would let a pod
+        // creator point an attested marble at a coordinator of their choosing.
+        if let Some(e) = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| TRUST_ENV.contains(&e.name.as_str()))
+        {
+            return Err(Refusal::TrustEnvSet {
+                container: c.name.clone(),
+                name: e.name.clone(),
+            });
+        }
         for m in c.volume_mounts.iter().flatten() {
             let path = m.mount_path.trim_end_matches('/');
             if path == MOUNT_ROOT || path.starts_with("/quarry/") {

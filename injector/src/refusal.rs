@@ -68,6 +68,14 @@ pub enum Refusal {
         /// The name.
         name: String,
     },
+    /// A wrapped container sets a variable that decides whom its sidecar trusts or who it is.
+    #[error("container {container:?} sets {name} itself; the injector sets the sidecar's coordinator address, trust and marble type, and a pod cannot choose them (remove the variable; the marble type comes from label {LABEL_MARBLE_TYPE})")]
+    TrustEnvSet {
+        /// The container.
+        container: String,
+        /// The variable.
+        name: String,
+    },
     /// A derived container name would exceed Kubernetes' 63 characters.
     #[error("container name {0:?} is too long to derive the sidecar container names (at most 47 characters)")]
     NameTooLong(String),

@@ -493,3 +493,35 @@ fn undecodable_objects_and_empty_reviews_are_refused() {
     let out = mutate(AdmissionReview::default(), &config(Tee::Tdx));
     assert!(!out.response.expect("response").allowed);
 }
+
+/// A pod creator cannot choose whom the sidecar trusts or which marble type it is: the pod's
+/// own env would win over the injector's, so a wrapped container setting any of these is
+/// refused, naming the container and the variable. (Choosing another type by label gets no
+/// identity either: the coordinator activates a type only with evidence of its package.)
+#[test]
+fn a_pod_cannot_set_the_sidecars_trust_or_marble_type_through_env() {
+    for name in [
+        "QUARRY_COORDINATOR_ADDR",
+        "QUARRY_COORDINATOR_ROOT_CA",
+        "QUARRY_COORDINATOR_POLICY",
+        "QUARRY_ALLOW_SIMULATED_COORDINATOR",
+        "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY",
+        "QUARRY_MARBLE_TYPE",
+    ] {
+        let mut review = fixture("entrypoint-command.json");
+        let object = review
+            .request
+            .as_mut()
+            .and_then(|r| r.object.as_mut())
+            .expect("fixture has an object");
+        object["spec"]["containers"][0]["env"]
+            .as_array_mut()
+            .expect("the fixture container has env")
+            .push(json!({"name": name, "value": "true"}));
+        let message = refusal(review, &config(Tee::Tdx));
+        assert!(
+            message.contains(&format!("container \"storage-service\" sets {name} itself")),
+            "{name}: {message}"
+        );
+    }
+}
