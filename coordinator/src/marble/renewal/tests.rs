@@ -566,3 +566,40 @@ async fn activation_refusals_carry_their_code_fields_and_body() {
         .unwrap()
         .contains("package any: evidence does not match the package"));
 }
+
+/// A malicious marble with a valid mesh certificate gains nothing on the client API: user
+/// requests (revocation, update cancel) authenticate the exact certificate of a manifest
+/// user, so the marble's leaf is a 401 naming that, never a user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marble_certificate_is_no_user_on_the_client_api() {
+    let f = fixture().await;
+    let key = marble_key();
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let leaf = f.activate(&key, "web", &uuid).await.unwrap();
+    let unauthenticated = |r: Result<(), ApiError>, what: &str| match r {
+        Err(ApiError::Denied(crate::http::error::Denial::Unauthenticated(m))) => assert!(
+            m.contains("belongs to no user of the manifest"),
+            "{what}: {m}"
+        ),
+        other => panic!("{what}: expected 401, got {other:?}"),
+    };
+    let revoke = f
+        .revoke(
+            &leaf,
+            RevokeRequest {
+                uuid: Some(uuid.clone()),
+                serial: None,
+            },
+        )
+        .await
+        .map(|_| ());
+    unauthenticated(revoke, "revoke with the marble's leaf");
+    unauthenticated(
+        crate::manifest::update::cancel(&f.core, Some(&leaf)).await,
+        "update cancel with the marble's leaf",
+    );
+    // The marble was not revoked by its own request: it still renews.
+    f.renew(&leaf, &key.spki)
+        .await
+        .expect("the marble still renews");
+}
