@@ -289,6 +289,15 @@ async fn load(
         .await
         .map_err(|e| unreadable(e.to_string()))?
     {
+        // A store that lost its manifest while the log records one was tampered with (an
+        // etcd writer deleting the key): accepting a new manifest under the same identity
+        // would be manifest injection.
+        None if log.entries(0).iter().any(|e| e.event["type"] == "manifest-set") => {
+            return Err(unreadable(format!(
+                "the transparency log records a manifest but the store holds none ({} is missing); refusing to accept a new manifest under this identity",
+                keys::MANIFEST
+            )))
+        }
         None => Phase::AcceptingManifest,
         Some(raw) => Phase::Running(Arc::new(
             deployment::load(backend.as_ref(), raw.value)

@@ -557,3 +557,53 @@ async fn an_older_counter_ciphertext_replayed_at_its_own_key_is_accepted_open_we
         .await
         .expect("today the replayed counter is spent again");
 }
+
+/// An etcd writer who deletes the manifest key must not turn a running deployment into one
+/// that accepts a new manifest under the same identity (manifest injection): the log records
+/// the manifest, so its absence is Recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_manifest_key_is_recovery_not_a_new_manifest_under_the_same_identity() {
+    use crate::state::{keys, Core, Phase};
+    let etcd = TestEtcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    quarry_attestation::simulated::SimPlatform::create(&sim).unwrap();
+    let open = || async {
+        Core::open_etcd(
+            &dir.path().join("data"),
+            crate::tee::Tee::simulated(&sim, None).unwrap(),
+            etcd.conn("/q10/").await,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap()
+    };
+    let core = open().await;
+    let manifest = serde_json::json!({
+        "Packages": {"web": {"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 1, "SecurityVersion": 1}},
+        "Marbles": {"web": {"Package": "web"}}
+    });
+    crate::manifest::set::set_manifest(&core, serde_json::to_vec(&manifest).unwrap())
+        .await
+        .unwrap();
+    drop(core);
+    let raw_client = etcd.conn("/").await.client;
+    raw_client
+        .txn(pb::TxnRequest {
+            success: vec![wire::delete_op(
+                format!("/q10/s/{}", keys::MANIFEST).into_bytes(),
+            )],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let core = open().await;
+    match core.view().phase.as_ref() {
+        Phase::Recovery { reason } => {
+            assert_eq!(reason.code(), "unreadable", "{reason}");
+            assert!(reason.to_string().contains(keys::MANIFEST), "{reason}");
+        }
+        Phase::AcceptingManifest => panic!("a deleted manifest key reopened as a fresh deployment"),
+        Phase::Running(_) => panic!("the deleted manifest is still served"),
+    }
+}
