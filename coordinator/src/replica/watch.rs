@@ -41,7 +41,12 @@ pub async fn refresh_from_watch(
         if let (Some(store), Some(rev)) = (core.backend(), batch.iter().map(|c| c.revision).max()) {
             store.note_revision(rev);
         }
-        match core.refresh(log, deployment).await {
+        let refreshed = core.refresh(log, deployment).await;
+        // The log caught up after the revision was noted: record its size with it.
+        if let Some(store) = core.backend() {
+            store.note_revision(store.seen_revision());
+        }
+        match refreshed {
             Ok(done) => log_pending = log && !done,
             Err(e) => {
                 tracing::warn!(error = %e, "refreshing from etcd failed; retrying");

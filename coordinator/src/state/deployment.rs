@@ -45,6 +45,17 @@ pub async fn load(store: &dyn Store, raw: Vec<u8>) -> Result<Deployment, String>
         .map(|v| v.value)
         .unwrap_or_default();
     let secrets = load_secrets(store, keys::SECRET_PREFIX).await?;
+    // Shared secrets are generated with the manifest; one missing was deleted (an etcd
+    // writer), and serving on would hand marbles a secret that differs from the one before.
+    let generated = |(name, spec): &(&String, &quarry_api::manifest::SecretSpec)| {
+        spec.shared && !spec.user_defined && !secrets.contains_key(*name)
+    };
+    if let Some((name, _)) = checked.manifest.secrets.iter().find(generated) {
+        return Err(format!(
+            "the stored state lacks shared secret {name} ({}{name} is missing)",
+            keys::SECRET_PREFIX
+        ));
+    }
     let previous = load_secrets(store, keys::PREVIOUS_SECRET_PREFIX).await?;
     let root_secret = required(store, keys::ROOT_SECRET, "no root secret").await?;
     let mut manifest = checked.manifest;

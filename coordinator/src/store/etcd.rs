@@ -384,6 +384,8 @@ pub struct EtcdStore {
 struct TrackedHead {
     tracker: HeadTracker,
     revision: u64,
+    /// Log size last written with `revision`.
+    log_size: u64,
 }
 
 /// One changed store key seen by [`EtcdStore::watch`].
@@ -454,7 +456,12 @@ impl EtcdStore {
     /// Keeps the rollback evidence current after each commit (see [`super::head`]).
     pub fn track_head(&self, tracker: HeadTracker, revision: u64) {
         if let Ok(mut h) = self.head.lock() {
-            *h = Some(TrackedHead { tracker, revision });
+            let log_size = (tracker.log)().0;
+            *h = Some(TrackedHead {
+                tracker,
+                revision,
+                log_size,
+            });
         }
     }
 
@@ -467,21 +474,29 @@ impl EtcdStore {
             .unwrap_or(0)
     }
 
-    /// Records `revision` (and the log's current head) as seen, when newer than the last.
+    /// Records `revision` and the log's current head as seen, when either is newer than the
+    /// last recorded. A commit is noted before the log publishes its entries, so the caller
+    /// notes again once the log caught up (the watch does): otherwise the evidence would lag
+    /// one batch behind and an etcd writer could delete the newest entries unnoticed (an
+    /// etcd delete raises the revision). Published entries are committed, so a log size
+    /// ahead of `revision` is never a false alarm.
     pub fn note_revision(&self, revision: u64) {
         let Ok(mut guard) = self.head.lock() else {
             return;
         };
         if let Some(t) = guard.as_mut() {
-            if revision > t.revision {
-                let (log_size, log_root) = (t.tracker.log)();
+            let (log_size, log_root) = (t.tracker.log)();
+            if revision > t.revision || log_size > t.log_size {
                 let head = Head {
-                    revision,
+                    revision: revision.max(t.revision),
                     log_size,
                     log_root,
                 };
                 match t.tracker.file.write(&head) {
-                    Ok(()) => t.revision = revision,
+                    Ok(()) => {
+                        t.revision = head.revision;
+                        t.log_size = log_size;
+                    }
                     Err(e) => tracing::warn!(error = %e, "writing the rollback evidence failed"),
                 }
             }

@@ -607,3 +607,179 @@ async fn a_deleted_manifest_key_is_recovery_not_a_new_manifest_under_the_same_id
         Phase::Running(_) => panic!("the deleted manifest is still served"),
     }
 }
+
+/// One coordinator's state in etcd under its own prefix, stopped, for an attacker to edit.
+struct EtcdLab<'a> {
+    etcd: &'a TestEtcd,
+    dir: tempfile::TempDir,
+    prefix: String,
+}
+
+impl EtcdLab<'_> {
+    async fn new<'a>(etcd: &'a TestEtcd, prefix: &str) -> EtcdLab<'a> {
+        let dir = tempfile::tempdir().unwrap();
+        quarry_attestation::simulated::SimPlatform::create(&dir.path().join("sim")).unwrap();
+        let lab = EtcdLab {
+            etcd,
+            dir,
+            prefix: prefix.into(),
+        };
+        // A serving replica: the core and its etcd watch, as `lib.rs` runs them.
+        let core = Arc::new(lab.open().await);
+        let seen = core.backend().unwrap().seen_revision();
+        let watch = tokio::spawn(crate::replica::watch::refresh_from_watch(
+            core.clone(),
+            etcd.conn(prefix).await.watch(seen + 1),
+        ));
+        let manifest = serde_json::json!({
+            "Packages": {"web": {"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 1, "SecurityVersion": 1}},
+            "Marbles": {"web": {"Package": "web"}},
+            "Secrets": {"k": {"Type": "symmetric-key", "Size": 256, "Shared": true}}
+        });
+        crate::manifest::set::set_manifest(&core, serde_json::to_vec(&manifest).unwrap())
+            .await
+            .unwrap();
+        // The watch records the log's new size in the rollback evidence soon after.
+        let dek = core.dek().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::store::head::read(&lab.dir.path().join("data"), &dek)
+            .unwrap()
+            .is_none_or(|h| h.log_size == 0)
+        {
+            assert!(Instant::now() < deadline, "the head never recorded the log");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        watch.abort();
+        lab
+    }
+
+    async fn open(&self) -> crate::state::Core {
+        crate::state::Core::open_etcd(
+            &self.dir.path().join("data"),
+            crate::tee::Tee::simulated(&self.dir.path().join("sim"), None).unwrap(),
+            self.etcd.conn(&self.prefix).await,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Every raw key and value under the prefix.
+    async fn kvs(&self) -> Vec<pb::KeyValue> {
+        let start = self.prefix.clone().into_bytes();
+        let client = self.etcd.conn("/").await.client;
+        client
+            .range(pb::RangeRequest {
+                key: start.clone(),
+                range_end: prefix_end(&start),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .kvs
+    }
+
+    fn key(&self, store_key: &str) -> Vec<u8> {
+        format!("{}s/{store_key}", self.prefix).into_bytes()
+    }
+
+    async fn raw_txn(&self, ops: Vec<pb::RequestOp>) {
+        let client = self.etcd.conn("/").await.client;
+        client
+            .txn(pb::TxnRequest {
+                success: ops,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn value(&self, store_key: &str) -> Vec<u8> {
+        let client = self.etcd.conn("/").await.client;
+        client.get(self.key(store_key)).await.unwrap().kvs[0]
+            .value
+            .clone()
+    }
+
+    /// The phase after a restart: `recovery:<code>`, `accepting` or `running`.
+    async fn reopened(&self) -> String {
+        match self.open().await.view().phase.as_ref() {
+            crate::state::Phase::Recovery { reason } => format!("recovery:{}", reason.code()),
+            crate::state::Phase::AcceptingManifest => "accepting".into(),
+            crate::state::Phase::Running(_) => "running".into(),
+        }
+    }
+}
+
+/// An etcd writer deletes, overwrites with garbage, or swaps stored values while the
+/// coordinator is down: each restart is Recovery naming why, never a fresh start or a
+/// silently different state. And no value in etcd holds a secret in plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_etcd_keys_are_recovery_and_no_secret_is_stored_in_plaintext() {
+    use crate::state::keys;
+    let etcd = TestEtcd::start().await;
+    // Plaintext scan: the shared secret's bytes (and their base64) appear in no raw value.
+    let lab = EtcdLab::new(&etcd, "/t0/").await;
+    let core = lab.open().await;
+    let secret = match core.view().phase.as_ref() {
+        crate::state::Phase::Running(d) => d.secrets["k"].private.clone(),
+        _ => panic!("the deployment runs"),
+    };
+    drop(core);
+    let b64 = quarry_api::bytes::b64(&secret).into_bytes();
+    for kv in lab.kvs().await {
+        for needle in [&secret, &b64] {
+            assert!(
+                !kv.value
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_slice()),
+                "{} holds the secret in plaintext",
+                String::from_utf8_lossy(&kv.key)
+            );
+        }
+    }
+    let cases = [
+        ("delete the newest log entry", "recovery:rollback"),
+        ("garbage in the manifest", "recovery:unreadable"),
+        ("manifest and its signature swapped", "recovery:unreadable"),
+        ("shared secret deleted", "recovery:unreadable"),
+    ];
+    for (i, (what, want)) in cases.into_iter().enumerate() {
+        let lab = EtcdLab::new(&etcd, &format!("/t{}/", i + 1)).await;
+        match i {
+            0 => {
+                let newest = lab
+                    .kvs()
+                    .await
+                    .into_iter()
+                    .map(|kv| kv.key)
+                    .filter(|k| k.starts_with(&lab.key(crate::translog::PREFIX)))
+                    .max()
+                    .unwrap();
+                lab.raw_txn(vec![wire::delete_op(newest)]).await;
+            }
+            1 => {
+                lab.raw_txn(vec![wire::put_op(lab.key(keys::MANIFEST), vec![7; 64])])
+                    .await
+            }
+            2 => {
+                let (m, s) = (
+                    lab.value(keys::MANIFEST).await,
+                    lab.value(keys::MANIFEST_SIGNATURE).await,
+                );
+                lab.raw_txn(vec![
+                    wire::put_op(lab.key(keys::MANIFEST), s),
+                    wire::put_op(lab.key(keys::MANIFEST_SIGNATURE), m),
+                ])
+                .await;
+            }
+            _ => {
+                lab.raw_txn(vec![wire::delete_op(
+                    lab.key(&format!("{}k", keys::SECRET_PREFIX)),
+                )])
+                .await
+            }
+        }
+        assert_eq!(lab.reopened().await, want, "{what}");
+    }
+}
