@@ -7,7 +7,7 @@
 //! concurrent activations cost one durable write instead of n serialised ones. The committer
 //! is a spawned task, not a caller's future, so a client that disconnects mid-commit cannot
 //! leave the in-memory view behind the store.
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use quarry_api::attestation::LogEntry;
@@ -45,6 +45,9 @@ struct State {
     /// RFC 6962 compact range: roots of the perfect subtrees covering all leaves, with their
     /// heights, left to right; one append updates it in O(log n).
     compact: Vec<(u32, Hash)>,
+    /// Activation events per marble type: the MaxActivations count the rollback evidence
+    /// covers (the stored counters are not, see [`TransLog::activations`]).
+    activations: HashMap<String, u64>,
 }
 
 impl State {
@@ -64,6 +67,11 @@ impl State {
         }
         self.roots.push(root);
         self.leaves.push(leaf);
+        if event["type"] == "activation" {
+            if let Some(t) = event["marbleType"].as_str() {
+                *self.activations.entry(t.to_string()).or_default() += 1;
+            }
+        }
         self.entries.push(event);
     }
 
@@ -164,7 +172,18 @@ impl TransLog {
             .map_err(|_| StoreError::Corrupt("the transparency log committer stopped".into()))?
     }
 
-    /// Entries from index `from` on.
+    /// Activations of `marble_type` in the log. A replayed older counter in etcd cannot
+    /// lower this: the log's size and root are in the rollback evidence.
+    pub fn activations(&self, marble_type: &str) -> u64 {
+        self.inner
+            .read()
+            .activations
+            .get(marble_type)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The entries from index `from` on.
     pub fn entries(&self, from: u64) -> Vec<LogEntry> {
         let s = self.inner.read();
         s.entries

@@ -204,6 +204,15 @@ async fn record_activation(
     event: serde_json::Value,
 ) -> Result<(), ApiError> {
     let key = format!("{}{marble_type}", keys::ACTIVATIONS_PREFIX);
+    // The counter decides races; the log, which the rollback evidence covers, keeps an
+    // older counter value put back into etcd from granting activations again.
+    if marble.max_activations > 0 && log.activations(marble_type) >= marble.max_activations {
+        return Err(Refusal::MaxActivations {
+            marble_type: marble_type.to_string(),
+            max: marble.max_activations,
+        }
+        .into());
+    }
     for _ in 0..MAX_CAS_RETRIES {
         let mut txn = Txn::new().require_absent(&crate::marble::revocation::uuid_key(uuid));
         if marble.max_activations > 0 {

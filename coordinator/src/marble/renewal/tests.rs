@@ -50,7 +50,8 @@ async fn fixture() -> Fixture {
                 "/tls/key.pem": "{{ pem .MarbleRun.MarbleCert.Private }}",
                 "/static.txt": "static"
             }}},
-            "other": {"Package": "any"}
+            "other": {"Package": "any"},
+            "limited": {"Package": "any", "MaxActivations": 1}
         },
         "Users": {
             "alice": {"Certificate": alice_pem, "Roles": ["revoke-web"]},
@@ -602,4 +603,27 @@ async fn a_marble_certificate_is_no_user_on_the_client_api() {
     f.renew(&leaf, &key.spki)
         .await
         .expect("the marble still renews");
+}
+
+/// MaxActivations never goes backwards: an etcd writer who puts an older counter value back
+/// (simulated here by writing it through the store) does not grant activations again, since
+/// the transparency log, which the rollback evidence covers, counts them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_activation_counter_grants_no_activation_beyond_max_activations() {
+    let f = fixture().await;
+    f.activate(&marble_key(), "limited", &uuid::Uuid::new_v4().to_string())
+        .await
+        .expect("the first activation is within MaxActivations");
+    let backend = f.core.backend().unwrap();
+    let key = format!("{}limited", crate::state::keys::ACTIVATIONS_PREFIX);
+    backend
+        .commit(crate::store::Txn::new().put(&key, 0u64.to_be_bytes().to_vec()))
+        .await
+        .unwrap();
+    refused(
+        f.activate(&marble_key(), "limited", &uuid::Uuid::new_v4().to_string())
+            .await,
+        "max-activations",
+        "MaxActivations of marble type limited exhausted (1 of 1 used)",
+    );
 }

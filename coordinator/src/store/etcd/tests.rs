@@ -513,9 +513,11 @@ async fn tls_with_client_certificates() {
 
 /// Open weakness (docs/SECURITY.md, "etcd value replay"): a value's AEAD binds its key name
 /// only, so an etcd writer who puts back an older ciphertext of the same key is not noticed
-/// and a bounded counter can be spent again. This test pins today's behaviour so that the fix
-/// (binding values to a commit sequence the rollback evidence covers) must update it and the
-/// threat table together. What is refused today: the same bytes under another key.
+/// by the store and a bounded counter can be spent again here (activation also checks the
+/// log's count, `an_older_activation_counter_grants_no_activation_beyond_max_activations`).
+/// This test pins the store's behaviour so that the fix (binding values to a commit
+/// sequence the rollback evidence covers) must update it and the threat table together.
+/// What is refused today: the same bytes under another key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_counter_ciphertext_replayed_at_its_own_key_is_accepted_open_weakness() {
     let etcd = TestEtcd::start().await;
