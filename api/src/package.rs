@@ -29,6 +29,14 @@ pub struct Package {
     /// SEV-SNP minimum REPORTED_TCB, compared component by component (`MinimumTCB`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minimum_tcb: Option<SnpTcb>,
+    /// SEV-SNP: highest VMPL the report may be requested at (`MaxVMPL`; 0, the default, is
+    /// the guest kernel itself; 1..=3 is code running under an SVSM at VMPL 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_vmpl: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Package {

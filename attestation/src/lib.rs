@@ -77,14 +77,17 @@ impl VerifierSet {
     }
 
     /// SGX, TDX and SNP verifiers sharing one collateral source; debug evidence is reported
-    /// in the claims (`debug: true`) and left to the package policy (`Debug`).
+    /// in the claims (`debug: true`) and left to the package policy (`Debug`), and so is an
+    /// SNP report's VMPL (`MaxVMPL`, default 0).
     pub fn hardware(
         source: Option<std::sync::Arc<dyn collateral::CollateralSource>>,
     ) -> VerifierSet {
         let (mut sgx, mut tdx, mut snp) = (
             dcap::DcapVerifier::sgx().allow_debug(true),
             dcap::DcapVerifier::tdx().allow_debug(true),
-            snp::SnpVerifier::new().allow_debug(true),
+            snp::SnpVerifier::new()
+                .allow_debug(true)
+                .max_vmpl(snp::HIGHEST_VMPL),
         );
         if let Some(s) = source {
             sgx = sgx.with_collateral_source(s.clone());

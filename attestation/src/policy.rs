@@ -136,6 +136,20 @@ pub fn check_package(package: &Package, claims: &Claims) -> Result<(), PolicyMis
             None => push("MinimumTCB", format!(">= {min}"), "(absent)".into()),
         }
     }
+    if claims.tee == quarry_api::TeeKind::Snp {
+        // The verifier reports the VMPL and leaves the limit to the package (default 0).
+        match claims.identity.fields.get("VMPL").map(|v| v.parse::<u32>()) {
+            Some(Ok(vmpl)) if vmpl <= package.max_vmpl => {}
+            found => push(
+                "MaxVMPL",
+                format!("VMPL <= {}", package.max_vmpl),
+                match found {
+                    Some(Ok(vmpl)) => format!("VMPL {vmpl}"),
+                    _ => "(absent)".into(),
+                },
+            ),
+        }
+    }
     if !package.allowed_platforms.is_empty() {
         let ok = claims.platform_id.as_ref().is_some_and(|p| {
             package
@@ -325,6 +339,7 @@ mod tests {
             .fields
             .insert("Measurement".into(), "aa".repeat(48));
         c.identity.fields.insert("HostData".into(), "00".repeat(32));
+        c.identity.fields.insert("VMPL".into(), "0".into());
         c.reported_tcb = Some(quarry_api::claims::SnpTcb {
             bootloader: 3,
             tee: 0,
@@ -364,6 +379,32 @@ mod tests {
         );
         assert!(err.0[1].found.contains("snp 8 < 9, microcode 115 < 200"));
         assert_eq!(err.0[2].found, "cc".repeat(64));
+    }
+
+    #[test]
+    fn an_snp_report_above_the_packages_max_vmpl_is_refused_naming_vmpl_and_limit() {
+        let mut c = claims();
+        c.tee = TeeKind::Snp;
+        c.simulation = false;
+        c.identity = Identity::default();
+        c.identity.fields.insert("VMPL".into(), "1".into());
+        let mut pkg = Package {
+            tee: TeeKind::Snp,
+            ..Package::default()
+        };
+        let err = check_package(&pkg, &c).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].field, "MaxVMPL");
+        assert_eq!(err.0[0].expected, "VMPL <= 0");
+        assert_eq!(err.0[0].found, "VMPL 1");
+        pkg.max_vmpl = 1;
+        check_package(&pkg, &c).unwrap();
+        // A report whose VMPL the verifier did not state is refused, never assumed 0.
+        c.identity.fields.remove("VMPL");
+        let err = check_package(&pkg, &c).unwrap_err();
+        assert_eq!(err.0[0].found, "(absent)");
+        c.identity.fields.insert("VMPL".into(), "one".into());
+        assert_eq!(check_package(&pkg, &c).unwrap_err().0[0].field, "MaxVMPL");
     }
 
     #[test]

@@ -25,6 +25,8 @@ use crate::{Verifier, VerifyError};
 
 /// Size of an SNP attestation report.
 pub const REPORT_LEN: usize = 0x4A0;
+/// Highest VMPL an SNP guest can run at (VMPL 0 is the most privileged).
+pub const HIGHEST_VMPL: u32 = 3;
 /// End of the signed part of the report.
 const SIGNED_LEN: usize = 0x2A0;
 const OID_PRODUCT: &str = "1.3.6.1.4.1.3704.1.2";
@@ -99,7 +101,7 @@ impl SnpVerifier {
         self
     }
 
-    /// Highest VMPL accepted (0 = full guest only; 1..3 under an SVSM).
+    /// Highest VMPL accepted (0 = full guest only; 1..3 under an SVSM; see [`HIGHEST_VMPL`]).
     pub fn max_vmpl(mut self, vmpl: u32) -> SnpVerifier {
         self.max_vmpl = vmpl;
         self
@@ -289,7 +291,13 @@ impl SnpVerifier {
         }
         // ECDSA P-384 over the raw bytes [0, 0x2A0).
         verify_report_signature(&vek, r.bytes)?;
-        // Guest policy and VMPL.
+        let debug = self.check_guest(&r)?;
+        Ok(r.claims(debug, tcb))
+    }
+
+    /// The guest policy's DEBUG and MIGRATE_MA bits and the VMPL against what this verifier
+    /// accepts; runs only after the signature verified. Returns whether DEBUG is set.
+    fn check_guest(&self, r: &RawReport<'_>) -> Result<bool, VerifyError> {
         let debug = r.policy & POLICY_DEBUG != 0;
         if debug && !self.allow_debug {
             return Err(VerifyError::Debug(format!(
@@ -311,7 +319,7 @@ impl SnpVerifier {
                 allowed: format!("at most {} accepted", self.max_vmpl),
             });
         }
-        Ok(r.claims(debug, tcb))
+        Ok(debug)
     }
 
     fn collateral_for(
@@ -642,4 +650,68 @@ fn ext_product(cert: &X509Certificate<'_>) -> Result<String, VerifyError> {
 
 fn show(v: Option<u64>) -> String {
     v.map_or_else(|| "(absent)".into(), |n| n.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A structurally valid v2 report (policy 0x30000) at `vmpl`; signature checks are not
+    /// involved: `check_guest` runs after them.
+    fn report_at(vmpl: u32) -> Vec<u8> {
+        let mut r = vec![0u8; REPORT_LEN];
+        r[0] = 2;
+        r[8..16].copy_from_slice(&0x30000u64.to_le_bytes());
+        r[0x30..0x34].copy_from_slice(&vmpl.to_le_bytes());
+        r[0x34] = 1;
+        r
+    }
+
+    #[test]
+    fn a_report_above_the_vmpl_limit_is_refused_naming_the_vmpl_and_the_limit() {
+        let bytes = report_at(1);
+        let r = RawReport::parse(&bytes).unwrap();
+        let err = SnpVerifier::new().check_guest(&r).unwrap_err();
+        match err {
+            VerifyError::Attribute {
+                name,
+                found,
+                allowed,
+            } => {
+                assert_eq!(name, "VMPL");
+                assert_eq!(found, "1");
+                assert_eq!(allowed, "at most 0 accepted");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!SnpVerifier::new().max_vmpl(1).check_guest(&r).unwrap());
+        let bytes = report_at(HIGHEST_VMPL);
+        let r = RawReport::parse(&bytes).unwrap();
+        assert!(SnpVerifier::new().max_vmpl(2).check_guest(&r).is_err());
+        assert!(SnpVerifier::new()
+            .max_vmpl(HIGHEST_VMPL)
+            .check_guest(&r)
+            .is_ok());
+    }
+
+    #[test]
+    fn debug_and_migration_agent_bits_are_refused_unless_allowed() {
+        let mut bytes = report_at(0);
+        bytes[8..16].copy_from_slice(&(0x30000u64 | POLICY_DEBUG).to_le_bytes());
+        let r = RawReport::parse(&bytes).unwrap();
+        assert!(matches!(
+            SnpVerifier::new().check_guest(&r),
+            Err(VerifyError::Debug(_))
+        ));
+        assert!(SnpVerifier::new()
+            .allow_debug(true)
+            .check_guest(&r)
+            .unwrap());
+        bytes[8..16].copy_from_slice(&(0x30000u64 | POLICY_MIGRATE_MA).to_le_bytes());
+        let r = RawReport::parse(&bytes).unwrap();
+        assert!(matches!(
+            SnpVerifier::new().check_guest(&r),
+            Err(VerifyError::Attribute { .. })
+        ));
+    }
 }

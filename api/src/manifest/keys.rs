@@ -66,6 +66,7 @@ const PACKAGE: Shape = Object(&[
     ("HostData", Leaf),
     ("IDKeyDigest", Leaf),
     ("MinimumTCB", Leaf),
+    ("MaxVMPL", Leaf),
 ]);
 
 const MARBLE: Shape = Object(&[

@@ -36,6 +36,7 @@ pub(super) fn convert(value: &Value, ptr: Ptr) -> Result<Package, ManifestError>
         allowed_platforms: Vec::new(),
         fields: Default::default(),
         minimum_tcb: None,
+        max_vmpl: 0,
     };
     for (i, name) in o.strings("AcceptedTCBStatuses")?.iter().enumerate() {
         let at = o.at("AcceptedTCBStatuses").join(i);
@@ -69,6 +70,20 @@ pub(super) fn convert(value: &Value, ptr: Ptr) -> Result<Package, ManifestError>
             return Err(o.at("MinimumTCB").err("MinimumTCB needs TEE snp"));
         }
         pkg.minimum_tcb = minimum_tcb(o.get("MinimumTCB"), o.at("MinimumTCB"))?;
+    }
+    if let Some(vmpl) = o.u64("MaxVMPL")? {
+        if tee != TeeKind::Snp {
+            return Err(o.at("MaxVMPL").err("MaxVMPL needs TEE snp"));
+        }
+        // SEV-SNP has four privilege levels, VMPL 0 (most privileged) to 3.
+        pkg.max_vmpl = match u32::try_from(vmpl) {
+            Ok(v) if v <= 3 => v,
+            _ => {
+                return Err(o
+                    .at("MaxVMPL")
+                    .err(format!("{vmpl} is not a VMPL (0 to 3)")))
+            }
+        };
     }
     for name in TDX_FIELDS {
         if let Some(b) = o.hex(name, 48)? {

@@ -533,6 +533,31 @@ fn snp_minimum_tcb_is_parsed_per_component_and_needs_tee_snp() {
 }
 
 #[test]
+fn snp_max_vmpl_is_a_vmpl_and_needs_tee_snp() {
+    let v = json!({
+        "Packages": {"vm": {"TEE": "snp", "Measurement": "01".repeat(48), "MaxVMPL": 1}},
+        "Marbles": {"b": {"Package": "vm"}}
+    });
+    let m = parse_json(&v).expect("loads").manifest;
+    assert_eq!(m.packages["vm"].max_vmpl, 1);
+    let mut default = v.clone();
+    default["Packages"]["vm"]
+        .as_object_mut()
+        .unwrap()
+        .remove("MaxVMPL");
+    assert_eq!(
+        parse_json(&default).expect("loads").manifest.packages["vm"].max_vmpl,
+        0
+    );
+    let mut bad = v.clone();
+    bad["Packages"]["vm"]["MaxVMPL"] = json!(4);
+    assert_refused(&bad, "/Packages/vm/MaxVMPL", "3");
+    let mut bad = v.clone();
+    bad["Packages"]["vm"] = json!({"TEE": "tdx", "MRTD": "ab".repeat(48), "MaxVMPL": 0});
+    assert_refused(&bad, "/Packages/vm/MaxVMPL", "needs TEE snp");
+}
+
+#[test]
 fn marbles_roles_grant_revoke_marble_on_existing_types_only() {
     let mut v = base();
     v["Roles"] = json!({"r": {"ResourceType": "Marbles", "ResourceNames": ["web"], "Actions": ["RevokeMarble"]}});

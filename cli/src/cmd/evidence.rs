@@ -35,6 +35,10 @@ pub struct EvidenceArgs {
     /// Accept debug enclaves / VMs.
     #[arg(long)]
     pub allow_debug: bool,
+    /// SNP: highest VMPL accepted (0 = full guest; 1..3 under an SVSM). `explain` uses the
+    /// package's MaxVMPL unless this is given.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=3))]
+    pub max_vmpl: Option<u32>,
     /// Accepted TCB statuses, comma-separated (default: UpToDate,SWHardeningNeeded).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub accepted_tcb_statuses: Vec<String>,
@@ -117,7 +121,10 @@ fn verify(args: &EvidenceArgs) -> Result<(), Failure> {
 
 /// Runs `quarry explain`.
 pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
-    let package = load_package(&args.manifest, &args.package)?;
+    let mut package = load_package(&args.manifest, &args.package)?;
+    if let Some(limit) = args.evidence.max_vmpl {
+        package.max_vmpl = limit;
+    }
     let (claims, error) = evaluate_with(&args.evidence, true)?;
     let rows = claims
         .as_ref()
@@ -222,11 +229,15 @@ fn evaluate_with(
                 .as_ref()
                 .map(|p| read_text(p, "CA chain"))
                 .transpose()?;
-            SnpVerifier::new().allow_debug(true).verify_report(
-                &quote,
-                Some(&SnpCollateral { vek, ca_chain }),
-                now,
-            )
+            // `explain` leaves the VMPL to the package (or to --max-vmpl, applied there).
+            let max_vmpl = match (package_decides, args.max_vmpl) {
+                (true, _) => quarry_attestation::snp::HIGHEST_VMPL,
+                (false, limit) => limit.unwrap_or(0),
+            };
+            SnpVerifier::new()
+                .allow_debug(true)
+                .max_vmpl(max_vmpl)
+                .verify_report(&quote, Some(&SnpCollateral { vek, ca_chain }), now)
         }
     };
     let claims = match result {
@@ -502,6 +513,17 @@ fn compare(package: &Package, c: &Claims) -> Vec<Row> {
             format!(">= {min}"),
             c.reported_tcb
                 .map(|t| t.to_string())
+                .unwrap_or_else(|| "(absent)".into()),
+        );
+    }
+    if package.tee == TeeKind::Snp {
+        add(
+            "MaxVMPL",
+            format!("VMPL <= {}", package.max_vmpl),
+            c.identity
+                .fields
+                .get("VMPL")
+                .map(|v| format!("VMPL {v}"))
                 .unwrap_or_else(|| "(absent)".into()),
         );
     }
