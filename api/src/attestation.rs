@@ -441,6 +441,7 @@ mod tests {
             platform_id: None,
             simulation: true,
             reported_tcb: None,
+            tcb_standing: None,
         }
     }
 

@@ -154,6 +154,54 @@ pub struct Claims {
     /// SEV-SNP REPORTED_TCB (the TCB the VCEK/VLEK is issued for); absent for other TEEs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_tcb: Option<SnpTcb>,
+    /// Where the platform stands in its vendor's TCB information (DCAP): the matched level
+    /// and, against the newest UpToDate level, each component to raise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcb_standing: Option<TcbStanding>,
+}
+
+/// The TCB level a platform matched and what it must raise to reach the newest UpToDate
+/// level of the same TCB information.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TcbStanding {
+    /// `tcbEvaluationDataNumber` of the TCB information that judged the platform.
+    pub evaluation_data_number: u32,
+    /// `tcbDate` of the matched platform level.
+    pub matched_date: String,
+    /// `tcbDate` of the level the components are compared with: the newest UpToDate level,
+    /// or the newest level of any status when the TCB information has no UpToDate level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_date: Option<String>,
+    /// Status of that target level (UpToDate unless the TCB information has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_status: Option<TcbStatus>,
+    /// Each component below the target level, in TCB information order.
+    #[serde(default)]
+    pub to_raise: Vec<ComponentGap>,
+}
+
+/// One TCB component below what a level requires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentGap {
+    /// Stable name: `CPUSVN[i]`, `PCESVN`, `TEE_TCB_SVN[i]`, `TDX_MODULE_ISVSVN`, `QE_ISVSVN`.
+    pub component: String,
+    /// What the TCB information calls it (category and type), when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The platform's SVN.
+    pub found: u16,
+    /// The SVN the target level requires.
+    pub required: u16,
+}
+
+impl std::fmt::Display for ComponentGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.component)?;
+        if let Some(label) = &self.label {
+            write!(f, " ({label})")?;
+        }
+        write!(f, ": found {}, required {}", self.found, self.required)
+    }
 }
 
 /// An AMD SEV-SNP TCB version by component (security patch levels).

@@ -132,7 +132,9 @@ impl DcapVerifier {
         let out = verifier
             .verify_with_policy(quote, collateral, now_secs, &AcceptAll)
             .map_err(|e| map_error(e, now_secs))?;
-        let claims = claims_from(&out)?;
+        let mut claims = claims_from(&out)?;
+        // Collateral that dcap-qvl just verified, so its TCB levels can be read as facts.
+        claims.tcb_standing = crate::standing::dcap(&out, collateral);
         if trailing.iter().any(|b| *b != 0) {
             return Err(VerifyError::Malformed(format!(
                 "{} trailing bytes after the quote, which ends at offset {len}, are not zero padding",
@@ -366,6 +368,7 @@ fn claims_from(out: &dcap_qvl::policy::QuoteClaims) -> Result<Claims, VerifyErro
         platform_id: Some(hex::encode(out.platform.pck.fmspc)),
         simulation: false,
         reported_tcb: None,
+        tcb_standing: None,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod provider;
 pub mod sigstruct;
 pub mod simulated;
 pub mod snp;
+pub mod standing;
 pub mod timefmt;
 
 use std::time::SystemTime;

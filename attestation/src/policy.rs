@@ -231,6 +231,7 @@ mod tests {
             platform_id: Some("abcd".into()),
             simulation: true,
             reported_tcb: None,
+            tcb_standing: None,
         }
     }
 

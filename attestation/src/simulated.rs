@@ -431,6 +431,7 @@ impl Verifier for SimVerifier {
             platform_id: Some(body.platform),
             simulation: true,
             reported_tcb: None,
+            tcb_standing: None,
         })
     }
 }

@@ -466,6 +466,7 @@ impl<'a> RawReport<'a> {
             platform_id: Some(hex::encode(&b[0x1A0..0x1E0])),
             simulation: false,
             reported_tcb: Some(tcb),
+            tcb_standing: None,
         }
     }
 }

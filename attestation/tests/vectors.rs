@@ -831,3 +831,92 @@ impl Rng {
         self.0
     }
 }
+
+/// The TCB recovery in the shared data: the v4 quote's platform (FMSPC B0C06F000000) under
+/// the evaluation-20 collateral of the v5 quote, minus that collateral's PCK chain (it is
+/// the other platform's; the v4 quote carries its own).
+fn eval20_collateral() -> dcap_qvl::QuoteCollateralV3 {
+    let mut c = parse_collateral(&text(TDX_V5.collateral)).expect("collateral parses");
+    c.pck_certificate_chain = None;
+    c
+}
+
+#[test]
+fn a_quote_that_fell_out_of_date_names_each_component_to_raise() {
+    let v = TDX_V4.verifier();
+    let c = v
+        .verify_quote(
+            &read(TDX_V4.quote),
+            Some(&eval20_collateral()),
+            at(T_2026_10_20),
+        )
+        .expect("verifies under evaluation 20");
+    assert_eq!(c.tcb_status, TcbStatus::OutOfDate);
+    assert_eq!(
+        c.advisory_ids,
+        [
+            "INTEL-SA-01192",
+            "INTEL-SA-01245",
+            "INTEL-SA-01312",
+            "INTEL-SA-01313"
+        ]
+    );
+    let st = c.tcb_standing.expect("DCAP claims carry the standing");
+    assert_eq!(st.evaluation_data_number, 20);
+    assert_eq!(st.matched_date, "2025-05-14T00:00:00Z");
+    assert_eq!(st.target_date.as_deref(), Some("2025-08-13T00:00:00Z"));
+    assert_eq!(st.target_status, Some(TcbStatus::UpToDate));
+    let gaps: Vec<_> = st
+        .to_raise
+        .iter()
+        .map(|g| (g.component.as_str(), g.found, g.required))
+        .collect();
+    assert_eq!(
+        gaps,
+        [
+            ("CPUSVN[0]", 3, 4),
+            ("CPUSVN[1]", 3, 4),
+            ("TEE_TCB_SVN[2]", 3, 4),
+            ("TDX_MODULE_ISVSVN", 6, 11)
+        ]
+    );
+    assert_eq!(
+        st.to_raise[1].label.as_deref(),
+        Some("OS/VMM: SGX Late Microcode Update")
+    );
+    assert_eq!(st.to_raise[3].label.as_deref(), Some("TDX module TDX_01"));
+
+    // The same quote under evaluation 17 (its own collateral) is UpToDate: nothing to raise.
+    let c = TDX_V4.run().expect("verifies under evaluation 17");
+    assert_eq!(c.tcb_status, TcbStatus::UpToDate);
+    let st = c.tcb_standing.expect("standing");
+    assert_eq!(st.evaluation_data_number, 17);
+    assert!(st.to_raise.is_empty(), "{:?}", st.to_raise);
+}
+
+#[test]
+fn an_sgx_platform_without_an_up_to_date_level_is_compared_with_the_newest_level() {
+    let c = SGX.run().expect("verifies");
+    assert_eq!(c.tcb_status, TcbStatus::ConfigurationAndSWHardeningNeeded);
+    let st = c.tcb_standing.expect("standing");
+    // This FMSPC's best level is SWHardeningNeeded; component 6 is what keeps it below.
+    assert_eq!(st.target_status, Some(TcbStatus::SWHardeningNeeded));
+    assert_eq!(st.to_raise.len(), 1);
+    assert_eq!(
+        (
+            st.to_raise[0].component.as_str(),
+            st.to_raise[0].found,
+            st.to_raise[0].required
+        ),
+        ("CPUSVN[6]", 0, 12)
+    );
+}
+
+#[test]
+fn every_verified_up_to_date_dcap_vector_has_nothing_to_raise() {
+    for d in [TDX_V4, TDX_NEAR, TDX_V5] {
+        let st = d.run().expect("verifies").tcb_standing.expect("standing");
+        assert!(st.to_raise.is_empty(), "{}: {:?}", d.quote, st.to_raise);
+        assert_eq!(st.target_status, Some(TcbStatus::UpToDate), "{}", d.quote);
+    }
+}

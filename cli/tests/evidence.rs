@@ -391,3 +391,86 @@ fn package_info_reads_a_gramine_sigstruct() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("SIGSTRUCT is 1808 bytes"));
 }
+
+#[test]
+fn a_tdx_quote_under_newer_tcb_info_names_the_components_to_raise() {
+    // Evaluation 20 (October 2026) for the same FMSPC, without the other platform's PCK chain.
+    let text = std::fs::read_to_string(v("tdx/dcapqvl_tdx_quote_v5_td15ex.collateral.json"))
+        .expect("collateral");
+    let mut eval20: Value = serde_json::from_str(&text).expect("json");
+    eval20
+        .as_object_mut()
+        .unwrap()
+        .remove("pck_certificate_chain");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("eval20.json");
+    std::fs::write(&path, eval20.to_string()).expect("write");
+    let q = v("tdx/dcapqvl_tdx_quote_v4.bin");
+    let args = |json: bool| {
+        let mut a = vec![
+            "evidence".to_string(),
+            "verify".into(),
+            "--type".into(),
+            "tdx".into(),
+            "--quote".into(),
+            q.clone(),
+            "--collateral".into(),
+            path.display().to_string(),
+            "--at".into(),
+            "2026-10-20T00:00:00Z".into(),
+        ];
+        if json {
+            a.push("--json".into());
+        }
+        a
+    };
+    let run = |a: Vec<String>| Command::new(QUARRY).args(a).output().expect("runs");
+    let o = run(args(false));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "OutOfDate is not accepted by default"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("tcb_status     OutOfDate"), "{out}");
+    assert!(
+        out.contains("to reach the newest UpToDate level (2025-08-13T00:00:00Z)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("TEE_TCB_SVN[2] (OS/VMM: TDX Late Microcode Update): found 3, required 4"),
+        "{out}"
+    );
+    assert!(
+        out.contains("TDX_MODULE_ISVSVN (TDX module TDX_01): found 6, required 11"),
+        "{out}"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("INTEL-SA-01313"), "{err}");
+
+    let j = json(&run(args(true)));
+    let st = &j["claims"]["tcb_standing"];
+    assert_eq!(st["evaluation_data_number"], 20);
+    assert_eq!(st["to_raise"].as_array().map(Vec::len), Some(4), "{st}");
+    assert_eq!(st["to_raise"][0]["component"], "CPUSVN[0]");
+    assert_eq!(st["to_raise"][0]["found"], 3);
+    assert_eq!(st["to_raise"][0]["required"], 4);
+
+    // Its own evaluation-17 collateral: UpToDate, nothing to raise.
+    let o = quarry(&[
+        "evidence",
+        "verify",
+        "--type",
+        "tdx",
+        "--quote",
+        &q,
+        "--collateral",
+        &v("tdx/dcapqvl_tdx_quote_v4.collateral.json"),
+        "--at",
+        "2025-07-01T00:00:00Z",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("tcb_status     UpToDate"), "{out}");
+    assert!(out.contains("to_raise       nothing"), "{out}");
+}

@@ -158,6 +158,11 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
                 r.actual
             ))?;
         }
+        if let Some(st) = claims.as_ref().and_then(|c| c.tcb_standing.as_ref()) {
+            for line in standing_lines(st) {
+                output::line(format!("  {line}"))?;
+            }
+        }
     }
     match (error, matches) {
         (Some(e), _) => Err(Failure::bare(format!("evidence refused: {e}"))),
@@ -366,12 +371,17 @@ pub fn claims_json(c: &Claims) -> Value {
     };
     if let (Value::Object(o), Value::Object(e)) = (&mut out, extra) {
         o.extend(e);
+        if let Some(st) = &c.tcb_standing {
+            o.insert("tcb_standing".into(), json!(st));
+        }
     }
     out
 }
 
 fn print_claims(c: &Claims) -> Result<(), Failure> {
-    if let Value::Object(map) = claims_json(c) {
+    if let Value::Object(mut map) = claims_json(c) {
+        // Shown in its own lines below rather than as one JSON value.
+        map.remove("tcb_standing");
         for (k, v) in map {
             let shown = match v {
                 Value::String(s) => s,
@@ -381,7 +391,41 @@ fn print_claims(c: &Claims) -> Result<(), Failure> {
             output::line(format!("{k:<14} {shown}"))?;
         }
     }
+    if let Some(st) = &c.tcb_standing {
+        for line in standing_lines(st) {
+            output::line(line)?;
+        }
+    }
     Ok(())
+}
+
+/// The matched TCB level and each component to raise, one per line.
+pub fn standing_lines(st: &quarry_api::claims::TcbStanding) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:<14} {} (TCB evaluation data number {})",
+        "tcb_level", st.matched_date, st.evaluation_data_number
+    )];
+    let status = st.target_status.map(|s| s.as_str()).unwrap_or("unknown");
+    match (&st.target_date, st.to_raise.is_empty()) {
+        (None, _) => lines.push(format!(
+            "{:<14} (the TCB information has no TCB levels)",
+            "to_raise"
+        )),
+        (Some(target), true) => lines.push(format!(
+            "{:<14} nothing (the platform meets the newest {status} level, {target})",
+            "to_raise"
+        )),
+        (Some(target), false) => {
+            lines.push(format!(
+                "{:<14} to reach the newest {status} level ({target}):",
+                "to_raise"
+            ));
+            for gap in &st.to_raise {
+                lines.push(format!("  {gap}"));
+            }
+        }
+    }
+    lines
 }
 
 fn load_package(path: &Path, name: &str) -> Result<Package, Failure> {
