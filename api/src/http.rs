@@ -478,6 +478,52 @@ pub struct RevokeResponse {
     pub already_revoked: bool,
 }
 
+/// `POST /api/v2/sign-quote` (client API, no authentication; feature gate
+/// `SignQuoteEndpoint`): a quote for the coordinator to verify and sign (MarbleRun's shape).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignQuoteRequest {
+    /// The SGX DCAP quote, standard base64; an Open Enclave report header before it is
+    /// accepted and ignored. Quarry also takes a TDX DCAP quote here.
+    #[serde(default)]
+    pub sgx_quote: String,
+}
+
+/// Response of `POST /api/v2/sign-quote`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignQuoteResponse {
+    /// TCB status the coordinator's verifier found (`UpToDate`, `OutOfDate`, ...).
+    pub tcb_status: String,
+    /// ECDSA P-256 (ASN.1 DER, standard base64) by the coordinator's root CA key over
+    /// SHA-256 of [`crate::quote_signature::message`]; check it with
+    /// [`crate::quote_signature::verify`].
+    pub verification_signature: String,
+}
+
+/// `POST /api/v2/monotonic-counter` (a marble's mesh certificate; feature gate
+/// `MonotonicCounter`): raise the caller's counter `name` to `value`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CounterRequest {
+    /// Counter name, chosen by the marble (one counter per marble type, UUID and name).
+    pub name: String,
+    /// The new value; kept only when greater than the current one.
+    pub value: u64,
+}
+
+/// Response of `POST /api/v2/monotonic-counter`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CounterResponse {
+    /// The counter's value before this request (0 for a new counter), as in MarbleRun.
+    pub value: u64,
+    /// True when the counter now holds the requested value; false when the requested value
+    /// was not greater and the counter was left as it was (a Quarry addition).
+    #[serde(default)]
+    pub updated: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

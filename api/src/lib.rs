@@ -10,6 +10,7 @@ pub mod http;
 pub mod manifest;
 pub mod merkle;
 pub mod package;
+pub mod quote_signature;
 pub mod secret;
 pub mod spiffe;
 pub mod statement;

@@ -12,6 +12,7 @@ pub mod recovery;
 pub mod replica;
 pub mod sealing;
 pub mod secrets;
+pub mod sign_quote;
 pub mod state;
 pub mod store;
 pub mod tee;

@@ -20,6 +20,9 @@ use crate::store::{Store, StoreError, Txn, Versioned};
 /// Store key prefix of log entries.
 pub const PREFIX: &str = "log/";
 
+/// `type` of the event that records a monotonic counter raised to `value`.
+pub const COUNTER_EVENT: &str = "monotonic-counter";
+
 /// Most callers merged into one store transaction.
 const MAX_BATCH: usize = 256;
 
@@ -48,6 +51,9 @@ struct State {
     /// Activation events per marble type: the MaxActivations count the rollback evidence
     /// covers (the stored counters are not, see [`TransLog::activations`]).
     activations: HashMap<String, u64>,
+    /// Highest logged value per monotonic counter (by [`COUNTER_EVENT`]'s `counter`), the
+    /// floor the rollback evidence covers for the stored counters.
+    counters: HashMap<String, u64>,
 }
 
 impl State {
@@ -70,6 +76,14 @@ impl State {
         if event["type"] == "activation" {
             if let Some(t) = event["marbleType"].as_str() {
                 *self.activations.entry(t.to_string()).or_default() += 1;
+            }
+        }
+        if event["type"] == COUNTER_EVENT {
+            // The value is a decimal string: JCS verifiers elsewhere read numbers as doubles.
+            let value = event["value"].as_str().and_then(|v| v.parse::<u64>().ok());
+            if let (Some(id), Some(v)) = (event["counter"].as_str(), value) {
+                let top = self.counters.entry(id.to_string()).or_default();
+                *top = (*top).max(v);
             }
         }
         self.entries.push(event);
@@ -181,6 +195,12 @@ impl TransLog {
             .get(marble_type)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The highest value logged for monotonic counter `id` (0 when never raised). Like
+    /// [`TransLog::activations`], an older stored counter put back into etcd cannot lower it.
+    pub fn counter(&self, id: &str) -> u64 {
+        self.inner.read().counters.get(id).copied().unwrap_or(0)
     }
 
     /// The entries from index `from` on.

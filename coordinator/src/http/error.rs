@@ -41,6 +41,14 @@ pub enum RequestFault {
         /// What is wrong.
         message: String,
     },
+    /// One field of the request body is wrong (400); `field` is its JSON name.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// The body field (`sgxQuote`, `name`).
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// Nothing there (404).
     #[error("{0}")]
     NotFound(String),
@@ -67,6 +75,9 @@ pub enum Denial {
     /// A marble refused (activation, renewal), with its stable code (403).
     #[error("{0}")]
     Refused(Refusal),
+    /// The endpoint is behind a `Config.FeatureGates` gate the manifest does not enable (403).
+    #[error("{0}")]
+    FeatureDisabled(String),
 }
 
 /// Why a valid request cannot be served now.
@@ -109,6 +120,8 @@ constructors! {
     forbidden(message: String) => Denied(Denial::Forbidden);
     /// A refused marble (403).
     refused(refusal: Refusal) => Denied(Denial::Refused);
+    /// The manifest does not enable the endpoint's feature gate (403).
+    feature_disabled(message: String) => Denied(Denial::FeatureDisabled);
     /// Not in this phase (409).
     wrong_state(message: String) => NotNow(NotNow::WrongState);
     /// Temporarily unable (503).
@@ -116,6 +129,11 @@ constructors! {
 }
 
 impl ApiError {
+    /// One body field is wrong (400, code `bad-request`, `pointer` = `/<field>`).
+    pub fn invalid_field(field: &'static str, message: String) -> ApiError {
+        ApiError::Request(RequestFault::InvalidField { field, message })
+    }
+
     /// The marble refusal, when this is one.
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {
@@ -128,9 +146,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Request(f) => match f {
-                RequestFault::BadRequest(_) | RequestFault::InvalidManifest { .. } => {
-                    StatusCode::BAD_REQUEST
-                }
+                RequestFault::BadRequest(_)
+                | RequestFault::InvalidField { .. }
+                | RequestFault::InvalidManifest { .. } => StatusCode::BAD_REQUEST,
                 RequestFault::NotFound(_) => StatusCode::NOT_FOUND,
                 RequestFault::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
                 RequestFault::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -150,7 +168,7 @@ impl ApiError {
         match self {
             ApiError::Request(f) => match f {
                 RequestFault::InvalidManifest { .. } => "invalid-manifest",
-                RequestFault::BadRequest(_) => "bad-request",
+                RequestFault::BadRequest(_) | RequestFault::InvalidField { .. } => "bad-request",
                 RequestFault::NotFound(_) => "not-found",
                 RequestFault::MethodNotAllowed(_) => "method-not-allowed",
                 RequestFault::TooLarge(_) => "too-large",
@@ -160,6 +178,7 @@ impl ApiError {
                 Denial::Refused(r) => r.code(),
                 Denial::Unauthenticated(_) => "unauthenticated",
                 Denial::Forbidden(_) => "forbidden",
+                Denial::FeatureDisabled(_) => "feature-disabled",
             },
             ApiError::NotNow(n) => match n {
                 NotNow::WrongState(_) => "wrong-state",
@@ -171,11 +190,12 @@ impl ApiError {
 
     /// The codes of failures that are not marble refusals (those are
     /// [`crate::marble::refusal::Refusal::CODES`]).
-    pub const REQUEST_CODES: [&'static str; 11] = [
+    pub const REQUEST_CODES: [&'static str; 12] = [
         "invalid-manifest",
         "bad-request",
         "unauthenticated",
         "forbidden",
+        "feature-disabled",
         "not-found",
         "method-not-allowed",
         "wrong-state",
@@ -194,6 +214,9 @@ impl ApiError {
             pointer: match self {
                 ApiError::Request(RequestFault::InvalidManifest { pointer, .. }) => {
                     Some(pointer.clone())
+                }
+                ApiError::Request(RequestFault::InvalidField { field, .. }) => {
+                    Some(format!("/{field}"))
                 }
                 _ => None,
             },

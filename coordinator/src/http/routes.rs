@@ -44,7 +44,9 @@ pub fn client_router(core: Arc<Core>, limits: &Limits) -> Router {
         .route("/api/v2/log/consistency", get(log_consistency))
         .route("/api/v2/openapi.json", get(crate::http::openapi::document))
         .route("/api/v2/revoke", post(revoke))
-        .route("/api/v2/crl", get(crl));
+        .route("/api/v2/crl", get(crl))
+        .route("/api/v2/sign-quote", post(sign_quote))
+        .route("/api/v2/monotonic-counter", post(monotonic_counter));
     serve(routes, "client", core, limits)
 }
 
@@ -56,7 +58,8 @@ pub fn mesh_router(core: Arc<Core>, limits: &Limits) -> Router {
         .route("/api/v2/attestation", get(attestation))
         .route("/api/v2/status", get(status))
         .route("/api/v2/renew", post(renew))
-        .route("/api/v2/crl", get(crl));
+        .route("/api/v2/crl", get(crl))
+        .route("/api/v2/monotonic-counter", post(monotonic_counter));
     serve(routes, "mesh", core, limits)
 }
 
@@ -327,6 +330,28 @@ async fn renew(
         )
     })?;
     Ok(ok(crate::marble::renewal::renew(&core, req, cert).await?))
+}
+
+/// `POST /api/v2/sign-quote` (client API, feature gate `SignQuoteEndpoint`).
+async fn sign_quote(
+    State(core): State<Arc<Core>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req = crate::http::extract::json_body(body)?;
+    Ok(ok(crate::sign_quote::sign(&core, req).await?))
+}
+
+/// `POST /api/v2/monotonic-counter` (client API as in MarbleRun, and mesh API; feature gate
+/// `MonotonicCounter`): the marble's current leaf is its TLS client certificate.
+async fn monotonic_counter(
+    State(core): State<Arc<Core>>,
+    Extension(peer): Extension<PeerCert>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req = crate::http::extract::json_body(body)?;
+    Ok(ok(
+        crate::marble::counter::set(&core, peer_der(&peer), req).await?
+    ))
 }
 
 /// `POST /api/v2/revoke` (client API).

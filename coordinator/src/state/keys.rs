@@ -21,6 +21,10 @@ pub const PENDING_UPDATE: &str = "update/pending";
 /// Prefix of activation counters per marble type.
 pub const ACTIVATIONS_PREFIX: &str = "activations/";
 
+/// Prefix of monotonic counters (`<prefix><hex SHA-256 of the counter ID>`, 8-byte big-endian
+/// value); never touched by manifest updates.
+pub const COUNTER_PREFIX: &str = "monotonic-counter/";
+
 /// True for keys the in-memory deployment is built from (a change elsewhere means reload).
 pub fn affects_deployment(key: &str) -> bool {
     [
@@ -45,7 +49,13 @@ mod tests {
         for key in [MANIFEST, MESH, "secret/tls", "package-svn/web", ROOT_SECRET] {
             assert!(affects_deployment(key), "{key}");
         }
-        for key in ["activations/web", PENDING_UPDATE, ROOT, "log/00000001"] {
+        for key in [
+            "activations/web",
+            "monotonic-counter/ab",
+            PENDING_UPDATE,
+            ROOT,
+            "log/00000001",
+        ] {
             assert!(!affects_deployment(key), "{key}");
         }
     }
