@@ -63,8 +63,9 @@ Activate, then run only the mesh proxies of the marble's Mesh section until SIGT
 (for a service in another container of the same confidential pod): ingress ports accept mutual \
 TLS 1.3 from marbles whose type AllowFrom lists (peers are identified by the SPIFFE ID in their \
 certificate) and forward plaintext to Forward; egress ports accept plaintext on loopback and \
-connect with mutual TLS to a marble of the named type. Nothing is written to disk. Exits 1 when \
-the marble has no Mesh section.";
+connect with mutual TLS to a marble of the named type. With --workload-api, also serves the \
+SPIFFE Workload API. Nothing is written to disk. Exits 1 when the marble has no Mesh section and \
+no --workload-api is set.";
 
 /// The command line of `marble-sidecar`.
 #[derive(Debug, Parser)]
@@ -103,6 +104,21 @@ pub struct ProxyArgs {
     /// The executable measured for simulated evidence.
     #[command(flatten)]
     pub measure: MeasureArgs,
+    /// The SPIFFE Workload API socket.
+    #[command(flatten)]
+    pub workload_api: WorkloadApiArgs,
+}
+
+/// `--workload-api`, of `run` and `proxy`.
+#[derive(Debug, Args)]
+pub struct WorkloadApiArgs {
+    /// Serve the SPIFFE Workload API (this marble's X.509-SVID, key and trust bundle; JWT
+    /// methods answer UNIMPLEMENTED) on this Unix socket: `unix:/PATH` or `unix:///PATH`, the
+    /// syntax of SPIFFE_ENDPOINT_SOCKET. The socket is created 0600 in a directory that must
+    /// belong to the sidecar's user and be writable by nobody else; connections from other
+    /// users (peer credentials) are closed. [env: QUARRY_WORKLOAD_API] [default: not served]
+    #[arg(long, value_name = "unix:PATH")]
+    pub workload_api: Option<String>,
 }
 
 /// Flags of `marble-sidecar run`.
@@ -111,6 +127,9 @@ pub struct RunArgs {
     /// Flags shared by every subcommand.
     #[command(flatten)]
     pub common: CommonArgs,
+    /// The SPIFFE Workload API socket.
+    #[command(flatten)]
+    pub workload_api: WorkloadApiArgs,
     /// The service and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -232,6 +251,8 @@ pub struct Config {
     pub mode: Mode,
     /// How often the mesh proxies refresh the CRL.
     pub crl_interval: std::time::Duration,
+    /// Unix socket path of the SPIFFE Workload API (`run` and `proxy`); `None`: not served.
+    pub workload_api: Option<PathBuf>,
 }
 
 /// The evidence provider.
@@ -355,8 +376,12 @@ impl Config {
     /// Resolve a parsed command line against an environment lookup (`None` = unset).
     pub fn resolve(cli: Cli, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let src = Sources { env: &env };
-        let (common, mode) = match cli.command {
-            Command::Run(a) => (a.common, Mode::Run { command: a.command }),
+        let (common, mode, workload_api) = match cli.command {
+            Command::Run(a) => (
+                a.common,
+                Mode::Run { command: a.command },
+                src.workload_api(a.workload_api)?,
+            ),
             Command::Activate(a) => {
                 let measure = src.measure(a.measure);
                 (
@@ -365,11 +390,16 @@ impl Config {
                         out: a.out,
                         measure,
                     },
+                    None,
                 )
             }
             Command::Proxy(a) => {
                 let measure = src.measure(a.measure);
-                (a.common, Mode::Proxy { measure })
+                (
+                    a.common,
+                    Mode::Proxy { measure },
+                    src.workload_api(a.workload_api)?,
+                )
             }
         };
         if let Mode::Run { command } = &mode {
@@ -539,6 +569,7 @@ impl Config {
             trust,
             mode,
             crl_interval,
+            workload_api,
         })
     }
 }
@@ -622,6 +653,17 @@ impl<F: Fn(&str) -> Option<String>> Sources<'_, F> {
     fn measure(&self, args: MeasureArgs) -> Option<String> {
         self.pick(args.sim_measure, "--sim-measure", &["QUARRY_SIM_MEASURE"])
             .map(|s| s.value)
+    }
+
+    /// `--workload-api`, else `QUARRY_WORKLOAD_API`, as a socket path.
+    fn workload_api(&self, args: WorkloadApiArgs) -> Result<Option<PathBuf>, ConfigError> {
+        self.pick(
+            args.workload_api,
+            "--workload-api",
+            &["QUARRY_WORKLOAD_API"],
+        )
+        .map(|s| crate::workload::socket_path(&s.value).map_err(|r| s.invalid(r)))
+        .transpose()
     }
 
     /// The flag if given, else the first non-empty variable of `vars`.

@@ -4,8 +4,9 @@
 //! The flow: resolve the [`Config`], load the coordinator trust anchor, measure the executable
 //! and set up the evidence provider, load or create the UUID, generate the marble key in
 //! memory, activate ([`client::activate`]), then either run the service
-//! ([`supervise::run_child`]) with the mesh proxies ([`proxy`]) in the background, run only the
-//! proxies, or write everything into a directory ([`materialise::write_activation_dir`]).
+//! ([`supervise::run_child`]) with the mesh proxies ([`proxy`]) and the SPIFFE Workload API
+//! ([`workload`]) in the background, run only those, or write everything into a directory
+//! ([`materialise::write_activation_dir`]).
 #![forbid(unsafe_code)]
 
 pub mod attest;
@@ -17,6 +18,7 @@ pub mod materialise;
 pub mod proxy;
 pub mod renew;
 pub mod supervise;
+pub mod workload;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt as _;
@@ -73,8 +75,12 @@ pub enum Error {
     /// Certificate renewal or CRL refresh could not be set up.
     #[error(transparent)]
     Upkeep(#[from] renew::UpkeepError),
-    /// `proxy` mode for a marble whose manifest entry has no `Mesh` section.
-    #[error("marble type {0} has no Mesh section in the manifest: there is nothing to proxy")]
+    /// The SPIFFE Workload API could not be started.
+    #[error(transparent)]
+    WorkloadApi(#[from] workload::WorkloadApiError),
+    /// `proxy` mode for a marble whose manifest entry has no `Mesh` section, without
+    /// `--workload-api`.
+    #[error("marble type {0} has no Mesh section in the manifest and no --workload-api is set: there is nothing to serve")]
     NoMesh(String),
     /// Waiting for a termination signal failed.
     #[error("installing signal handlers: {0}")]
@@ -164,7 +170,7 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
                     _ => None,
                 },
             };
-            start_proxies(&response, &key, upkeep).await?
+            start_background(&response, &key, upkeep, config.workload_api.as_deref()).await?
         }
     };
     match config.mode {
@@ -222,22 +228,45 @@ pub async fn execute_with(config: Config, retry: &RetryPolicy) -> Result<i32, Er
     }
 }
 
-/// Starts the proxies of the activation's mesh configuration, if it has one.
-async fn start_proxies(
+/// Starts what runs beside the service: the proxies of the activation's mesh configuration
+/// and the SPIFFE Workload API (each if configured), with certificate renewal and CRL refresh
+/// for them. `None` when neither is configured.
+async fn start_background(
     response: &quarry_api::http::ActivateResponse,
     key: &MarbleKey,
     upkeep: renew::Upkeep,
+    workload_api: Option<&std::path::Path>,
 ) -> Result<Option<proxy::Proxies>, Error> {
-    let Some(mesh) = &response.mesh else {
+    if response.mesh.is_none() && workload_api.is_none() {
         return Ok(None);
+    }
+    let trust_domain = match &response.mesh {
+        Some(mesh) => mesh.trust_domain.clone(),
+        None => workload::trust_domain_of(&response.spiffe_id)
+            .map_err(workload::WorkloadApiError::Identity)?
+            .to_string(),
     };
     let identity = proxy::MeshIdentity::new(
         &response.certificate_chain,
         key.private_key_der(),
         &response.root_ca,
-        &mesh.trust_domain,
+        &trust_domain,
     )?;
-    let mut proxies = proxy::Proxies::start(mesh, &identity).await?;
+    let mut proxies = match &response.mesh {
+        Some(mesh) => proxy::Proxies::start(mesh, &identity).await?,
+        None => proxy::Proxies::without_listeners(),
+    };
+    if let Some(path) = workload_api {
+        let svid = workload::Identity::new(
+            &response.spiffe_id,
+            identity.certs.clone(),
+            zeroize::Zeroizing::new(key.pkcs8_der().to_vec()),
+            &response.root_ca,
+        )?;
+        // Bound before the service starts, so it can connect at once.
+        let server = workload::WorkloadApi::bind(path, svid)?;
+        proxies.spawn(server.serve());
+    }
     upkeep.start(&mut proxies, &identity)?;
     Ok(Some(proxies))
 }

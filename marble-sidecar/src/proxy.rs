@@ -16,7 +16,7 @@ pub mod egress;
 pub mod ingress;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_api::http::MeshConfig;
@@ -51,32 +51,35 @@ pub enum ProxyError {
 }
 
 /// The marble's current certificate chain and key, replaceable while connections are open.
+///
+/// A watch channel rather than a lock, so that whoever serves the certificate to others (the
+/// Workload API's open streams) learns of a renewal the moment it is swapped in.
 pub struct CertStore {
-    current: RwLock<Arc<CertifiedKey>>,
+    current: tokio::sync::watch::Sender<Arc<CertifiedKey>>,
 }
 
 impl CertStore {
     /// A store holding `key`.
     pub fn new(key: Arc<CertifiedKey>) -> CertStore {
         CertStore {
-            current: RwLock::new(key),
+            current: tokio::sync::watch::Sender::new(key),
         }
     }
 
     /// The certificate used for new handshakes.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        match self.current.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.current.borrow().clone()
     }
 
     /// Replaces the certificate for every later handshake; open connections keep theirs.
+    /// Subscribers are told.
     pub fn replace(&self, key: Arc<CertifiedKey>) {
-        match self.current.write() {
-            Ok(mut guard) => *guard = key,
-            Err(poisoned) => *poisoned.into_inner() = key,
-        }
+        self.current.send_replace(key);
+    }
+
+    /// A receiver that sees the current certificate and every later replacement.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<CertifiedKey>> {
+        self.current.subscribe()
     }
 }
 
@@ -288,6 +291,16 @@ impl Proxies {
             inbound,
             outbound,
         })
+    }
+
+    /// No listeners, only room for background tasks (renewal, the Workload API) of a marble
+    /// without a `Mesh` section.
+    pub fn without_listeners() -> Proxies {
+        Proxies {
+            tasks: tokio::task::JoinSet::new(),
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+        }
     }
 
     /// Bound addresses of the ingress ports, in manifest order.

@@ -1,6 +1,8 @@
 //! A tiny in-process mesh API over real TLS 1.3 (rcgen certificates, client certificate
 //! required, any client certificate accepted as the coordinator does) that checks the
-//! evidence binding like the coordinator and answers as a test asks.
+//! evidence binding like the coordinator and answers as a test asks. Its leaves are shaped
+//! like the coordinator's X.509-SVIDs (one SPIFFE URI SAN, cA=false, digitalSignature only,
+//! random serial, issued by a mesh CA that the root CA signed), and it renews them.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use quarry_api::http::{
-    ActivateRequest, ActivateResponse, JSend, NonceResponse, Parameters, Value,
+    ActivateRequest, ActivateResponse, JSend, NonceResponse, Parameters, RenewRequest,
+    RenewResponse, Value,
 };
 use quarry_attestation::simulated::{SimIdentity, SimPlatform, SimProvider, SimVerifier};
 use quarry_attestation::Verifier as _;
@@ -22,6 +25,10 @@ use tokio::net::TcpListener;
 pub const NONCE_PATH: &str = "/api/v2/activate/nonce";
 /// Path of the activation endpoint.
 pub const ACTIVATE_PATH: &str = "/api/v2/activate";
+/// Path of the renewal endpoint.
+pub const RENEW_PATH: &str = "/api/v2/renew";
+/// Trust domain of the fake coordinator's SPIFFE IDs.
+pub const TRUST_DOMAIN: &str = "quarry.local";
 
 // === impl Ca ===
 
@@ -56,6 +63,23 @@ impl Ca {
     ) -> rcgen::Certificate {
         let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
         params.signed_by(public, &issuer).unwrap()
+    }
+
+    /// An intermediate CA signed by this one.
+    pub fn intermediate(&self, name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = self.issue(params.clone(), &key);
+        Ca { cert, key, params }
     }
 
     /// Writes the CA certificate as PEM into `dir` and returns the path.
@@ -144,6 +168,9 @@ pub struct Options {
     pub behaviour: Behaviour,
     pub parameters: Parameters,
     pub listener: Option<TcpListener>,
+    /// Validity of issued leaves from the moment they are issued; `None`: rcgen's default
+    /// (decades).
+    pub leaf_valid_for: Option<std::time::Duration>,
 }
 
 impl Default for Options {
@@ -159,6 +186,7 @@ impl Default for Options {
                 argv: vec![],
             },
             listener: None,
+            leaf_valid_for: None,
         }
     }
 }
@@ -170,6 +198,8 @@ pub struct FakeCoordinator {
     pub client_keys: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Activation requests received.
     pub activations: Arc<Mutex<Vec<ActivateRequest>>>,
+    /// Serials (hex) of the leaves issued by renewals, in order.
+    pub renewals: Arc<Mutex<Vec<String>>>,
     /// Failures of the coordinator-side checks (empty when all passed).
     pub failures: Arc<Mutex<Vec<String>>>,
 }
@@ -194,17 +224,21 @@ impl FakeCoordinator {
             addr: listener.local_addr().unwrap(),
             client_keys: Arc::default(),
             activations: Arc::default(),
+            renewals: Arc::default(),
             failures: Arc::default(),
         };
         let server = Server {
             behaviour: opts.behaviour,
             parameters: opts.parameters,
             verifier: SimVerifier::new(std::slice::from_ref(platform)).unwrap(),
-            mesh_ca: Ca::new("mesh CA"),
+            mesh_ca: root.intermediate("mesh CA"),
             root_pem: root.cert.pem(),
+            leaf_valid_for: opts.leaf_valid_for,
             nonces: Mutex::default(),
+            marbles: Mutex::default(),
             client_keys: fake.client_keys.clone(),
             activations: fake.activations.clone(),
+            renewals: fake.renewals.clone(),
             failures: fake.failures.clone(),
         };
         tokio::spawn(async move {
@@ -243,9 +277,13 @@ struct Server {
     verifier: SimVerifier,
     mesh_ca: Ca,
     root_pem: String,
+    leaf_valid_for: Option<std::time::Duration>,
     nonces: Mutex<HashMap<String, Vec<u8>>>,
+    /// SPIFFE ID of each activated key (SPKI), for renewals.
+    marbles: Mutex<HashMap<Vec<u8>, String>>,
     client_keys: Arc<Mutex<Vec<Vec<u8>>>>,
     activations: Arc<Mutex<Vec<ActivateRequest>>>,
+    renewals: Arc<Mutex<Vec<String>>>,
     failures: Arc<Mutex<Vec<String>>>,
 }
 
@@ -269,6 +307,17 @@ impl Server {
                 415,
                 "Expected request with `Content-Type: application/json`".to_string(),
             ),
+            ("POST", RENEW_PATH, _) => match self.renew(body, spki) {
+                Ok(response) => (
+                    200,
+                    serde_json::to_string(&JSend::success(response)).unwrap(),
+                ),
+                Err(message) => {
+                    self.failures.lock().unwrap().push(message.clone());
+                    let body = serde_json::json!({"status": "fail", "message": message});
+                    (403, body.to_string())
+                }
+            },
             ("POST", ACTIVATE_PATH, _) => match self.activate(body, spki) {
                 Ok(response) => (
                     200,
@@ -293,20 +342,7 @@ impl Server {
             serde_json::from_slice(body).map_err(|e| format!("bad body: {e}"))?;
         self.activations.lock().unwrap().push(request.clone());
         let nonce_hex = request.nonce.clone().ok_or("no nonce")?;
-        if self.nonces.lock().unwrap().remove(&nonce_hex).as_deref() != Some(spki) {
-            return Err("nonce was not issued to this key".into());
-        }
-        let nonce: [u8; 32] = hex::decode(&nonce_hex)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or("bad nonce")?;
-        let claims = self
-            .verifier
-            .verify(&request.evidence, SystemTime::now())
-            .map_err(|e| e.to_string())?;
-        if claims.report_data != quarry_api::evidence::activation_report_data(spki, Some(&nonce)) {
-            return Err("binding mismatch".into());
-        }
+        self.check_binding(&request.evidence, &nonce_hex, spki)?;
         let leaf_key = if self.behaviour == Behaviour::WrongKey {
             let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let der = rcgen::PublicKeyData::subject_public_key_info(&other);
@@ -314,22 +350,104 @@ impl Server {
         } else {
             rcgen::SubjectPublicKeyInfo::from_der(spki).map_err(|e| e.to_string())?
         };
-        let mut params = rcgen::CertificateParams::default();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, request.uuid.clone());
-        let leaf = self.mesh_ca.issue(params, &leaf_key);
+        let spiffe_id = format!(
+            "spiffe://{TRUST_DOMAIN}/marble/{}/{}",
+            request.marble_type, request.uuid
+        );
+        let (leaf, _) = self.issue_leaf(&request.uuid, &spiffe_id, &leaf_key);
+        self.marbles
+            .lock()
+            .unwrap()
+            .insert(spki.to_vec(), spiffe_id.clone());
         Ok(ActivateResponse {
             certificate_chain: format!("{}{}", leaf.pem(), self.mesh_ca.cert.pem()),
             root_ca: self.root_pem.clone(),
-            spiffe_id: format!(
-                "spiffe://quarry.local/marble/{}/{}",
-                request.marble_type, request.uuid
-            ),
+            spiffe_id,
             parameters: self.parameters.clone(),
             simulation: true,
             mesh: None,
         })
+    }
+
+    /// A renewal: the key must have been activated, the evidence binds it to a fresh nonce.
+    fn renew(&self, body: &[u8], spki: &[u8]) -> Result<RenewResponse, String> {
+        let request: RenewRequest =
+            serde_json::from_slice(body).map_err(|e| format!("bad body: {e}"))?;
+        self.check_binding(&request.evidence, &request.nonce, spki)?;
+        let spiffe_id = self
+            .marbles
+            .lock()
+            .unwrap()
+            .get(spki)
+            .cloned()
+            .ok_or("renewal for a key that was never activated")?;
+        let uuid = spiffe_id.rsplit('/').next().unwrap_or_default().to_string();
+        let key = rcgen::SubjectPublicKeyInfo::from_der(spki).map_err(|e| e.to_string())?;
+        let (leaf, serial) = self.issue_leaf(&uuid, &spiffe_id, &key);
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.der()).unwrap();
+        self.renewals.lock().unwrap().push(serial.clone());
+        Ok(RenewResponse {
+            certificate_chain: format!("{}{}", leaf.pem(), self.mesh_ca.cert.pem()),
+            root_ca: self.root_pem.clone(),
+            spiffe_id,
+            serial,
+            not_after: parsed.validity().not_after.timestamp(),
+            files: BTreeMap::new(),
+        })
+    }
+
+    /// The nonce was issued to this connection's key and the evidence binds key and nonce.
+    fn check_binding(
+        &self,
+        evidence: &quarry_api::Evidence,
+        nonce_hex: &str,
+        spki: &[u8],
+    ) -> Result<(), String> {
+        if self.nonces.lock().unwrap().remove(nonce_hex).as_deref() != Some(spki) {
+            return Err("nonce was not issued to this key".into());
+        }
+        let nonce: [u8; 32] = hex::decode(nonce_hex)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or("bad nonce")?;
+        let claims = self
+            .verifier
+            .verify(evidence, SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        if claims.report_data != quarry_api::evidence::activation_report_data(spki, Some(&nonce)) {
+            return Err("binding mismatch".into());
+        }
+        Ok(())
+    }
+
+    /// A leaf shaped like the coordinator's X.509-SVID for `key`; returns it with its serial
+    /// (hex).
+    fn issue_leaf(
+        &self,
+        uuid: &str,
+        spiffe_id: &str,
+        key: &impl rcgen::PublicKeyData,
+    ) -> (rcgen::Certificate, String) {
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, uuid.to_string());
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(spiffe_id.to_string()).unwrap(),
+        )];
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        // Random, so a renewed leaf for the same key has a new serial.
+        let mut serial = *uuid::Uuid::new_v4().as_bytes();
+        // Positive, and no leading zero byte (DER integers are minimal).
+        serial[0] = (serial[0] & 0x7f) | 0x40;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        if let Some(valid_for) = self.leaf_valid_for {
+            let now = SystemTime::now();
+            params.not_before = (now - std::time::Duration::from_secs(1)).into();
+            params.not_after = (now + valid_for).into();
+        }
+        (self.mesh_ca.issue(params, key), hex::encode(serial))
     }
 }
 
