@@ -7,6 +7,7 @@ pub mod package_info;
 pub mod recover;
 pub mod revoke;
 pub mod secret;
+pub mod sign_quote;
 pub mod sim;
 pub mod status;
 pub mod update;

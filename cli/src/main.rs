@@ -21,6 +21,7 @@ Examples:
   quarry explain --manifest manifest.json --package db --type snp --quote report.bin --vcek vcek.der
   quarry package-info enclave.sig
   quarry verify --policy coordinator-policy.json --manifest manifest.json --root-out root.pem
+  quarry sign-quote --quote enclave.quote --root-ca root.pem
 
 Network commands need coordinator trust: --root-ca FILE (QUARRY_ROOT_CA) pins the
 deployment's root CA; --insecure accepts any certificate (development only).
@@ -66,6 +67,8 @@ enum Command {
     Recover(cmd::recover::Args),
     /// Revoke a marble by UUID or a certificate by serial (-c CERT -k KEY of a RevokeMarble user).
     Revoke(cmd::revoke::Args),
+    /// Have the coordinator verify and sign a quote's TCB status; checks the signature offline.
+    SignQuote(cmd::sign_quote::Args),
     /// Manage a simulated TEE platform (development only).
     Sim(cmd::sim::Args),
     /// Print a shell completion script.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Log(a) => cmd::verify::run_log(a),
         Command::Recover(a) => cmd::recover::run(a),
         Command::Revoke(a) => cmd::revoke::run(a),
+        Command::SignQuote(a) => cmd::sign_quote::run(a),
         Command::Sim(a) => cmd::sim::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
     };

@@ -261,6 +261,7 @@ fn every_command_has_an_example_and_the_top_level_documents_exit_codes() {
         &["completions"],
         &["evidence", "verify"],
         &["explain"],
+        &["sign-quote"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
@@ -304,6 +305,17 @@ fn network_commands_without_coordinator_trust_are_refused_in_one_line() {
             "{line}"
         );
     }
+}
+
+#[test]
+fn sign_quote_needs_a_pinned_root_to_check_the_signature_against() {
+    let o = quarry(&["sign-quote", "--quote", "q.bin", "--insecure"]);
+    assert_eq!(o.status.code(), Some(2));
+    let line = error_line(&o);
+    assert!(
+        line.contains("none is pinned") && line.contains("--root-ca"),
+        "{line}"
+    );
 }
 
 #[test]
