@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 16's regression check: the README's first command builds and starts the coordinator
-# with nothing but the Rust toolchain. PATH is stripped of every directory holding a protoc and
-# PROTOC is unset; a `protoc` placed first on PATH fails and leaves a mark, so a build script
-# that looks for protoc fails the build and the check. Then the coordinator must answer
-# GET /api/v2/status.
+# with nothing but the Rust toolchain, and the sidecar (its Workload API is gRPC too) builds
+# the same way. PATH is stripped of every directory holding a protoc and PROTOC is unset; a
+# `protoc` placed first on PATH fails and leaves a mark, so a build script that looks for
+# protoc fails the build and the check. Then the coordinator must answer GET /api/v2/status.
 #
 # On a clean clone (CI) this is the first build, so every build script runs under these
 # conditions. With a warm target/ only changed crates rebuild; set CARGO_TARGET_DIR to an
@@ -45,10 +45,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 client_port=$(free_port)
 mesh_port=$(free_port)
 
-echo "== build and start the coordinator without protoc (PATH=$work/bin:<PATH without protoc>, PROTOC unset)"
-env -u PROTOC PATH="$work/bin:$stripped" cargo build --release --locked -p quarry-coordinator
+echo "== build the coordinator and the sidecar (both compile protos) and start the coordinator without protoc (PATH=$work/bin:<PATH without protoc>, PROTOC unset)"
+env -u PROTOC PATH="$work/bin:$stripped" cargo build --release --locked -p quarry-coordinator -p marble-sidecar
 if [ -e "$work/protoc-called" ]; then
-  echo "error: the coordinator's build called protoc: $(cat "$work/protoc-called")" >&2
+  echo "error: the build called protoc: $(cat "$work/protoc-called")" >&2
   exit 1
 fi
 (cd "$work" && exec env -u PROTOC PATH="$work/bin:$stripped" cargo run --release --locked \
