@@ -42,6 +42,7 @@ pub struct DcapVerifier {
     root_ca_der: Option<Vec<u8>>,
     source: Option<Arc<dyn CollateralSource>>,
     allow_debug: bool,
+    cache: bool,
 }
 
 impl DcapVerifier {
@@ -61,6 +62,7 @@ impl DcapVerifier {
             root_ca_der: None,
             source: None,
             allow_debug: false,
+            cache: true,
         }
     }
 
@@ -84,6 +86,12 @@ impl DcapVerifier {
     /// Accepts debug enclaves / TDs (claims say `debug: true`). Default: refused.
     pub fn allow_debug(mut self, allow: bool) -> DcapVerifier {
         self.allow_debug = allow;
+        self
+    }
+
+    /// Reuses successful collateral signature checks ([`crate::cache`]); default on.
+    pub fn collateral_cache(mut self, on: bool) -> DcapVerifier {
+        self.cache = on;
         self
     }
 
@@ -129,9 +137,24 @@ impl DcapVerifier {
         }
         // Debug is decided below with a precise error; everything else stays dcap-qvl's default.
         .allow_debug(true);
-        let out = verifier
-            .verify_with_policy(quote, collateral, now_secs, &AcceptAll)
-            .map_err(|e| map_error(e, now_secs))?;
+        let out = if self.cache {
+            // The quote's own signature (header and body, by the attestation key) is checked
+            // every time. The QE report signed by the PCK key certifies the attestation key
+            // and is the same in every quote of that key, so like a certificate it is checked
+            // once per exact content.
+            let per_quote = quote
+                .get(..parsed.signed_length())
+                .map(<[u8]>::to_vec)
+                .into_iter()
+                .collect();
+            let _call = crate::cache::DcapCall::begin(per_quote);
+            verifier
+                .with_config::<crate::cache::CachedConfig>()
+                .verify_with_policy(quote, collateral, now_secs, &AcceptAll)
+        } else {
+            verifier.verify_with_policy(quote, collateral, now_secs, &AcceptAll)
+        }
+        .map_err(|e| map_error(e, now_secs))?;
         let mut claims = claims_from(&out)?;
         // Collateral that dcap-qvl just verified, so its TCB levels can be read as facts.
         claims.tcb_standing = crate::standing::dcap(&out, collateral);
@@ -237,21 +260,51 @@ pub fn quote_len(quote: &[u8]) -> Result<usize, VerifyError> {
     Ok(total)
 }
 
+/// The validity window of each collateral item (issue date, next update), in check order.
+pub(crate) struct Windows([(&'static str, i64, Option<i64>); 4]);
+
 /// Refuses collateral outside its validity window at `now`, naming the item and the date.
+/// The dates are parsed once per exact collateral ([`crate::cache`]); the comparison with
+/// `now` runs every time.
 fn check_window(c: &QuoteCollateralV3, now: u64) -> Result<(), VerifyError> {
+    let key = crate::cache::key(
+        "dcap-windows",
+        &[
+            c.tcb_info.as_bytes(),
+            c.qe_identity.as_bytes(),
+            &c.root_ca_crl,
+            &c.pck_crl,
+        ],
+    );
+    let windows = crate::cache::DCAP_WINDOWS.get_or_parse(key, || parse_windows(c))?;
+    for (what, issue, next) in windows.0 {
+        in_window(what, issue, next, now)?;
+    }
+    Ok(())
+}
+
+fn parse_windows(c: &QuoteCollateralV3) -> Result<Windows, VerifyError> {
+    /// The two dates of a TCB info / QE identity body; other fields are skipped unparsed.
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Dates {
+        issue_date: Option<String>,
+        next_update: Option<String>,
+    }
     let json_dates = |what: &str, text: &str| -> Result<(i64, i64), VerifyError> {
-        let v: serde_json::Value = serde_json::from_str(text)
+        let v: Dates = serde_json::from_str(text)
             .map_err(|e| VerifyError::Collateral(format!("{what} is not JSON: {e}")))?;
-        let date = |field: &str| -> Result<i64, VerifyError> {
-            let s = v
-                .get(field)
-                .and_then(|x| x.as_str())
-                .ok_or_else(|| VerifyError::Collateral(format!("{what} has no {field}")))?;
+        let date = |field: &str, value: Option<&String>| -> Result<i64, VerifyError> {
+            let s =
+                value.ok_or_else(|| VerifyError::Collateral(format!("{what} has no {field}")))?;
             time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                 .map(|t| t.unix_timestamp())
                 .map_err(|e| VerifyError::Collateral(format!("{what} {field} {s:?}: {e}")))
         };
-        Ok((date("issueDate")?, date("nextUpdate")?))
+        Ok((
+            date("issueDate", v.issue_date.as_ref())?,
+            date("nextUpdate", v.next_update.as_ref())?,
+        ))
     };
     let crl_dates = |what: &str, der: &[u8]| -> Result<(i64, Option<i64>), VerifyError> {
         let (_, crl) = x509_parser::parse_x509_crl(der)
@@ -261,16 +314,16 @@ fn check_window(c: &QuoteCollateralV3, now: u64) -> Result<(), VerifyError> {
             crl.next_update().map(|t| t.timestamp()),
         ))
     };
-    let tcb_what = "TCB info";
-    let (issue, next) = json_dates(tcb_what, &c.tcb_info)?;
-    in_window(tcb_what, issue, Some(next), now)?;
-    let qe_what = "QE identity";
-    let (issue, next) = json_dates(qe_what, &c.qe_identity)?;
-    in_window(qe_what, issue, Some(next), now)?;
-    let (issue, next) = crl_dates("Root CA CRL", &c.root_ca_crl)?;
-    in_window("Root CA CRL", issue, next, now)?;
-    let (issue, next) = crl_dates("PCK CRL", &c.pck_crl)?;
-    in_window("PCK CRL", issue, next, now)
+    let (tcb_issue, tcb_next) = json_dates("TCB info", &c.tcb_info)?;
+    let (qe_issue, qe_next) = json_dates("QE identity", &c.qe_identity)?;
+    let (root_issue, root_next) = crl_dates("Root CA CRL", &c.root_ca_crl)?;
+    let (pck_issue, pck_next) = crl_dates("PCK CRL", &c.pck_crl)?;
+    Ok(Windows([
+        ("TCB info", tcb_issue, Some(tcb_next)),
+        ("QE identity", qe_issue, Some(qe_next)),
+        ("Root CA CRL", root_issue, root_next),
+        ("PCK CRL", pck_issue, pck_next),
+    ]))
 }
 
 fn in_window(what: &str, issue: i64, next: Option<i64>, now: u64) -> Result<(), VerifyError> {

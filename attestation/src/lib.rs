@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binding;
+pub mod cache;
 pub mod collateral;
 pub mod dcap;
 pub mod error;

@@ -17,8 +17,17 @@ use serde_json::Value;
 /// The standing of a verified DCAP quote; `None` only if the (already verified) collateral
 /// cannot be read again, which dcap-qvl would have refused first.
 pub(crate) fn dcap(out: &QuoteClaims, collateral: &QuoteCollateralV3) -> Option<TcbStanding> {
-    let info: TcbInfo = serde_json::from_str(&collateral.tcb_info).ok()?;
-    let raw: Value = serde_json::from_str(&collateral.tcb_info).ok()?;
+    let key = crate::cache::key(
+        "dcap-levels",
+        &[
+            collateral.tcb_info.as_bytes(),
+            collateral.qe_identity.as_bytes(),
+        ],
+    );
+    let levels = crate::cache::DCAP_LEVELS
+        .get_or_parse(key, || Levels::parse(collateral).ok_or(()))
+        .ok()?;
+    let (info, qe) = (&levels.info, &levels.qe);
     let pck = &out.platform.pck;
     let tee_tcb_svn = match &out.report {
         Report::SgxEnclave(_) => None,
@@ -31,11 +40,11 @@ pub(crate) fn dcap(out: &QuoteClaims, collateral: &QuoteCollateralV3) -> Option<
         target_status: None,
         to_raise: Vec::new(),
     };
-    if let Some(target) = target_level(&info) {
+    if let Some(target) = target_level(info) {
         let level = &info.tcb_levels[target];
         standing.target_date = Some(level.tcb_date.clone());
         standing.target_status = quarry_api::TcbStatus::parse(&level.tcb_status.to_string());
-        let names = component_names(&raw, target);
+        let names = &levels.names[target];
         // A count mismatch is refused by dcap-qvl's own matching; nothing to report then.
         let shortfalls = level
             .shortfalls(&pck.cpu_svn, pck.pce_svn, tee_tcb_svn.as_ref())
@@ -56,12 +65,35 @@ pub(crate) fn dcap(out: &QuoteClaims, collateral: &QuoteCollateralV3) -> Option<
         }
     }
     if let Some(svn) = tee_tcb_svn {
-        standing.to_raise.extend(module_gap(&info, &svn));
+        standing.to_raise.extend(module_gap(info, &svn));
     }
-    if let Ok(qe) = serde_json::from_str::<QeIdentity>(&collateral.qe_identity) {
-        standing.to_raise.extend(qe_gap(&qe, out.qe.report.isv_svn));
+    if let Some(qe) = qe {
+        standing.to_raise.extend(qe_gap(qe, out.qe.report.isv_svn));
     }
     Some(standing)
+}
+
+/// TCB info and QE identity as parsed once per exact content ([`crate::cache`]).
+pub(crate) struct Levels {
+    info: TcbInfo,
+    /// Component names per TCB level, in JSON order.
+    names: Vec<ComponentNames>,
+    qe: Option<QeIdentity>,
+}
+
+impl Levels {
+    fn parse(collateral: &QuoteCollateralV3) -> Option<Levels> {
+        let raw: Value = serde_json::from_str(&collateral.tcb_info).ok()?;
+        let info: TcbInfo = serde_json::from_value(raw.clone()).ok()?;
+        let names = (0..info.tcb_levels.len())
+            .map(|i| component_names(&raw, i))
+            .collect();
+        Some(Levels {
+            info,
+            names,
+            qe: serde_json::from_str(&collateral.qe_identity).ok(),
+        })
+    }
 }
 
 /// Index of the UpToDate level with the latest `tcbDate`, or of the latest level of any

@@ -920,3 +920,154 @@ fn every_verified_up_to_date_dcap_vector_has_nothing_to_raise() {
         assert_eq!(st.target_status, Some(TcbStatus::UpToDate), "{}", d.quote);
     }
 }
+
+/// Every refusal of `case` with an empty verified-collateral cache, then the same with the
+/// cache warmed by the honest evidence: the errors must be identical.
+/// The two warm-cache tests empty the process-wide cache; they take turns.
+static CACHE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn refused_cold_and_warm(
+    warm_up: impl Fn() -> bool,
+    case: impl Fn() -> Result<quarry_api::Claims, VerifyError>,
+) -> String {
+    quarry_attestation::cache::clear();
+    let cold = case().expect_err("refused with a cold cache").to_string();
+    assert!(warm_up(), "the honest evidence verifies");
+    let warm = case().expect_err("refused with a warm cache").to_string();
+    assert_eq!(cold, warm, "a warm cache changes no refusal");
+    warm
+}
+
+#[test]
+fn a_warm_collateral_cache_refuses_exactly_what_a_cold_one_refuses() {
+    let _turn = CACHE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    for v in VERIFIED_DCAP {
+        let honest = || v.run().is_ok();
+        // A flipped bit in the signed body (the quote's own signature is never cached).
+        let mut q = read(v.quote);
+        q[v.body_offset() + 64] ^= 1;
+        let err = refused_cold_and_warm(honest, || v.run_with(&v.verifier(), &q, v.time));
+        assert!(
+            err.contains("bad signature") || err.contains("ignature"),
+            "{}: {err}",
+            v.quote
+        );
+        // Outside the collateral window, on both sides.
+        for time in [v.time + 60 * 86400, v.time - 60 * 86400] {
+            let q = read(v.quote);
+            let err = refused_cold_and_warm(honest, || v.run_with(&v.verifier(), &q, time));
+            assert!(
+                err.contains("expired") || err.contains("valid"),
+                "{}: {err}",
+                v.quote
+            );
+        }
+        // Collateral edited after signing: TCB info with another evaluation number, a QE
+        // identity naming another ISVSVN floor, a PCK CRL with one byte changed.
+        let honest_collateral = parse_collateral(&text(v.collateral)).expect("collateral");
+        let mut edits: Vec<(&str, dcap_qvl::QuoteCollateralV3)> = Vec::new();
+        let mut c = honest_collateral.clone();
+        c.tcb_info = c.tcb_info.replacen(
+            "\"tcbEvaluationDataNumber\":",
+            "\"tcbEvaluationDataNumber\": ",
+            1,
+        );
+        assert_ne!(c.tcb_info, honest_collateral.tcb_info, "{}", v.collateral);
+        edits.push(("TCB info", c));
+        let mut c = honest_collateral.clone();
+        c.qe_identity = c.qe_identity.replacen("\"isvsvn\":", "\"isvsvn\": ", 1);
+        assert_ne!(c.qe_identity, honest_collateral.qe_identity);
+        edits.push(("QE identity", c));
+        let mut c = honest_collateral.clone();
+        let last = c.pck_crl.len() - 1;
+        c.pck_crl[last] ^= 1;
+        edits.push(("PCK CRL", c));
+        for (what, c) in edits {
+            let q = read(v.quote);
+            let verifier = v.verifier();
+            let err =
+                refused_cold_and_warm(honest, || verifier.verify_quote(&q, Some(&c), at(v.time)));
+            assert!(
+                err.starts_with("bad signature"),
+                "{} {what}: {err}",
+                v.quote
+            );
+        }
+        // The QE report (cached like a certificate) with one byte changed.
+        let mut q = read(v.quote);
+        let qe_report_at = qe_report_offset(&q);
+        q[qe_report_at + 64] ^= 1;
+        let err = refused_cold_and_warm(honest, || v.run_with(&v.verifier(), &q, v.time));
+        assert!(err.contains("qe_report"), "{}: {err}", v.quote);
+    }
+    assert!(
+        quarry_attestation::cache::sizes().0 > 0,
+        "the cache was used"
+    );
+}
+
+/// Offset of the QE report in a DCAP quote's signature data (v3: after signature and key;
+/// v4/v5: after the certification data header of type 6 as well).
+fn qe_report_offset(q: &[u8]) -> usize {
+    let version = u16::from_le_bytes([q[0], q[1]]);
+    let body_end = match version {
+        3 => 48 + 384,
+        4 if u32::from_le_bytes([q[4], q[5], q[6], q[7]]) == 0 => 48 + 384,
+        4 => 48 + 584,
+        _ => 48 + 6 + u32::from_le_bytes([q[50], q[51], q[52], q[53]]) as usize,
+    };
+    let sig_data = body_end + 4;
+    match version {
+        3 => sig_data + 64 + 64,
+        _ => sig_data + 64 + 64 + 2 + 4,
+    }
+}
+
+#[test]
+fn a_warm_snp_chain_cache_refuses_exactly_what_a_cold_one_refuses() {
+    let _turn = CACHE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let s = SNP_VIRTEE;
+    let honest = || {
+        SnpVerifier::new()
+            .verify_report(&read(s.report), Some(&s.collateral()), at(T_2025_06_01))
+            .is_ok()
+    };
+    let mut r = read(s.report);
+    r[0x90] ^= 1;
+    let err = refused_cold_and_warm(honest, || {
+        SnpVerifier::new().verify_report(&r, Some(&s.collateral()), at(T_2025_06_01))
+    });
+    assert!(err.contains("does not verify with the VEK"), "{err}");
+    for time in [1_000_000_000, 2_100_000_000] {
+        refused_cold_and_warm(honest, || {
+            SnpVerifier::new().verify_report(&read(s.report), Some(&s.collateral()), at(time))
+        });
+    }
+    // Another chip's VCEK under the same chain.
+    let col = SnpCollateral {
+        vek: quarry_api::bytes::encode_pem("CERTIFICATE", &read(SNP_TRUSTEE.vek)),
+        ca_chain: Some(text(s.chain)),
+    };
+    refused_cold_and_warm(honest, || {
+        SnpVerifier::new().verify_report(&read(s.report), Some(&col), at(T_2025_06_01))
+    });
+    // A VCEK whose signature no longer matches (last byte of the DER is in the signature).
+    let mut vek = read(s.vek);
+    let last = vek.len() - 1;
+    vek[last] ^= 1;
+    let col = SnpCollateral {
+        vek: quarry_api::bytes::encode_pem("CERTIFICATE", &vek),
+        ca_chain: Some(text(s.chain)),
+    };
+    let err = refused_cold_and_warm(honest, || {
+        SnpVerifier::new().verify_report(&read(s.report), Some(&col), at(T_2025_06_01))
+    });
+    assert!(
+        err.contains("certificate chain") || err.contains("certificate"),
+        "{err}"
+    );
+    assert!(
+        quarry_attestation::cache::sizes().1 > 0,
+        "the chain cache was used"
+    );
+}
