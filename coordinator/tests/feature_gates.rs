@@ -581,3 +581,31 @@ async fn counters_survive_a_restart_a_manifest_update_and_an_older_stored_value(
     let r = f.count(Some(&leaf), "n", 12).await.unwrap();
     assert_eq!((r.value, r.updated), (11, true));
 }
+
+/// Concurrent raises of one counter serialise on the compare-and-swap: every raise that
+/// reports `updated` saw a smaller previous value, no two saw the same one, and the counter
+/// ends at the highest value asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_raises_of_one_counter_never_lose_the_highest_value() {
+    let f = std::sync::Arc::new(fixture(&["MonotonicCounter"]).await);
+    let leaf = std::sync::Arc::new(f.activate("web", &uuid::Uuid::new_v4().to_string()).await);
+    let mut tasks = Vec::new();
+    for value in 1..=24u64 {
+        let (f, leaf) = (f.clone(), leaf.clone());
+        tasks.push(tokio::spawn(async move {
+            (value, f.count(Some(&leaf), "n", value).await.unwrap())
+        }));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (value, r) = t.await.unwrap();
+        if r.updated {
+            assert!(r.value < value, "raised {value} over {}", r.value);
+            assert!(seen.insert(r.value), "two raises from {}", r.value);
+        } else {
+            assert!(r.value >= value, "{value} refused below {}", r.value);
+        }
+    }
+    let r = f.count(Some(&leaf), "n", 0).await.unwrap();
+    assert_eq!((r.value, r.updated), (24, false));
+}
