@@ -4,6 +4,8 @@
 //! Workload API client fetches the SVID and bundles and follows the stream, rustls-webpki
 //! validates the chain against the fetched bundle, x509-parser reads SPIFFE IDs and serials,
 //! and a raw tonic client sends what rust-spiffe never would (no `workload.spiffe.io` header).
+//! Who may connect: the socket's mode, its directory's owner and mode, and (as root, with
+//! python3 connecting as `nobody`) the peer-credential check behind an opened socket mode.
 mod support;
 
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
@@ -421,4 +423,76 @@ async fn the_socket_is_only_created_in_a_directory_of_the_sidecars_user() {
         .await
         .unwrap();
     assert_eq!(out.code(), Some(2));
+}
+
+/// Connects to `socket` as `uid` (`None`: the test's own) with python3, speaks the HTTP/2
+/// client preface and says whether connect(2) was `denied`, or the server `answered` or
+/// `closed` the connection.
+async fn knock(socket: &Path, uid: Option<u32>) -> String {
+    const KNOCK: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+try:
+    s.connect(sys.argv[1])
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    print("answered" if s.recv(65536) else "closed")
+except PermissionError:
+    print("denied")
+except (ConnectionResetError, BrokenPipeError):
+    print("closed")
+except socket.timeout:
+    print("timeout")
+"#;
+    let mut c = tokio::process::Command::new(PYTHON);
+    c.args(["-c", KNOCK]).arg(socket).current_dir("/");
+    if let Some(uid) = uid {
+        c.uid(uid).gid(uid);
+    }
+    let out = c.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+const PYTHON: &str = "/usr/bin/python3";
+/// The user the foreign connection runs as (`nobody`).
+const OTHER_UID: u32 = 65534;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_from_another_user_is_closed_even_through_an_open_socket_mode() {
+    let env = Env::new().await;
+    let probe = env.fx.dir.path().join("probe");
+    std::fs::write(&probe, "").unwrap();
+    if std::fs::metadata(&probe).unwrap().uid() != 0 {
+        // Connecting as another user needs root; CI runs as root.
+        eprintln!("skipped: not root, cannot connect as another user");
+        return;
+    }
+    assert!(
+        Path::new(PYTHON).exists(),
+        "{PYTHON} is needed to connect as another user"
+    );
+    // Let the other user reach the socket: traversable directories (not writable).
+    std::fs::set_permissions(env.fx.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let dir = env.socket_dir("peer");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let socket = dir.join("agent.sock");
+    let _sidecar = env.serving(&socket).await;
+
+    // Mode 0600 keeps the other user out at connect(2) already ...
+    assert_eq!(knock(&socket, Some(OTHER_UID)).await, "denied");
+    // ... and with the mode opened (a mistake, or a socket passed on), the peer check still
+    // closes the connection before a byte is answered, while the sidecar's user is served.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(knock(&socket, None).await, "answered");
+    assert_eq!(knock(&socket, Some(OTHER_UID)).await, "closed");
+    let log = std::fs::read_to_string(socket.with_extension("log")).unwrap();
+    assert!(
+        log.contains("connection from another user closed") && log.contains("uid=65534"),
+        "{log}"
+    );
 }
