@@ -314,6 +314,21 @@ async fn a_real_sgx_quote_is_signed_with_its_tcb_status_by_the_root_key() {
     )
     .unwrap();
 
+    // A debug enclave's quote is signed too: the signature covers the verification and the
+    // TCB status, never the enclave's identity or mode, which the relying party reads from
+    // the quote itself (as with MarbleRun).
+    let debug = std::fs::read(sgx_vectors().join("automata_sgx_quote_v3_DEBUG.bin")).unwrap();
+    let resp = quarry_coordinator::sign_quote::sign(&f.core, sign_request(&debug))
+        .await
+        .expect("a debug quote verifies");
+    assert_eq!(resp.tcb_status, "ConfigurationAndSWHardeningNeeded");
+    assert!(ring_verifies(
+        &root,
+        &debug,
+        &resp.tcb_status,
+        &resp.verification_signature
+    ));
+
     // With an Open Enclave report header (MarbleRun clients send one) the same quote
     // verifies; the signature is over the bytes as posted.
     let mut with_header = vec![1, 0, 0, 0, 2, 0, 0, 0];
