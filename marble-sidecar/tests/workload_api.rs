@@ -49,6 +49,20 @@ impl Env {
 
     /// `marble-sidecar proxy --workload-api <address>`, its stderr in `log`.
     fn sidecar(&self, address: &str, log: &Path) -> tokio::process::Command {
+        self.sidecar_with(
+            &[
+                "proxy",
+                "--sim-measure",
+                "/bin/sh",
+                "--workload-api",
+                address,
+            ],
+            log,
+        )
+    }
+
+    /// `marble-sidecar ARGS` against the fake coordinator, its stderr in `log`.
+    fn sidecar_with(&self, args: &[&str], log: &Path) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_marble-sidecar"));
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -67,13 +81,7 @@ impl Env {
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .kill_on_drop(true)
-            .args([
-                "proxy",
-                "--sim-measure",
-                "/bin/sh",
-                "--workload-api",
-                address,
-            ]);
+            .args(args);
         c
     }
 
@@ -494,5 +502,46 @@ async fn a_connection_from_another_user_is_closed_even_through_an_open_socket_mo
     assert!(
         log.contains("connection from another user closed") && log.contains("uid=65534"),
         "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_the_socket_before_the_service_starts_and_removes_it_at_exit() {
+    let env = Env::new().await;
+    let socket = env.socket_dir("run").join("agent.sock");
+    let seen = env.fx.dir.path().join("seen");
+    // The service itself checks: the socket is there, 0600, when it starts.
+    let script = format!(
+        "test -S '{s}' && stat -c %a '{s}' > '{seen}'",
+        s = socket.display(),
+        seen = seen.display()
+    );
+    let address = format!("unix:{}", socket.display());
+    let log = env.fx.dir.path().join("run.log");
+    let status = tokio::time::timeout(
+        WAIT,
+        env.sidecar_with(
+            &[
+                "run",
+                "--workload-api",
+                &address,
+                "--",
+                "/bin/sh",
+                "-c",
+                &script,
+            ],
+            &log,
+        )
+        .status(),
+    )
+    .await
+    .expect("the sidecar exits with its service")
+    .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), "600");
+    assert!(
+        !socket.exists(),
+        "the socket is removed when the sidecar stops"
     );
 }
