@@ -72,6 +72,7 @@ pub fn bundle(data: &[u8]) {
             platform_id: None,
             simulation: st.simulation,
             reported_tcb: None,
+            tcb_standing: None,
         })
     };
     let deployed = bundle
