@@ -302,7 +302,8 @@ pub struct WorkloadApi {
 
 impl WorkloadApi {
     /// Creates the socket at `path` (mode 0600; its directory must be the sidecar user's and
-    /// writable by nobody else; a stale socket there is replaced, any other file refused).
+    /// writable by nobody else; a stale socket there is replaced, a live one or any other file
+    /// refused).
     pub fn bind(path: &Path, identity: Identity) -> Result<WorkloadApi, WorkloadApiError> {
         let fail = |reason: String| WorkloadApiError::Socket {
             path: path.to_path_buf(),
@@ -370,6 +371,14 @@ impl WorkloadApi {
             .map_err(|e| format!("chmod 0600: {e}"))?;
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
+                // A socket someone still answers on is another server's (a second sidecar
+                // given the same path): taking it over would cut its workloads off.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(
+                        "another server is listening on this socket; refusing to replace it"
+                            .to_string(),
+                    );
+                }
                 tracing::info!(path = %path.display(), "replacing a stale Workload API socket");
             }
             Ok(_) => return Err("exists and is not a socket; refusing to replace it".to_string()),

@@ -85,7 +85,7 @@ impl Env {
         c
     }
 
-    /// Starts the sidecar serving `socket` and waits until the socket exists.
+    /// Starts the sidecar serving `socket` and waits until it answers there.
     async fn serving(&self, socket: &Path) -> tokio::process::Child {
         let log = socket.with_extension("log");
         let mut child = self
@@ -93,7 +93,7 @@ impl Env {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + WAIT;
-        while !socket.exists() {
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(
                     "the sidecar exited with {status}:\n{}",
@@ -423,6 +423,17 @@ async fn the_socket_is_only_created_in_a_directory_of_the_sidecars_user() {
         1,
         "nothing left behind"
     );
+
+    // A socket another sidecar is serving is not taken over; a stale one is replaced.
+    let shared = env.socket_dir("shared").join("agent.sock");
+    let first = env.serving(&shared).await;
+    let log = refused(&env, &format!("unix:{}", shared.display()), "second").await;
+    assert!(log.contains("another server is listening"), "{log}");
+    drop(first);
+    let stale = env.socket_dir("stale").join("agent.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists(), "a socket nobody listens on");
+    let _replaced = env.serving(&stale).await;
 
     // A TCP address is a configuration error (exit 2), not served.
     let out = env
