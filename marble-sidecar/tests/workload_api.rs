@@ -556,3 +556,30 @@ async fn run_serves_the_socket_before_the_service_starts_and_removes_it_at_exit(
         "the socket is removed when the sidecar stops"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_spiffe_x509_source_follows_the_renewal() {
+    let env = Env::new().await;
+    let socket = env.socket_dir("source").join("agent.sock");
+    let _sidecar = env.serving(&socket).await;
+    // The long-running consumer most Rust services use (reconnects, keeps the latest SVID).
+    let source = spiffe::X509Source::builder()
+        .endpoint(format!("unix://{}", socket.display()))
+        .build()
+        .await
+        .unwrap();
+    let first = source.svid().unwrap();
+    assert_eq!(first.spiffe_id().to_string(), env.expected_id());
+    let (first_serial, first_expiry) = serial_and_expiry(first.leaf().as_bytes());
+    let left = first_expiry.duration_since(SystemTime::now()).unwrap();
+    let mut updates = source.updated();
+    tokio::time::timeout(left, updates.changed())
+        .await
+        .expect("the source is updated before the first SVID expires")
+        .unwrap();
+    let second = source.svid().unwrap();
+    let (second_serial, _) = serial_and_expiry(second.leaf().as_bytes());
+    assert_ne!(second_serial, first_serial);
+    assert!(source.is_healthy());
+    source.shutdown().await;
+}
