@@ -463,6 +463,138 @@ mod tests {
         assert!(check_peer(&own, &hw, SealMode::UniqueKey, true).is_err());
     }
 
+    /// A coordinator on a simulated TEE serving its DEK on loopback.
+    async fn holder() -> (tempfile::TempDir, Arc<Core>, Arc<Claims>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = dir.path().join("sim");
+        quarry_attestation::simulated::SimPlatform::create(&sim).unwrap();
+        let tee = Tee::simulated(&sim, None).unwrap();
+        let core = Arc::new(Core::open(&dir.path().join("data"), tee).await.unwrap());
+        let own = Arc::new(own_claims(&core.tee).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(serve_peers(core.clone(), listener, own.clone()));
+        (dir, core, own, addr)
+    }
+
+    /// One key-sharing request from a client with its own fresh TLS key; `evidence` gets the
+    /// client's and the server's SPKI and makes what the client sends.
+    async fn raw_request(
+        addr: &str,
+        evidence: impl FnOnce(&[u8], &[u8]) -> Evidence,
+    ) -> DekResponse {
+        let (cert, key, spki) = ephemeral_identity().unwrap();
+        let config = quarry_trust::tls::client_with_verifier(Arc::new(KeyPossession::new()))
+            .unwrap()
+            .with_client_auth_cert(
+                vec![CertificateDer::from(cert)],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+            )
+            .unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("quarry-peer").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let server_spki = peer_spki(tls.get_ref().1).unwrap();
+        let req = DekRequest {
+            evidence: evidence(&spki, &server_spki),
+        };
+        write_msg(&mut tls, &serde_json::to_vec(&req).unwrap())
+            .await
+            .unwrap();
+        serde_json::from_slice(&read_msg(&mut tls).await.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_share_request_replayed_on_another_connection_gets_no_dek() {
+        let (_dir, core, own, addr) = holder().await;
+        let dek = core.dek().expect("a fresh coordinator holds a DEK");
+        // The honest exchange, through the real client: the same key arrives.
+        let fetched = fetch_dek(&core.tee, &own, &addr).await.unwrap();
+        assert_eq!(fetched.expose(), dek.expose());
+        // The raw client gets the key too when its evidence binds its own connection.
+        let tee = &core.tee;
+        let honest = raw_request(&addr, |mine, server| {
+            tee.provider
+                .evidence(&report_data("joiner", mine, server))
+                .unwrap()
+        })
+        .await;
+        assert!(honest.dek.is_some() && honest.error.is_none());
+
+        // Recorded: what a joiner with another TLS key sent on an earlier connection.
+        let (_, _, earlier_key) = ephemeral_identity().unwrap();
+        let replayed = raw_request(&addr, |_, server| {
+            tee.provider
+                .evidence(&report_data("joiner", &earlier_key, server))
+                .unwrap()
+        })
+        .await;
+        assert!(replayed.dek.is_none() && replayed.evidence.is_none());
+        let e = replayed.error.as_deref().unwrap_or_default();
+        assert!(e.contains("does not bind this TLS connection"), "{e}");
+        // The holder's own answer evidence turned around as a request (role swapped).
+        let swapped = raw_request(&addr, |mine, server| {
+            tee.provider
+                .evidence(&report_data("holder", server, mine))
+                .unwrap()
+        })
+        .await;
+        assert!(swapped.dek.is_none());
+        assert!(swapped
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("does not bind this TLS connection"));
+    }
+
+    #[tokio::test]
+    async fn a_recorded_holder_answer_replayed_by_an_impostor_is_refused_by_the_joiner() {
+        let (_dir, core, own, _addr) = holder().await;
+        // An impostor replica with a TLS key of its own answers with a holder's evidence
+        // recorded from another exchange and a key of its choosing.
+        let (cert, key, _) = ephemeral_identity().unwrap();
+        let config = quarry_trust::tls::server_builder()
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(AnyClientCert::new(true)))
+            .with_single_cert(
+                vec![CertificateDer::from(cert)],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+            )
+            .unwrap();
+        let (_, _, real_holder) = ephemeral_identity().unwrap();
+        let (_, _, earlier_joiner) = ephemeral_identity().unwrap();
+        let recorded = core
+            .tee
+            .provider
+            .evidence(&report_data("holder", &real_holder, &earlier_joiner))
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let _request = read_msg(&mut tls).await.unwrap();
+            let answer = DekResponse {
+                evidence: Some(recorded),
+                dek: Some(quarry_api::bytes::b64(&[7u8; sealing::DEK_LEN])),
+                error: None,
+            };
+            write_msg(&mut tls, &serde_json::to_vec(&answer).unwrap())
+                .await
+                .unwrap();
+        });
+        let e = fetch_dek(&core.tee, &own, &addr)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.contains("not a coordinator we trust"), "{e}");
+        assert!(e.contains("does not bind this TLS connection"), "{e}");
+    }
+
     #[test]
     fn report_data_binds_role_and_both_keys() {
         let a = report_data("joiner", b"k1", b"k2");
