@@ -305,6 +305,15 @@ fn config(o: &Obj<'_>) -> Result<Config, ManifestError> {
             feature_gates.push(gate);
         }
     }
+    let tcb_change_action = match o.nonempty_str("TCBChangeAction")? {
+        None => TcbChangeAction::Warn,
+        Some(text) => TcbChangeAction::parse(text).ok_or_else(|| {
+            o.at("TCBChangeAction").err(format!(
+                "unknown TCB change action {text:?} (allowed: {})",
+                TcbChangeAction::ALL.join(", ")
+            ))
+        })?,
+    };
     let trust_domain = match o.nonempty_str("TrustDomain")? {
         None => crate::spiffe::DEFAULT_TRUST_DOMAIN.to_string(),
         Some(td) if is_trust_domain(td) => td.to_string(),
@@ -321,6 +330,7 @@ fn config(o: &Obj<'_>) -> Result<Config, ManifestError> {
         update_threshold: o.u64("UpdateThreshold")?.unwrap_or(0),
         recovery_threshold: o.u64("RecoveryThreshold")?.unwrap_or(0),
         rotate_root_secret: o.bool("RotateRootSecret")?,
+        tcb_change_action,
     })
 }
 

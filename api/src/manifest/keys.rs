@@ -230,6 +230,7 @@ const CONFIG: Shape = Object(&[
     ("RecoveryThreshold", Leaf),
     ("RotateRootSecret", Leaf),
     ("TrustDomain", Leaf),
+    ("TCBChangeAction", Enum(&super::model::TcbChangeAction::ALL)),
 ]);
 
 /// Rewrite every known key to its canonical spelling, drop unknown keys with a warning, and

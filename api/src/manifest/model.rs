@@ -349,6 +349,44 @@ impl FeatureGate {
     }
 }
 
+/// What the coordinator's TCB monitor does when a running marble's platform falls out of
+/// its package's policy (`Config.TCBChangeAction`, a Quarry extension; MarbleRun manifests
+/// have no such key and get [`TcbChangeAction::Warn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TcbChangeAction {
+    /// Log, count and publish the change only (the default).
+    #[default]
+    Warn,
+    /// Also refuse the marble's next certificate renewal (`tcb-out-of-policy`).
+    RefuseRenewal,
+    /// Also revoke the marble, as an operator's revocation would.
+    Revoke,
+}
+
+impl TcbChangeAction {
+    /// Every manifest spelling, in order.
+    pub const ALL: [&'static str; 3] = ["warn", "refuse-renewal", "revoke"];
+
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcbChangeAction::Warn => "warn",
+            TcbChangeAction::RefuseRenewal => "refuse-renewal",
+            TcbChangeAction::Revoke => "revoke",
+        }
+    }
+
+    /// Parses the manifest spelling (already canonicalised, case-sensitive here).
+    pub fn parse(text: &str) -> Option<TcbChangeAction> {
+        match text {
+            "warn" => Some(TcbChangeAction::Warn),
+            "refuse-renewal" => Some(TcbChangeAction::RefuseRenewal),
+            "revoke" => Some(TcbChangeAction::Revoke),
+            _ => None,
+        }
+    }
+}
+
 /// `Config`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -364,6 +402,8 @@ pub struct Config {
     pub recovery_threshold: u64,
     /// Make a new root secret on the next full update.
     pub rotate_root_secret: bool,
+    /// What the TCB monitor does when a marble falls out of policy (`TCBChangeAction`).
+    pub tcb_change_action: TcbChangeAction,
 }
 
 impl Config {
@@ -382,6 +422,7 @@ impl Default for Config {
             update_threshold: 0,
             recovery_threshold: 0,
             rotate_root_secret: false,
+            tcb_change_action: TcbChangeAction::Warn,
         }
     }
 }

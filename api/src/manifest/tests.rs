@@ -437,6 +437,44 @@ fn config_is_checked() {
 }
 
 #[test]
+fn tcb_change_action_defaults_to_warn_parses_case_insensitively_and_names_its_pointer() {
+    let mut v = base();
+    assert_eq!(
+        parse_json(&v)
+            .expect("loads")
+            .manifest
+            .config
+            .tcb_change_action,
+        TcbChangeAction::Warn,
+        "a manifest without the key (every MarbleRun manifest) warns"
+    );
+    for (text, want) in [
+        ("warn", TcbChangeAction::Warn),
+        ("Refuse-Renewal", TcbChangeAction::RefuseRenewal),
+        ("REVOKE", TcbChangeAction::Revoke),
+        ("", TcbChangeAction::Warn),
+    ] {
+        v["Config"] = json!({ "TCBChangeAction": text });
+        let c = parse_json(&v).expect("loads").manifest.config;
+        assert_eq!(c.tcb_change_action, want, "{text:?}");
+    }
+    v["Config"] = json!({ "tcbchangeaction": "refuse-renewal" });
+    assert_eq!(
+        parse_json(&v)
+            .expect("loads")
+            .manifest
+            .config
+            .tcb_change_action,
+        TcbChangeAction::RefuseRenewal,
+        "the key is case-insensitive like every manifest key"
+    );
+    v["Config"] = json!({ "TCBChangeAction": "shutdown" });
+    assert_refused(&v, "/Config/TCBChangeAction", "schema");
+    v["Config"] = json!({ "TCBChangeAction": 1 });
+    assert_refused(&v, "/Config/TCBChangeAction", "schema");
+}
+
+#[test]
 fn schema_type_errors_name_the_field_without_echoing_values() {
     let mut v = base();
     v["Marbles"]["web"]["MaxActivations"] = "topsecretvalue".into();
