@@ -39,6 +39,13 @@ pub struct AttestationResponse {
     /// The manifest bytes as posted, base64 (absent before a manifest is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// `format=ear` only: the coordinator's EAR (compact JWS, ES256), see [`crate::ear`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ear: Option<String>,
+    /// `format=ear` only: PEM `PUBLIC KEY` of the EAR signing key; the version-2 statement
+    /// names its SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ear_key: Option<String>,
 }
 
 /// One transparency log entry.
@@ -246,12 +253,7 @@ pub fn verify_attestation(
     if simulated && !opts.allow_simulation {
         return Err(AttestationError::Simulation);
     }
-    if st.version != crate::statement::STATEMENT_VERSION {
-        return Err(AttestationError::Malformed(format!(
-            "statement version {} is unknown",
-            st.version
-        )));
-    }
+    st.check_version().map_err(AttestationError::Malformed)?;
     let claims = check(&resp.evidence, opts.now).map_err(AttestationError::Evidence)?;
     if claims.simulation != st.simulation {
         return Err(AttestationError::Evidence(format!(
@@ -418,6 +420,7 @@ mod tests {
                 log_root: hex::encode(merkle::root(&[])),
                 simulation: true,
                 nonce: nonce.map(hex::encode),
+                ear_key_sha256: None,
             },
             evidence: Evidence {
                 kind: crate::EvidenceType::Simulated,
@@ -427,6 +430,8 @@ mod tests {
             root_ca: root_pem,
             mesh_ca: None,
             manifest: None,
+            ear: None,
+            ear_key: None,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod attestation;
 pub mod bytes;
 pub mod claims;
+pub mod ear;
 pub mod evidence;
 pub mod http;
 pub mod manifest;

@@ -5,8 +5,11 @@ use sha2::{Digest, Sha256};
 
 use crate::REPORT_DATA_LEN;
 
-/// Version of the statement format.
+/// Version of the statement format without an EAR key (what `/api/v2/attestation` answers
+/// unless `format=ear` is asked for, so verifiers that predate EAR keep working).
 pub const STATEMENT_VERSION: u32 = 1;
+/// Version of the statement that binds the coordinator's EAR signing key (`ear_key_sha256`).
+pub const STATEMENT_VERSION_EAR: u32 = 2;
 
 /// Everything one quote of the coordinator vouches for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,9 +31,33 @@ pub struct Statement {
     pub simulation: bool,
     /// The relying party's nonce (hex), if it sent one.
     pub nonce: Option<String>,
+    /// Version 2 only: hex SHA-256 of the DER SubjectPublicKeyInfo of the key that signs the
+    /// coordinator's EAR. Absent (not null) in version 1, so version-1 statements hash as
+    /// they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ear_key_sha256: Option<String>,
 }
 
 impl Statement {
+    /// Checks that the version and the fields it requires agree: version 1 has no EAR key,
+    /// version 2 must have one; anything else is unknown.
+    pub fn check_version(&self) -> Result<(), String> {
+        match (self.version, &self.ear_key_sha256) {
+            (STATEMENT_VERSION, None) => Ok(()),
+            (STATEMENT_VERSION, Some(_)) => {
+                Err("statement version 1 must not carry ear_key_sha256".into())
+            }
+            (STATEMENT_VERSION_EAR, Some(k)) if k.len() == 64 && hex::decode(k).is_ok() => Ok(()),
+            (STATEMENT_VERSION_EAR, _) => Err(
+                "statement version 2 needs ear_key_sha256 (64 hex digits, SHA-256 of the EAR key)"
+                    .into(),
+            ),
+            (v, _) => Err(format!(
+                "statement version {v} is unknown (this verifier knows 1 and 2; upgrade quarry)"
+            )),
+        }
+    }
+
     /// RFC 8785 canonical JSON of the statement.
     pub fn canonical(&self) -> Vec<u8> {
         // Statement serialises to a JSON value without floats, so canonicalisation cannot fail.
@@ -145,6 +172,7 @@ mod tests {
             log_root: "cc".into(),
             simulation: true,
             nonce: Some("00".into()),
+            ear_key_sha256: None,
         };
         assert_eq!(
             String::from_utf8(s.canonical()).unwrap(),
@@ -154,5 +182,35 @@ mod tests {
         t.log_size = 3;
         assert_ne!(s.digest(), t.digest());
         assert_eq!(&s.report_data()[32..], &[0u8; 32]);
+    }
+
+    #[test]
+    fn version_2_binds_the_ear_key_and_version_1_hashes_as_before() {
+        let v1: Statement = serde_json::from_str(
+            r#"{"version":1,"root_ca_sha256":"aa","mesh_ca_sha256":null,"manifest_sha256":null,"log_size":0,"log_root":"cc","simulation":false,"nonce":null}"#,
+        )
+        .unwrap();
+        v1.check_version().unwrap();
+        assert!(!String::from_utf8(v1.canonical())
+            .unwrap()
+            .contains("ear_key"));
+        let mut v2 = v1.clone();
+        v2.version = STATEMENT_VERSION_EAR;
+        assert!(v2.check_version().unwrap_err().contains("ear_key_sha256"));
+        v2.ear_key_sha256 = Some("ab".repeat(32));
+        v2.check_version().unwrap();
+        assert!(String::from_utf8(v2.canonical())
+            .unwrap()
+            .contains(&format!("\"ear_key_sha256\":\"{}\"", "ab".repeat(32))));
+        assert_ne!(v1.digest(), v2.digest());
+        let mut other_key = v2.clone();
+        other_key.ear_key_sha256 = Some("cd".repeat(32));
+        assert_ne!(v2.digest(), other_key.digest());
+        let mut v1_with_key = v1.clone();
+        v1_with_key.ear_key_sha256 = Some("ab".repeat(32));
+        assert!(v1_with_key.check_version().is_err());
+        let mut v3 = v2.clone();
+        v3.version = 3;
+        assert!(v3.check_version().unwrap_err().contains("unknown"));
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod ear;
 pub mod http;
 pub mod manifest;
 pub mod marble;

@@ -191,16 +191,26 @@ async fn activate(
     Ok(ok(result?))
 }
 
-/// `?nonce=`: base64url on `/quote` (MarbleRun's), hex on `/attestation`.
+/// `?nonce=`: base64url on `/quote` (MarbleRun's); `/attestation` takes hex
+/// ([`AttestationQuery`]).
 #[derive(Deserialize)]
 struct NonceQuery {
     nonce: Option<String>,
 }
 
-/// `GET /api/v2/attestation?nonce=HEX`: statement, evidence binding it, CAs, manifest.
+/// `GET /api/v2/attestation?nonce=HEX&format=ear`.
+#[derive(Deserialize)]
+struct AttestationQuery {
+    nonce: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /api/v2/attestation?nonce=HEX`: statement, evidence binding it, CAs, manifest. With
+/// `format=ear` the statement is version 2 (it binds the EAR key) and the answer carries the
+/// coordinator's EAR and that key.
 async fn attestation(
     State(core): State<Arc<Core>>,
-    Query(q): Query<NonceQuery>,
+    Query(q): Query<AttestationQuery>,
 ) -> Result<Response, ApiError> {
     let nonce = match q.nonce.as_deref() {
         None | Some("") => None,
@@ -213,14 +223,62 @@ async fn attestation(
             Some(n)
         }
     };
+    let want_ear = match q.format.as_deref() {
+        None | Some("") | Some("json") => false,
+        Some("ear") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format: unknown value {other:?}; use ear, or leave it out for the statement alone"
+            )))
+        }
+    };
     let view = core.view();
-    let statement = core.statement(&view, nonce.as_deref());
+    let mut statement = core.statement(&view, nonce.as_deref());
+    let ear_key = if want_ear {
+        if matches!(view.phase.as_ref(), Phase::Recovery { .. }) {
+            return Err(ApiError::wrong_state(
+                "no EAR in Recovery: the deployment identity (and the EAR key derived from it) is not loaded".into(),
+            ));
+        }
+        let key = crate::ear::EarKey::derive(view.identity.root_secret.expose())
+            .map_err(|e| ApiError::Internal(format!("EAR key: {e}")))?;
+        statement.version = quarry_api::statement::STATEMENT_VERSION_EAR;
+        statement.ear_key_sha256 = Some(key.digest());
+        Some(key)
+    } else {
+        None
+    };
     let report_data = statement.report_data();
     let provider = core.tee.provider.clone();
     let evidence = tokio::task::spawn_blocking(move || provider.evidence(&report_data))
         .await
         .map_err(|e| ApiError::Internal(format!("evidence task: {e}")))?
         .map_err(|e| ApiError::Internal(format!("coordinator evidence: {e}")))?;
+    let ear = match &ear_key {
+        None => None,
+        Some(key) => {
+            // The coordinator appraises its own evidence with the verifier it applies to
+            // marbles; the relying party verifies the quote itself as well.
+            let verifier = core.tee.verifier.clone();
+            let (own, now) = (evidence.clone(), core.tee.now());
+            let claims = tokio::task::spawn_blocking(move || verifier.verify(&own, now))
+                .await
+                .map_err(|e| ApiError::Internal(format!("evidence task: {e}")))?
+                .map_err(|e| {
+                    ApiError::Internal(format!(
+                        "EAR: the coordinator's own evidence does not verify with its verifier: {e}"
+                    ))
+                })?;
+            let manifest = match view.phase.as_ref() {
+                Phase::Running(d) => Some(&d.manifest),
+                _ => None,
+            };
+            Some(
+                crate::ear::issue(key, &claims, &statement, manifest)
+                    .map_err(|e| ApiError::Internal(format!("EAR: {e}")))?,
+            )
+        }
+    };
     let (mesh_ca, manifest) = match view.phase.as_ref() {
         Phase::Running(d) => (
             Some(d.mesh.cert_pem()),
@@ -234,6 +292,8 @@ async fn attestation(
         root_ca: view.identity.root.cert_pem(),
         mesh_ca,
         manifest,
+        ear,
+        ear_key: ear_key.map(|k| k.public_pem()),
     }))
 }
 

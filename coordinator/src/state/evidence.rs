@@ -75,5 +75,7 @@ pub fn statement(
         log_root: hex::encode(log_root),
         simulation,
         nonce: nonce.map(hex::encode),
+        // Version 1; the attestation route raises it to 2 with the key for format=ear.
+        ear_key_sha256: None,
     }
 }

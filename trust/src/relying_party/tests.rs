@@ -55,6 +55,7 @@ impl Coordinator {
             log_root: hex::encode(quarry_api::merkle::root(&[])),
             simulation: true,
             nonce: Some(hex::encode(NONCE)),
+            ear_key_sha256: None,
         };
         let evidence = provider
             .evidence_at(&statement.report_data(), SystemTime::now())
@@ -69,6 +70,8 @@ impl Coordinator {
                 root_ca: root.pem(),
                 mesh_ca: None,
                 manifest: None,
+                ear: None,
+                ear_key: None,
             },
             tls_chain: vec![server.der().to_vec(), root.der().to_vec()],
         }
