@@ -301,9 +301,9 @@ pub struct WorkloadApi {
 }
 
 impl WorkloadApi {
-    /// Creates the socket at `path` (mode 0600; its directory must be the sidecar user's and
-    /// writable by nobody else; a stale socket there is replaced, a live one or any other file
-    /// refused).
+    /// Creates the socket at `path` (mode 0600; its directory, created 0700 when missing, must
+    /// be the sidecar user's and writable by nobody else; a stale socket there is replaced, a
+    /// live one or any other file refused).
     pub fn bind(path: &Path, identity: Identity) -> Result<WorkloadApi, WorkloadApiError> {
         let fail = |reason: String| WorkloadApiError::Socket {
             path: path.to_path_buf(),
@@ -313,6 +313,21 @@ impl WorkloadApi {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => return Err(fail("names no directory".into())),
         };
+        // A missing directory (only the last component) is created private: in Kubernetes
+        // the socket has to live in an emptyDir, whose own directory is mode 0777 and root's,
+        // which the checks below rightly refuse; a 0700 directory of ours inside it passes.
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "created the Workload API socket directory (0700)")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(fail(format!(
+                    "creating its directory {} (its parent must exist): {e}",
+                    dir.display()
+                )))
+            }
+        }
         let meta = std::fs::metadata(dir)
             .map_err(|e| fail(format!("its directory {}: {e}", dir.display())))?;
         if !meta.is_dir() {

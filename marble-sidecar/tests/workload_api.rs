@@ -435,6 +435,42 @@ async fn the_socket_is_only_created_in_a_directory_of_the_sidecars_user() {
     assert!(stale.exists(), "a socket nobody listens on");
     let _replaced = env.serving(&stale).await;
 
+    // A missing directory is created private, even in an open parent (a Kubernetes
+    // emptyDir is 0777): the injector's socket lives in such a directory. Only the last
+    // component is created.
+    let empty_dir = env.socket_dir("emptydir");
+    std::fs::set_permissions(&empty_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let created = empty_dir.join("agent").join("agent.sock");
+    let log = empty_dir.join("agent.log");
+    let mut child = env
+        .sidecar(&format!("unix://{}", created.display()), &log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while std::os::unix::net::UnixStream::connect(&created).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the sidecar exited with {status}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "no socket after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dir_meta = std::fs::metadata(created.parent().unwrap()).unwrap();
+    assert_eq!(dir_meta.permissions().mode() & 0o7777, 0o700);
+    assert_eq!(
+        dir_meta.uid(),
+        std::fs::metadata(env.fx.dir.path()).unwrap().uid()
+    );
+    let meta = std::fs::symlink_metadata(&created).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let deep = empty_dir.join("missing").join("agent").join("agent.sock");
+    let log = refused(&env, &format!("unix:{}", deep.display()), "deep").await;
+    assert!(log.contains("its parent must exist"), "{log}");
+    assert!(!empty_dir.join("missing").exists(), "nothing created");
+
     // A TCP address is a configuration error (exit 2), not served.
     let out = env
         .sidecar("tcp://127.0.0.1:8081", &env.fx.dir.path().join("tcp.log"))
