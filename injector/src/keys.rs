@@ -20,3 +20,6 @@ pub const ANN_UUID: &str = "quarry/uuid";
 pub const ANN_RESOURCE_INJECTION: &str = "quarry/resource-injection";
 /// Annotation the injector sets on the pods it mutated (value: the mode).
 pub const ANN_INJECTED: &str = "quarry/injected";
+/// Annotation: `true` makes the sidecar serve the SPIFFE Workload API to the wrapped
+/// container (`false`, the default, does not); refused for gramine-sgx.
+pub const ANN_WORKLOAD_API: &str = "quarry/workload-api";

@@ -25,8 +25,8 @@ pub mod server;
 pub use config::{default_sgx_resources, InjectorConfig, Tee, TrustSource, DEFAULT_SIDECAR_BINARY};
 pub use mutate::{
     mutate, Mode, Refusal, ANN_CONTAINERS, ANN_DNS_NAMES, ANN_ENTRYPOINT, ANN_INJECTED,
-    ANN_INJECTION, ANN_MARBLE_TYPE_PREFIX, ANN_RESOURCE_INJECTION, ANN_UUID, LABEL_MARBLE_TYPE,
-    MOUNT_ROOT,
+    ANN_INJECTION, ANN_MARBLE_TYPE_PREFIX, ANN_RESOURCE_INJECTION, ANN_UUID, ANN_WORKLOAD_API,
+    LABEL_MARBLE_TYPE, MOUNT_ROOT, WORKLOAD_API_ADDRESS,
 };
 pub use patch::{pointer_token, Patch};
 pub use review::{AdmissionRequest, AdmissionResponse, AdmissionReview};

@@ -18,6 +18,12 @@ const TRUST_DIR: &str = "/quarry/trust";
 const ID_DIR: &str = "/quarry/id";
 const RUN_DIR: &str = "/quarry/run";
 const SIM_DIR: &str = "/quarry/sim";
+/// Where the wrapped container sees its own directory of the `quarry-spiffe` volume.
+const SPIFFE_DIR: &str = "/quarry/spiffe";
+/// The Workload API socket the sidecar serves with `quarry/workload-api: "true"` (and
+/// `SPIFFE_ENDPOINT_SOCKET` of the wrapped container). The sidecar creates its directory
+/// `agent` 0700: the emptyDir itself is 0777, which the sidecar refuses to put a socket in.
+pub const WORKLOAD_API_ADDRESS: &str = "unix:///quarry/spiffe/agent/agent.sock";
 const ROOT_CA_FILE: &str = "root-ca.pem";
 
 const VOL_BIN: &str = "quarry-bin";
@@ -25,6 +31,7 @@ const VOL_TRUST: &str = "quarry-trust";
 const VOL_ID: &str = "quarry-id";
 const VOL_RUN: &str = "quarry-run";
 const VOL_SIM: &str = "quarry-sim";
+const VOL_SPIFFE: &str = "quarry-spiffe";
 const INSTALL_CONTAINER: &str = "quarry-install";
 
 /// How a container is wrapped.
@@ -103,6 +110,23 @@ fn plan(
     if mode == Mode::NativeSidecar && !config.tee.pod_is_one_tee() {
         return Err(Refusal::NativeSidecarOutsideTee(config.tee));
     }
+    let workload_api = match pod.annotation(ANN_WORKLOAD_API).map(str::trim) {
+        None | Some("") | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Refusal::UnknownAnnotationValue {
+                annotation: ANN_WORKLOAD_API,
+                value: other.into(),
+                allowed: "true, false",
+            })
+        }
+    };
+    if workload_api && !config.tee.pod_is_one_tee() {
+        return Err(Refusal::WorkloadApiOutsideTee(config.tee));
+    }
+    if workload_api && mode == Mode::NativeSidecar {
+        return Err(Refusal::WorkloadApiNeedsEntrypoint);
+    }
     let wrapped = wrapped_containers(&pod)?;
     let generated_uuid = match pod.annotation(ANN_UUID).map(str::trim) {
         None | Some("") => wrapped.len() > 1,
@@ -144,6 +168,7 @@ fn plan(
         pod: &pod,
         namespace,
         generated_uuid,
+        workload_api,
     };
     let mut patch = Patch::default();
     let mut init = Vec::new();
@@ -271,6 +296,10 @@ const TRUST_ENV: [&str; 6] = [
     "QUARRY_MARBLE_TYPE",
 ];
 
+/// The sidecar's variable for the Workload API socket; only the injector may set it (as the
+/// `--workload-api` flag).
+const WORKLOAD_API_ENV: &str = "QUARRY_WORKLOAD_API";
+
 fn check_free_names(pod: &PodView, wrapped: &[usize]) -> Result<(), Refusal> {
     let taken = |kind: &'static str, name: &str| Refusal::NameTaken {
         kind,
@@ -278,7 +307,7 @@ fn check_free_names(pod: &PodView, wrapped: &[usize]) -> Result<(), Refusal> {
     };
     let volumes = pod.spec.volumes.iter().flatten().map(|v| v.name.as_str());
     for name in volumes {
-        if [VOL_BIN, VOL_TRUST, VOL_ID, VOL_RUN, VOL_SIM].contains(&name) {
+        if [VOL_BIN, VOL_TRUST, VOL_ID, VOL_RUN, VOL_SIM, VOL_SPIFFE].contains(&name) {
             return Err(taken("volume", name));
         }
     }
@@ -318,6 +347,14 @@ fn check_free_names(pod: &PodView, wrapped: &[usize]) -> Result<(), Refusal> {
                 name: e.name.clone(),
             });
         }
+        // The same for the Workload API: it hands out the marble's key, so a pod must not
+        // make the sidecar serve it (with gramine-sgx, to processes outside the enclave) or
+        // choose where.
+        if c.env.iter().flatten().any(|e| e.name == WORKLOAD_API_ENV) {
+            return Err(Refusal::WorkloadApiEnvSet {
+                container: c.name.clone(),
+            });
+        }
         for m in c.volume_mounts.iter().flatten() {
             let path = m.mount_path.trim_end_matches('/');
             if path == MOUNT_ROOT || path.starts_with("/quarry/") {
@@ -334,6 +371,8 @@ struct Ctx<'a> {
     pod: &'a PodView,
     namespace: String,
     generated_uuid: bool,
+    /// `quarry/workload-api: "true"` (entrypoint mode only).
+    workload_api: bool,
 }
 
 impl Ctx<'_> {
@@ -433,11 +472,19 @@ impl Ctx<'_> {
         resources: bool,
     ) {
         let base = format!("/spec/containers/{index}");
-        let mut command = vec![
-            format!("{BIN_DIR}/marble-sidecar"),
-            "run".to_string(),
-            "--".to_string(),
-        ];
+        let mut command = vec![format!("{BIN_DIR}/marble-sidecar"), "run".to_string()];
+        let mut env = env;
+        let mut mounts = self.sidecar_mounts(&container.name, true);
+        if self.workload_api {
+            command.extend(["--workload-api".to_string(), WORKLOAD_API_ADDRESS.into()]);
+            // Where SPIFFE libraries look for the socket; the sidecar itself ignores it.
+            env.push(("SPIFFE_ENDPOINT_SOCKET".into(), WORKLOAD_API_ADDRESS.into()));
+            // Writable: the sidecar creates the socket's directory and the socket in it.
+            mounts.push(
+                json!({"name": VOL_SPIFFE, "mountPath": SPIFFE_DIR, "subPath": container.name}),
+            );
+        }
+        command.push("--".to_string());
         command.extend(argv);
         patch.add(&format!("{base}/command"), json!(command));
         if container.args.is_some() {
@@ -447,7 +494,7 @@ impl Ctx<'_> {
         patch.append(
             &format!("{base}/volumeMounts"),
             container.volume_mounts.is_some(),
-            self.sidecar_mounts(&container.name, true),
+            mounts,
         );
         if resources && self.config.tee == Tee::GramineSgx {
             add_limits(patch, &base, container, &self.config.sgx_resources);
@@ -530,6 +577,13 @@ impl Ctx<'_> {
         ];
         if mode == Mode::Entrypoint {
             v.push(json!({"name": VOL_BIN, "emptyDir": {"sizeLimit": "256Mi"}}));
+        }
+        if self.workload_api {
+            // Memory-backed like the secrets: it only holds sockets (one directory per
+            // wrapped container, by subPath).
+            v.push(
+                json!({"name": VOL_SPIFFE, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+            );
         }
         if let Some(secret) = &c.sim_platform_secret {
             v.push(json!({"name": VOL_SIM, "secret": {"secretName": secret}}));

@@ -76,6 +76,18 @@ pub enum Refusal {
         /// The variable.
         name: String,
     },
+    /// A wrapped container sets the sidecar's Workload API socket itself.
+    #[error("container {container:?} sets QUARRY_WORKLOAD_API itself; the Workload API hands out the marble's private key, so only the injector turns it on, at its own socket (annotation {ANN_WORKLOAD_API}: \"true\"; remove the variable)")]
+    WorkloadApiEnvSet {
+        /// The container.
+        container: String,
+    },
+    /// The Workload API would hand the marble's key across a TEE boundary.
+    #[error("{ANN_WORKLOAD_API}: the Workload API hands the marble's private key to the process at the other end of its socket, which would leave the enclave with TEE {0}; the key must stay inside the trust boundary (docs/spiffe.md), so it is only served in confidential VM pods")]
+    WorkloadApiOutsideTee(Tee),
+    /// Native-sidecar mode has no long-running sidecar that could serve the Workload API.
+    #[error("{ANN_WORKLOAD_API} needs the sidecar to keep running beside the service; with {ANN_INJECTION}: native-sidecar it only activates and exits (its long-running proxy cannot reuse that activation yet); use {ANN_INJECTION}: entrypoint")]
+    WorkloadApiNeedsEntrypoint,
     /// A derived container name would exceed Kubernetes' 63 characters.
     #[error("container name {0:?} is too long to derive the sidecar container names (at most 47 characters)")]
     NameTooLong(String),

@@ -428,6 +428,7 @@ fn unknown_annotation_values_are_refused() {
         ("quarry/injection", "sidecar"),
         ("quarry/uuid", "random"),
         ("quarry/resource-injection", "off"),
+        ("quarry/workload-api", "yes"),
     ] {
         let review = with_annotation(fixture("entrypoint-command.json"), key, Some(value));
         let message = refusal(review, &config(Tee::Tdx));
@@ -524,4 +525,265 @@ fn a_pod_cannot_set_the_sidecars_trust_or_marble_type_through_env() {
             "{name}: {message}"
         );
     }
+}
+
+/// The socket the injected sidecar serves with `quarry/workload-api: "true"`.
+const WORKLOAD_SOCKET: &str = "unix:///quarry/spiffe/agent/agent.sock";
+
+/// `review` with `env` appended to container `index` (creating its env list if needed).
+fn with_env(mut review: AdmissionReview, index: usize, name: &str, value: &str) -> AdmissionReview {
+    let object = review
+        .request
+        .as_mut()
+        .and_then(|r| r.object.as_mut())
+        .expect("fixture has an object");
+    let container = &mut object["spec"]["containers"][index];
+    if container.get("env").is_none() {
+        container["env"] = json!([]);
+    }
+    container["env"]
+        .as_array_mut()
+        .expect("env is a list")
+        .push(json!({"name": name, "value": value}));
+    review
+}
+
+fn volume_names(pod: &Value) -> Vec<&str> {
+    pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect()
+}
+
+#[test]
+fn workload_api_annotation_serves_the_socket_in_a_shared_memory_volume() {
+    for tee in [Tee::Tdx, Tee::Snp, Tee::Simulated] {
+        let review = with_annotation(
+            fixture("entrypoint-command.json"),
+            "quarry/workload-api",
+            Some("true"),
+        );
+        let (_, _, pod) = admit(review, &config(tee));
+        let app = container(&pod, "containers", "storage-service");
+        assert_eq!(
+            app["command"],
+            json!([
+                "/quarry/bin/marble-sidecar",
+                "run",
+                "--workload-api",
+                WORKLOAD_SOCKET,
+                "--",
+                "/app/storage-service",
+                "--profile",
+                "API"
+            ]),
+            "{tee}"
+        );
+        assert_eq!(env(app, "SPIFFE_ENDPOINT_SOCKET"), [WORKLOAD_SOCKET]);
+        assert!(
+            env(app, "QUARRY_WORKLOAD_API").is_empty(),
+            "the flag, not the variable"
+        );
+        let m = mount(app, "/quarry/spiffe");
+        assert_eq!(m["name"], "quarry-spiffe");
+        assert_eq!(m["subPath"], "storage-service");
+        assert!(
+            m.get("readOnly").is_none(),
+            "the sidecar creates the socket there"
+        );
+        // The socket lies in a directory below the mount, not in the emptyDir's own (0777)
+        // directory, where the sidecar refuses to bind.
+        let socket = WORKLOAD_SOCKET.trim_start_matches("unix://");
+        let dir = std::path::Path::new(socket).parent().expect("a directory");
+        assert!(dir.starts_with("/quarry/spiffe") && dir != std::path::Path::new("/quarry/spiffe"));
+        assert_eq!(
+            volume(&pod, "quarry-spiffe")["emptyDir"],
+            json!({"medium": "Memory", "sizeLimit": "1Mi"})
+        );
+        // The rest of the wrapping is unchanged.
+        assert_eq!(mount(app, "/quarry/run")["subPath"], "storage-service");
+        assert_eq!(env(app, "QUARRY_MARBLE_TYPE"), ["storage-service"]);
+    }
+}
+
+#[test]
+fn without_the_workload_api_annotation_nothing_of_it_is_added() {
+    for value in [None, Some("false"), Some("")] {
+        let review = with_annotation(
+            fixture("entrypoint-command.json"),
+            "quarry/workload-api",
+            value,
+        );
+        let (_, patch, pod) = admit(review, &config(Tee::Tdx));
+        let app = container(&pod, "containers", "storage-service");
+        assert_eq!(app["command"][2], "--", "{value:?}: no --workload-api");
+        assert!(env(app, "SPIFFE_ENDPOINT_SOCKET").is_empty());
+        assert!(!volume_names(&pod).contains(&"quarry-spiffe"));
+        assert!(!patch.to_string().contains("spiffe"), "{value:?}: {patch}");
+    }
+}
+
+#[test]
+fn each_wrapped_container_gets_its_own_workload_api_directory() {
+    let review = with_annotation(
+        fixture("two-marbles.json"),
+        "quarry/workload-api",
+        Some("true"),
+    );
+    let (_, _, pod) = admit(review, &config(Tee::Tdx));
+    for name in ["signer", "crypto-engine"] {
+        let c = container(&pod, "containers", name);
+        assert_eq!(c["command"][2], "--workload-api", "{name}");
+        assert_eq!(c["command"][3], WORKLOAD_SOCKET, "{name}");
+        assert_eq!(env(c, "SPIFFE_ENDPOINT_SOCKET"), [WORKLOAD_SOCKET]);
+        assert_eq!(mount(c, "/quarry/spiffe")["subPath"], name);
+    }
+    let shipper = container(&pod, "containers", "log-shipper");
+    assert!(
+        shipper.get("env").is_none() && shipper.get("volumeMounts").is_none(),
+        "an unwrapped container gets neither the socket nor its variable"
+    );
+    assert_eq!(
+        volume_names(&pod)
+            .iter()
+            .filter(|n| **n == "quarry-spiffe")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_pod_cannot_set_the_sidecars_workload_api_through_env() {
+    // With the annotation or without it, in either mode: the variable would make the sidecar
+    // hand out the marble's key at a socket of the pod's choosing.
+    let cases = [
+        ("entrypoint-command.json", "storage-service", None, Tee::Tdx),
+        (
+            "entrypoint-command.json",
+            "storage-service",
+            Some("true"),
+            Tee::Tdx,
+        ),
+        (
+            "entrypoint-command.json",
+            "storage-service",
+            None,
+            Tee::GramineSgx,
+        ),
+        ("native-sidecar.json", "app", None, Tee::Snp),
+    ];
+    for (fixture_name, name, annotation, tee) in cases {
+        let review = with_env(
+            fixture(fixture_name),
+            0,
+            "QUARRY_WORKLOAD_API",
+            "unix:///tmp/agent.sock",
+        );
+        let review = with_annotation(review, "quarry/workload-api", annotation);
+        let message = refusal(review, &config(tee));
+        assert!(
+            message.contains(&format!(
+                "container \"{name}\" sets QUARRY_WORKLOAD_API itself"
+            )),
+            "{fixture_name} {annotation:?} {tee}: {message}"
+        );
+    }
+    // The application's own variable is not the sidecar's: allowed, and kept as the pod set it.
+    let review = with_env(
+        fixture("entrypoint-command.json"),
+        0,
+        "SPIFFE_ENDPOINT_SOCKET",
+        "unix:///elsewhere.sock",
+    );
+    let review = with_annotation(review, "quarry/workload-api", Some("true"));
+    let (_, _, pod) = admit(review, &config(Tee::Tdx));
+    let app = container(&pod, "containers", "storage-service");
+    assert_eq!(
+        env(app, "SPIFFE_ENDPOINT_SOCKET"),
+        ["unix:///elsewhere.sock"]
+    );
+}
+
+#[test]
+fn workload_api_is_refused_for_sgx_because_the_key_would_leave_the_enclave() {
+    let review = with_annotation(
+        fixture("entrypoint-command.json"),
+        "quarry/workload-api",
+        Some("true"),
+    );
+    let message = refusal(review, &config(Tee::GramineSgx));
+    assert!(
+        message.starts_with("quarry-injector: quarry/workload-api: ")
+            && message.contains("would leave the enclave with TEE gramine-sgx"),
+        "{message}"
+    );
+    // The refusal is the annotation's: the same pod without it is wrapped for SGX.
+    let review = with_annotation(
+        fixture("entrypoint-command.json"),
+        "quarry/workload-api",
+        Some("false"),
+    );
+    let (_, _, pod) = admit(review, &config(Tee::GramineSgx));
+    let app = container(&pod, "containers", "storage-service");
+    assert_eq!(app["command"][1], "run");
+    assert!(env(app, "SPIFFE_ENDPOINT_SOCKET").is_empty());
+}
+
+#[test]
+fn workload_api_in_native_sidecar_mode_is_refused_naming_entrypoint_mode() {
+    for mesh_proxy in [false, true] {
+        let mut cfg = config(Tee::Snp);
+        cfg.mesh_proxy = mesh_proxy;
+        let review = with_annotation(
+            fixture("native-sidecar.json"),
+            "quarry/workload-api",
+            Some("true"),
+        );
+        let message = refusal(review, &cfg);
+        assert!(
+            message.contains("quarry/workload-api needs the sidecar to keep running")
+                && message.contains("use quarry/injection: entrypoint"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn unknown_workload_api_values_are_refused() {
+    for value in ["yes", "1", "on", "TRUE", "enabled", "true,false"] {
+        let review = with_annotation(
+            fixture("entrypoint-command.json"),
+            "quarry/workload-api",
+            Some(value),
+        );
+        let message = refusal(review, &config(Tee::Tdx));
+        assert_eq!(
+            message,
+            format!(
+                "quarry-injector: annotation quarry/workload-api has unknown value {value:?} (allowed: true, false)"
+            )
+        );
+    }
+}
+
+#[test]
+fn the_workload_api_volume_name_is_reserved() {
+    let mut review = with_annotation(
+        fixture("entrypoint-command.json"),
+        "quarry/workload-api",
+        Some("true"),
+    );
+    let object = review
+        .request
+        .as_mut()
+        .and_then(|r| r.object.as_mut())
+        .expect("fixture has an object");
+    object["spec"]["volumes"] = json!([{"name": "quarry-spiffe", "emptyDir": {}}]);
+    let message = refusal(review, &config(Tee::Tdx));
+    assert!(
+        message.contains("the pod already has volume \"quarry-spiffe\""),
+        "{message}"
+    );
 }
