@@ -23,9 +23,9 @@ use tokio_stream::StreamExt as _;
 const LIMIT: Duration = Duration::from_secs(60);
 /// The manifest's `Config.TrustDomain` (not the default, so the ID is the coordinator's).
 const TRUST_DOMAIN: &str = "e2e-workload.quarry.test";
-/// The marble's `CertValidFor`: the sidecar renews at 2/3 of it, leaving 3 s of slack before
-/// the first leaf's notAfter for the renewed SVID to reach the stream.
-const CERT_VALID_FOR: &str = "9s";
+/// The marble's `CertValidFor`: the sidecar renews at 2/3 of it, leaving 4 s of slack before
+/// the first leaf's notAfter for the renewed SVID to reach the stream on a loaded machine.
+const CERT_VALID_FOR: &str = "12s";
 const MARBLE: &str = "svc";
 
 /// A long-running process, stopped (SIGTERM, then SIGKILL) on drop.
@@ -80,6 +80,19 @@ fn quarry(args: &[&str]) -> std::process::Output {
     run(Command::new(bin("quarry")).args(args), LIMIT).unwrap()
 }
 
+/// How the sidecar runs.
+enum How {
+    /// `marble-sidecar proxy --workload-api`, the socket in a private directory of the test.
+    Proxy,
+    /// As the injector wires a pod with `quarry/workload-api: "true"`: `marble-sidecar run
+    /// --workload-api unix://<open dir>/agent/agent.sock -- SERVICE` with
+    /// `SPIFFE_ENDPOINT_SOCKET` set to the same address, where the open directory is 0777
+    /// like a Kubernetes emptyDir and `agent` does not exist yet. The service writes
+    /// `present` or `absent` (is the socket there when it starts?) and the address it was
+    /// given to `service.out`, then sleeps.
+    RunAsInjected,
+}
+
 /// A coordinator with the manifest set, and one sidecar serving the Workload API.
 struct Deployment {
     tmp: tempfile::TempDir,
@@ -91,9 +104,9 @@ struct Deployment {
 }
 
 impl Deployment {
-    /// Starts the coordinator, sets the manifest, starts `marble-sidecar proxy --workload-api`
+    /// Starts the coordinator, sets the manifest, starts the sidecar with `--workload-api`
     /// and waits (bounded) until the socket answers.
-    fn start() -> Deployment {
+    fn start(how: How) -> Deployment {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
         let platform = t.join("sim");
@@ -137,13 +150,29 @@ impl Deployment {
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-        // The socket's directory must be the sidecar's user's and closed to others.
-        let dir = t.join("agent");
-        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
-        let socket = dir.join("agent.sock");
+        let socket = match how {
+            // The socket's directory must be the sidecar's user's and closed to others.
+            How::Proxy => {
+                let dir = t.join("agent");
+                std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+                dir.join("agent.sock")
+            }
+            // The sidecar creates `agent` itself, inside the open directory.
+            How::RunAsInjected => {
+                let open = t.join("spiffe");
+                std::fs::create_dir(&open).unwrap();
+                std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+                open.join("agent").join("agent.sock")
+            }
+        };
+        let address = format!("unix://{}", socket.display());
         let stderr = t.join("sidecar.log");
-        let child = Command::new(bin("marble-sidecar"))
-            .arg("proxy")
+        let mut command = Command::new(bin("marble-sidecar"));
+        match how {
+            How::Proxy => command.args(["proxy", "--sim-measure", "/bin/sh"]),
+            How::RunAsInjected => command.arg("run"),
+        };
+        command
             .args(["--coordinator", &coord.mesh.to_string()])
             .args(["--marble-type", MARBLE])
             .arg("--uuid-file")
@@ -151,15 +180,25 @@ impl Deployment {
             .args(["--tee", "simulated"])
             .arg("--sim-platform")
             .arg(&platform)
-            .args(["--sim-measure", "/bin/sh"])
             .arg("--coordinator-root-ca")
             .arg(&root)
-            .arg("--workload-api")
-            .arg(format!("unix://{}", socket.display()))
+            .args(["--workload-api", &address])
             .env_remove("QUARRY_MARBLE_TYPE")
             .env_remove("EDG_MARBLE_TYPE")
             .env_remove("QUARRY_WORKLOAD_API")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info");
+        if let How::RunAsInjected = how {
+            // The service: is the socket there when it starts, under the address it is given?
+            const SERVICE: &str = r#"p="${SPIFFE_ENDPOINT_SOCKET#unix://}"
+if [ -S "$p" ]; then s=present; else s=absent; fi
+printf '%s %s\n' "$s" "$SPIFFE_ENDPOINT_SOCKET" > "$1.tmp" && mv "$1.tmp" "$1"
+exec sleep 300"#;
+            command
+                .env("SPIFFE_ENDPOINT_SOCKET", &address)
+                .args(["--", "/bin/sh", "-c", SERVICE, "service"])
+                .arg(t.join("service.out"));
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -314,7 +353,7 @@ fn look_alike_root(root_der: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_spiffe_gets_the_coordinators_svid_from_the_real_sidecar_and_sees_it_rotate() {
-    let mut d = Deployment::start();
+    let mut d = Deployment::start(How::Proxy);
     let meta = std::fs::symlink_metadata(&d.socket).unwrap();
     assert!(meta.file_type().is_socket(), "{meta:?}");
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "socket mode");
@@ -510,7 +549,7 @@ fn request<T>(message: T, header: bool) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_sidecar_refuses_requests_without_the_workload_header() {
     use tonic::codegen::http::uri::PathAndQuery;
-    let mut d = Deployment::start();
+    let mut d = Deployment::start(How::Proxy);
     let mut grpc = raw_client(&d.socket).await;
 
     let svid_path = PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchX509SVID");
@@ -575,5 +614,51 @@ async fn the_real_sidecar_refuses_requests_without_the_workload_header() {
         .await
         .expect_err("FetchJWTSVID");
     assert_eq!(jwt.code(), tonic::Code::Unimplemented, "{jwt:?}");
+    d.sidecar.assert_alive("marble-sidecar");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wired_as_the_injector_does_serves_the_service_below_an_open_directory() {
+    let mut d = Deployment::start(How::RunAsInjected);
+    let address = format!("unix://{}", d.socket.display());
+    // The service saw the socket when it started, at the address in SPIFFE_ENDPOINT_SOCKET.
+    let out = d.tmp.path().join("service.out");
+    let deadline = Instant::now() + LIMIT;
+    let seen = loop {
+        if let Ok(text) = std::fs::read_to_string(&out) {
+            break text;
+        }
+        d.sidecar.assert_alive("marble-sidecar");
+        assert!(
+            Instant::now() < deadline,
+            "the service did not start within {LIMIT:?}; log:\n{}",
+            d.sidecar.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seen, format!("present {address}\n"));
+
+    // The open (emptyDir-like) directory stays as it was; the sidecar's own one is private.
+    let dir = d.socket.parent().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(dir.parent().unwrap()), 0o777);
+    assert_eq!(mode(dir), 0o700, "the socket's directory");
+    let meta = std::fs::symlink_metadata(&d.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "socket mode");
+
+    // rust-spiffe's long-running source, at the address the service was given.
+    let source = tokio::time::timeout(
+        LIMIT,
+        spiffe::X509Source::builder().endpoint(&address).build(),
+    )
+    .await
+    .expect("an X509Source within the time bound")
+    .unwrap();
+    let svid = source.svid().unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), d.expected_id());
+    let chain: Vec<&[u8]> = svid.cert_chain().iter().map(|c| c.as_bytes()).collect();
+    validates(&chain, &[d.root_der.as_slice()]).expect("the SVID chains to the root");
+    source.shutdown().await;
     d.sidecar.assert_alive("marble-sidecar");
 }
