@@ -114,9 +114,10 @@ pub struct ProxyArgs {
 pub struct WorkloadApiArgs {
     /// Serve the SPIFFE Workload API (this marble's X.509-SVID, key and trust bundle; JWT
     /// methods answer UNIMPLEMENTED) on this Unix socket: `unix:/PATH` or `unix:///PATH`, the
-    /// syntax of SPIFFE_ENDPOINT_SOCKET. The socket is created 0600 in a directory that must
-    /// belong to the sidecar's user and be writable by nobody else; connections from other
-    /// users (peer credentials) are closed. [env: QUARRY_WORKLOAD_API] [default: not served]
+    /// syntax of SPIFFE_ENDPOINT_SOCKET. The socket is created 0600 in a directory (created
+    /// 0700 when missing) that must belong to the sidecar's user and be writable by nobody
+    /// else; connections from other users (peer credentials) are closed.
+    /// [env: QUARRY_WORKLOAD_API] [default: not served]
     #[arg(long, value_name = "unix:PATH")]
     pub workload_api: Option<String>,
 }
