@@ -81,6 +81,12 @@ pub fn attestation_path(nonce: &[u8]) -> String {
     format!("{ATTESTATION_PATH}?nonce={}", hex::encode(nonce))
 }
 
+/// `/api/v2/attestation?nonce=HEX&format=ear`: the version-2 statement (binding the EAR key),
+/// the coordinator's EAR and its key, checked with [`crate::ear::verify_ear`].
+pub fn ear_attestation_path(nonce: &[u8]) -> String {
+    format!("{}&format=ear", attestation_path(nonce))
+}
+
 /// Verifies `attestation` against `policy` and `options`: the evidence by the hardware
 /// verifiers (and, with `options.allow_simulation`, the policy's simulated platform), its
 /// claims against the policy's package, then everything the statement binds.

@@ -21,7 +21,9 @@ use crate::output::{self, Failure};
   quarry verify --coordinator localhost:4433 --policy coordinator-policy.json \\
       --manifest manifest.json --root-out root.pem --save-bundle bundle.json
   quarry verify --bundle bundle.json --policy coordinator-policy.json --manifest manifest.json
-  quarry verify --bundle bundle.json --policy policy.json --at 2026-11-26T12:00:00Z --allow-simulation")]
+  quarry verify --bundle bundle.json --policy policy.json --at 2026-11-26T12:00:00Z --allow-simulation
+  quarry verify --coordinator localhost:4433 --policy coordinator-policy.json --format ear --save-bundle bundle.json
+  quarry verify --bundle bundle.json --policy coordinator-policy.json --format ear")]
 pub struct Args {
     /// Coordinator client API, HOST:PORT (online mode).
     #[arg(
@@ -52,9 +54,25 @@ pub struct Args {
     /// Verification time for --bundle: RFC 3339 or Unix seconds (default: now).
     #[arg(long, value_name = "TIME", requires = "bundle")]
     pub at: Option<String>,
-    /// Print the result as JSON.
+    /// Print the result as JSON (the same as --format json).
     #[arg(long)]
     pub json: bool,
+    /// Output: a summary (text), JSON, or the coordinator's EAR (a JWT, ES256), checked
+    /// against the key the verified quote binds (fetched with format=ear online; read from
+    /// the bundle offline).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// What `quarry verify` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A one-screen summary.
+    Text,
+    /// The verified statement, claims and marbles as JSON.
+    Json,
+    /// The coordinator's EAR (compact JWS), after checking it.
+    Ear,
 }
 
 /// `quarry log`.
@@ -90,6 +108,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         Some(p) => Some(output::read_file(p, "manifest")?),
         None => None,
     };
+    let want_ear = args.format == Format::Ear;
     let (verified, bundle) = match &args.bundle {
         Some(path) => {
             let bytes = output::read_file(path, "bundle")?;
@@ -128,10 +147,19 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                 now,
             };
             let v = verify(&bundle.attestation, &policy, &options)?;
+            if want_ear && bundle.attestation.ear.is_none() {
+                return Err(Failure::new(
+                    format!(
+                        "{} carries no EAR (it was saved without --format ear)",
+                        path.display()
+                    ),
+                    "recapture it with quarry verify --format ear --save-bundle FILE",
+                ));
+            }
             (v, bundle)
         }
         None => {
-            let (att, log, chain, nonce) = fetch(&args.coordinator, LOG_PAGE_DEFAULT)?;
+            let (att, log, chain, nonce) = fetch(&args.coordinator, LOG_PAGE_DEFAULT, want_ear)?;
             let options = VerifyOptions {
                 nonce: Some(&nonce),
                 manifest: manifest.as_deref(),
@@ -150,6 +178,22 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             (v, bundle)
         }
     };
+    // The EAR is checked before anything is written: a bundle or pin is only kept for a
+    // coordinator whose whole answer verified.
+    let ear = if want_ear {
+        Some(
+            quarry_trust::ear::verify_ear(&bundle.attestation, &verified)
+                .map_err(|e| {
+                    Failure::new(
+                        e.to_string(),
+                        "do not trust this EAR; verify the coordinator again (quarry verify)",
+                    )
+                })
+                .map(|_| bundle.attestation.ear.clone().unwrap_or_default())?,
+        )
+    } else {
+        None
+    };
     if let Some(path) = &args.save_bundle {
         let bytes = serde_json::to_vec_pretty(&bundle)
             .map_err(|e| Failure::bare(format!("encoding the bundle: {e}")))?;
@@ -159,13 +203,23 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         let pem = quarry_api::bytes::encode_pem("CERTIFICATE", &verified.root_ca_der);
         output::write_file(path, pem.as_bytes(), 0o644)?;
     }
-    print_summary(&verified, args.json, bundle.log.len())
+    if let Some(token) = ear {
+        if verified.statement.simulation {
+            output::warn("SIMULATION: this EAR appraises a SIMULATED TEE (status contraindicated); it proves NOTHING about confidentiality");
+        }
+        return output::line(token);
+    }
+    print_summary(
+        &verified,
+        args.json || args.format == Format::Json,
+        bundle.log.len(),
+    )
 }
 
 /// Runs `quarry log`.
 pub fn run_log(args: &LogArgs) -> Result<(), Failure> {
     let policy = load_policy(&args.policy)?;
-    let (att, log, chain, nonce) = fetch(&args.coordinator, args.page_size)?;
+    let (att, log, chain, nonce) = fetch(&args.coordinator, args.page_size, false)?;
     let options = VerifyOptions {
         nonce: Some(&nonce),
         manifest: None,
@@ -208,19 +262,22 @@ fn load_policy(path: &std::path::Path) -> Result<CoordinatorPolicy, Failure> {
 
 type Fetched = (AttestationResponse, Vec<LogEntry>, Vec<Vec<u8>>, [u8; 32]);
 
-/// Fetches the attestation with a fresh nonce and the whole log (`page` entries per
-/// request), recording the TLS chain.
-fn fetch(address: &str, page: u64) -> Result<Fetched, Failure> {
+/// Fetches the attestation with a fresh nonce (with `ear`, in `format=ear`: version-2
+/// statement, EAR and its key) and the whole log (`page` entries per request), recording the
+/// TLS chain.
+fn fetch(address: &str, page: u64, ear: bool) -> Result<Fetched, Failure> {
     let nonce = relying_party::fresh_nonce().map_err(failure)?;
     let recording = Arc::new(Recording::new());
     let config = tls::client_with_verifier(recording.clone())
         .map_err(|e| Failure::bare(format!("cannot configure TLS 1.3: {e}")))?
         .with_no_client_auth();
     let client = Client::new(address, config)?;
-    let att: AttestationResponse = client.fetch(
-        &relying_party::attestation_path(&nonce),
-        "fetching the attestation",
-    )?;
+    let path = if ear {
+        relying_party::ear_attestation_path(&nonce)
+    } else {
+        relying_party::attestation_path(&nonce)
+    };
+    let att: AttestationResponse = client.fetch(&path, "fetching the attestation")?;
     // Entries appended after the attestation are outside the attested root: read up to its size.
     let entries = fetch_log(&client, att.statement.log_size, page)?;
     Ok((att, entries, recording.chain(), nonce))
