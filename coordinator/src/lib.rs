@@ -2,6 +2,7 @@
 //! identities, secrets and parameters, and keeps its state sealed (contract §6, §8).
 #![forbid(unsafe_code)]
 
+pub mod attestation;
 pub mod config;
 pub mod ear;
 pub mod http;

@@ -232,69 +232,12 @@ async fn attestation(
             )))
         }
     };
-    let view = core.view();
-    let mut statement = core.statement(&view, nonce.as_deref());
-    let ear_key = if want_ear {
-        if matches!(view.phase.as_ref(), Phase::Recovery { .. }) {
-            return Err(ApiError::wrong_state(
-                "no EAR in Recovery: the deployment identity (and the EAR key derived from it) is not loaded".into(),
-            ));
-        }
-        let key = crate::ear::EarKey::derive(view.identity.root_secret.expose())
-            .map_err(|e| ApiError::Internal(format!("EAR key: {e}")))?;
-        statement.version = quarry_api::statement::STATEMENT_VERSION_EAR;
-        statement.ear_key_sha256 = Some(key.digest());
-        Some(key)
-    } else {
-        None
-    };
-    let report_data = statement.report_data();
-    let provider = core.tee.provider.clone();
-    let evidence = tokio::task::spawn_blocking(move || provider.evidence(&report_data))
-        .await
-        .map_err(|e| ApiError::Internal(format!("evidence task: {e}")))?
-        .map_err(|e| ApiError::Internal(format!("coordinator evidence: {e}")))?;
-    let ear = match &ear_key {
-        None => None,
-        Some(key) => {
-            // The coordinator appraises its own evidence with the verifier it applies to
-            // marbles; the relying party verifies the quote itself as well.
-            let verifier = core.tee.verifier.clone();
-            let (own, now) = (evidence.clone(), core.tee.now());
-            let claims = tokio::task::spawn_blocking(move || verifier.verify(&own, now))
-                .await
-                .map_err(|e| ApiError::Internal(format!("evidence task: {e}")))?
-                .map_err(|e| {
-                    ApiError::Internal(format!(
-                        "EAR: the coordinator's own evidence does not verify with its verifier: {e}"
-                    ))
-                })?;
-            let manifest = match view.phase.as_ref() {
-                Phase::Running(d) => Some(&d.manifest),
-                _ => None,
-            };
-            Some(
-                crate::ear::issue(key, &claims, &statement, manifest)
-                    .map_err(|e| ApiError::Internal(format!("EAR: {e}")))?,
-            )
-        }
-    };
-    let (mesh_ca, manifest) = match view.phase.as_ref() {
-        Phase::Running(d) => (
-            Some(d.mesh.cert_pem()),
-            Some(quarry_api::bytes::b64(&d.raw)),
-        ),
-        _ => (None, None),
-    };
-    Ok(ok(quarry_api::attestation::AttestationResponse {
-        statement,
-        evidence,
-        root_ca: view.identity.root.cert_pem(),
-        mesh_ca,
-        manifest,
-        ear,
-        ear_key: ear_key.map(|k| k.public_pem()),
-    }))
+    Ok(ok(crate::attestation::answer(
+        &core,
+        nonce.as_deref(),
+        want_ear,
+    )
+    .await?))
 }
 
 #[derive(Deserialize)]
