@@ -25,7 +25,9 @@ The coordinator must be authenticated: pass --coordinator-root-ca FILE (the depl
 CA, pinned), or, for development only, --insecure-skip-coordinator-verify.
 
 Every flag can also be set by the environment variable shown in its help; a flag wins over \
-QUARRY_* variables, which win over the MarbleRun EDG_* aliases. Empty variables count as unset.
+QUARRY_* variables, which win over the MarbleRun EDG_* aliases. Empty variables count as unset. \
+With --settings-from-args, those variables are ignored and any of them being present is an \
+error (exit 2): only the command line configures the sidecar.
 
 Logs go to stderr: RUST_LOG sets the filter (default info); QUARRY_LOG_FORMAT=json (or \
 EDG_LOG_FORMAT=json) switches to JSON lines. Secrets, file contents and environment values are \
@@ -231,7 +233,46 @@ pub struct CommonArgs {
     /// numbers are seconds). [env: QUARRY_CRL_INTERVAL] [default: 30s]
     #[arg(long, value_name = "DURATION")]
     pub crl_interval: Option<String>,
+    /// Take every protected setting (coordinator, trust, marble identity, evidence, CRL
+    /// interval, Workload API: all the variables above) only from the command line, and refuse
+    /// to start (exit 2) if any of their variables is present in the environment, even empty.
+    /// For launchers that write the command line but not the whole environment, like the
+    /// Kubernetes injector (a pod's env and envFrom must not weaken the sidecar's trust).
+    /// Logging (RUST_LOG, QUARRY_LOG_FORMAT) still comes from the environment. No variable.
+    #[arg(long)]
+    pub settings_from_args: bool,
 }
+
+/// Every variable [`Config::resolve`] reads: they decide whom the sidecar trusts (coordinator
+/// address, root CA, policy, verification switches, CRL interval), which identity and evidence
+/// it presents (marble type, UUID file, DNS names, TEE provider and its device root and
+/// collateral, the simulated identity and measured executable) and where it serves the
+/// marble's key (Workload API). With `--settings-from-args` none may be present.
+pub const PROTECTED_ENV: [&str; 23] = [
+    "QUARRY_COORDINATOR_ADDR",
+    "EDG_MARBLE_COORDINATOR_ADDR",
+    "QUARRY_COORDINATOR_ROOT_CA",
+    "QUARRY_COORDINATOR_POLICY",
+    "QUARRY_ALLOW_SIMULATED_COORDINATOR",
+    "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY",
+    "QUARRY_CRL_INTERVAL",
+    "QUARRY_MARBLE_TYPE",
+    "EDG_MARBLE_TYPE",
+    "QUARRY_MARBLE_UUID_FILE",
+    "EDG_MARBLE_UUID_FILE",
+    "QUARRY_MARBLE_DNS_NAMES",
+    "EDG_MARBLE_DNS_NAMES",
+    "QUARRY_TEE",
+    "QUARRY_ATTESTATION_ROOT",
+    "QUARRY_COLLATERAL",
+    "QUARRY_SIM_PLATFORM",
+    "QUARRY_SIM_SIGNER",
+    "QUARRY_SIM_PRODUCT_ID",
+    "QUARRY_SIM_SVN",
+    "QUARRY_SIM_DEBUG",
+    "QUARRY_SIM_MEASURE",
+    "QUARRY_WORKLOAD_API",
+];
 
 /// Everything the sidecar needs, resolved from flags and environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,6 +404,9 @@ pub enum ConfigError {
     /// `activate` with simulated evidence but nothing to measure.
     #[error("activate and proxy with --tee simulated need --sim-measure FILE (or QUARRY_SIM_MEASURE): the executable whose SHA-256 is the UniqueID")]
     MissingSimMeasure,
+    /// `--settings-from-args` and a protected variable in the environment.
+    #[error("{names} set in the environment, but with --settings-from-args the sidecar takes its coordinator, trust, identity and Workload API settings only from its command line; refusing to start (remove {them} from the container's env and envFrom)", names = .0.join(", "), them = if .0.len() == 1 { "it" } else { "them" })]
+    ProtectedEnvSet(Vec<String>),
     /// A value does not parse; names where it came from.
     #[error("invalid {origin}: {reason}")]
     Invalid {
@@ -375,8 +419,34 @@ pub enum ConfigError {
 
 impl Config {
     /// Resolve a parsed command line against an environment lookup (`None` = unset).
+    ///
+    /// With `--settings-from-args` a protected variable ([`PROTECTED_ENV`]) that is present
+    /// at all is an error, and nothing is read from `env`.
     pub fn resolve(cli: Cli, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let src = Sources { env: &env };
+        let from_args_only = match &cli.command {
+            Command::Run(a) => a.common.settings_from_args,
+            Command::Activate(a) => a.common.settings_from_args,
+            Command::Proxy(a) => a.common.settings_from_args,
+        };
+        if from_args_only {
+            // Present, not non-empty: an empty QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY is
+            // harmless today, but a pod that sets these at all is trying to reconfigure the
+            // sidecar and should fail loudly.
+            let present: Vec<String> = PROTECTED_ENV
+                .iter()
+                .filter(|name| env(name).is_some())
+                .map(|name| (*name).to_string())
+                .collect();
+            if !present.is_empty() {
+                return Err(ConfigError::ProtectedEnvSet(present));
+            }
+        }
+        // Nothing at all from the environment then, so a setting added later without being
+        // listed in PROTECTED_ENV is still flag-only (the test
+        // `every_variable_the_resolver_reads_is_protected` catches the missing entry).
+        let no_env = |_: &str| None;
+        let env: &dyn Fn(&str) -> Option<String> = if from_args_only { &no_env } else { &env };
+        let src = Sources { env };
         let (common, mode, workload_api) = match cli.command {
             Command::Run(a) => (
                 a.common,
@@ -645,11 +715,11 @@ impl Setting {
     }
 }
 
-struct Sources<'a, F> {
-    env: &'a F,
+struct Sources<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
 }
 
-impl<F: Fn(&str) -> Option<String>> Sources<'_, F> {
+impl Sources<'_> {
     /// `--sim-measure`, else `QUARRY_SIM_MEASURE`.
     fn measure(&self, args: MeasureArgs) -> Option<String> {
         self.pick(args.sim_measure, "--sim-measure", &["QUARRY_SIM_MEASURE"])

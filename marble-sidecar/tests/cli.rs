@@ -344,3 +344,104 @@ async fn sigterm_to_the_sidecar_reaches_the_service_whose_exit_code_is_returned(
         .unwrap();
     assert_eq!(status.code(), Some(3));
 }
+
+impl Env {
+    /// The sidecar as the injector starts it: every protected setting as a flag behind
+    /// `--settings-from-args`, and an environment holding nothing of the sidecar's but logging.
+    fn sidecar_from_args(&self, coord: &FakeCoordinator, sub: &str) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_marble-sidecar"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "error")
+            .env("QUARRY_LOG_FORMAT", "text")
+            .current_dir(&self.work)
+            .kill_on_drop(true)
+            .arg(sub)
+            .arg("--settings-from-args")
+            .arg("--coordinator")
+            .arg(coord.addr.to_string())
+            .args(["--marble-type", "web", "--tee", "simulated"])
+            .arg("--sim-platform")
+            .arg(&self.fx.platform_dir)
+            .arg("--coordinator-root-ca")
+            .arg(self.root.write_pem(self.fx.dir.path()));
+        c
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_from_args_refuses_a_protected_variable_with_exit_2_naming_it() {
+    let env = Env::new();
+    let coord = env.coordinator(Options::default()).await;
+    // What a ConfigMap through envFrom would bring: the webhook never sees these.
+    for (name, value) in [
+        ("QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY", "true"),
+        ("QUARRY_COORDINATOR_ROOT_CA", "/elsewhere.pem"),
+        ("EDG_MARBLE_COORDINATOR_ADDR", "evil.example:2001"),
+        ("QUARRY_WORKLOAD_API", "unix:///tmp/steal/agent.sock"),
+        ("QUARRY_SIM_MEASURE", ""),
+    ] {
+        let out = env
+            .sidecar_from_args(&coord, "run")
+            .args(["--", "sh", "-c", ": > started"])
+            .env(name, value)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "{name} set in the environment, but with --settings-from-args"
+            )),
+            "{err}"
+        );
+        assert!(!env.work.join("started").exists());
+        assert!(!env.work.join("uuid").exists());
+    }
+    assert!(
+        coord.client_keys.lock().unwrap().is_empty(),
+        "refused before any contact with the coordinator"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_from_args_runs_the_service_from_the_command_line_alone() {
+    let env = Env::new();
+    let coord = env.coordinator(Options::default()).await;
+    let out = env
+        .sidecar_from_args(&coord, "run")
+        .args([
+            "--",
+            "sh",
+            "-c",
+            r#"printf '%s' "$GREETING" > seen; exit 6"#,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(env.work.join("seen")).unwrap(),
+        "hi"
+    );
+    assert_eq!(coord.activations.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_settings_from_args_the_environment_still_configures_the_sidecar() {
+    let env = Env::new();
+    let coord = env.coordinator(Options::default()).await;
+    // The same variable that the flag refuses: here it is the documented way to configure
+    // the sidecar (the pinned root is replaced by no verification at all).
+    let out = env
+        .sidecar(&coord, &["run", "--", "sh", "-c", ": > started"])
+        .env_remove("QUARRY_COORDINATOR_ROOT_CA")
+        .env("QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY", "true")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(env.work.join("started").exists());
+}

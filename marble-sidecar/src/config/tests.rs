@@ -436,6 +436,7 @@ fn help_documents_every_flag_with_its_environment_variable() {
             "QUARRY_COORDINATOR_ROOT_CA",
             "--insecure-skip-coordinator-verify",
             "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY",
+            "--settings-from-args",
         ] {
             assert!(help.contains(needle), "`{sub} --help` lacks {needle}");
         }
@@ -455,4 +456,208 @@ fn help_documents_every_flag_with_its_environment_variable() {
         assert!(help.contains(needle), "`activate --help` lacks {needle}");
     }
     cmd.debug_assert();
+}
+
+/// The flags the injector writes: every protected setting on the command line.
+fn from_args(sub: &str) -> Vec<&str> {
+    let mut v = vec![
+        sub,
+        "--settings-from-args",
+        "--coordinator",
+        "coord.svc:2001",
+        "--marble-type",
+        "web",
+        "--uuid-file",
+        "/quarry/id/uuid",
+        "--coordinator-root-ca",
+        "/quarry/trust/root-ca.pem",
+    ];
+    v.extend_from_slice(&SIM);
+    v
+}
+
+#[test]
+fn settings_from_args_refuses_every_protected_variable_naming_it() {
+    let mut args = from_args("run");
+    args.extend_from_slice(&["--", "/bin/true"]);
+    for name in PROTECTED_ENV {
+        // Empty counts too: the pod tried to set it.
+        for value in ["true", ""] {
+            let err = resolve(&args, &[("RUST_LOG", "debug"), (name, value)]).unwrap_err();
+            assert_eq!(err, ConfigError::ProtectedEnvSet(vec![name.to_string()]));
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!("{name} set in the environment"))
+                    && message.contains("--settings-from-args")
+                    && message.contains("envFrom"),
+                "{message}"
+            );
+        }
+    }
+    let err = resolve(
+        &args,
+        &[
+            ("QUARRY_WORKLOAD_API", "unix:/tmp/x.sock"),
+            ("QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY", "true"),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        ConfigError::ProtectedEnvSet(vec![
+            "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY".into(),
+            "QUARRY_WORKLOAD_API".into()
+        ]),
+        "all of them are named, in PROTECTED_ENV order"
+    );
+}
+
+#[test]
+fn settings_from_args_takes_every_setting_from_the_command_line() {
+    let mut args = from_args("proxy");
+    args.extend_from_slice(&[
+        "--dns-names",
+        "web,web.ns",
+        "--sim-measure",
+        "/bin/sh",
+        "--workload-api",
+        "unix:///quarry/spiffe/agent/agent.sock",
+        "--crl-interval",
+        "5s",
+    ]);
+    // Variables nobody protects stay; they configure nothing here.
+    let c = resolve(
+        &args,
+        &[("RUST_LOG", "debug"), ("QUARRY_LOG_FORMAT", "json")],
+    )
+    .unwrap();
+    assert_eq!(c.coordinator.as_str(), "https://coord.svc:2001/");
+    assert_eq!(c.marble_type, "web");
+    assert_eq!(c.uuid_file, PathBuf::from("/quarry/id/uuid"));
+    assert_eq!(c.dns_names, ["web", "web.ns"]);
+    assert_eq!(
+        c.trust,
+        CoordinatorTrust::PinnedRoot("/quarry/trust/root-ca.pem".into())
+    );
+    assert_eq!(
+        c.mode,
+        Mode::Proxy {
+            measure: Some("/bin/sh".into())
+        }
+    );
+    assert_eq!(
+        c.workload_api,
+        Some(PathBuf::from("/quarry/spiffe/agent/agent.sock"))
+    );
+    assert_eq!(c.crl_interval, std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn without_settings_from_args_the_same_variables_still_configure_the_sidecar() {
+    let c = resolve(
+        &run_args(&[]),
+        &[
+            ("QUARRY_MARBLE_TYPE", "web"),
+            ("QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY", "true"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.trust, CoordinatorTrust::DangerousAcceptAnyCoordinator);
+    // With the flag, a setting missing from the command line is missing, whatever the
+    // environment would have said (here it says nothing protected, so this is not the
+    // presence check speaking).
+    let err = resolve(
+        &[
+            "run",
+            "--settings-from-args",
+            "--tee",
+            "simulated",
+            "--",
+            "/bin/true",
+        ],
+        &[("QUARRY_LOG_FORMAT", "json")],
+    )
+    .unwrap_err();
+    assert_eq!(err, ConfigError::MissingMarbleType);
+}
+
+#[test]
+fn every_variable_the_resolver_reads_is_protected() {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    let read = RefCell::new(BTreeSet::new());
+    // No flags, so every setting is looked up; QUARRY_* names of aliased settings answer
+    // nothing so that the EDG_* alias is read too.
+    type Vars = [(&'static str, &'static str)];
+    let answer = |values: &'static Vars| {
+        let read = &read;
+        move |name: &str| {
+            read.borrow_mut().insert(name.to_string());
+            values
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    let configs: [(&[&str], &'static Vars); 3] = [
+        (
+            &["run", "--", "/bin/true"],
+            &[
+                ("EDG_MARBLE_TYPE", "web"),
+                ("QUARRY_TEE", "simulated"),
+                ("QUARRY_SIM_PLATFORM", "/plat"),
+                ("QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY", "true"),
+            ],
+        ),
+        (
+            &["proxy"],
+            &[
+                ("EDG_MARBLE_TYPE", "web"),
+                ("QUARRY_TEE", "tdx"),
+                ("QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY", "true"),
+            ],
+        ),
+        (
+            &["activate", "--out", "/out"],
+            &[
+                ("EDG_MARBLE_TYPE", "web"),
+                ("QUARRY_TEE", "snp"),
+                ("QUARRY_COORDINATOR_POLICY", "/policy.json"),
+            ],
+        ),
+    ];
+    for (args, values) in configs {
+        let mut argv = vec!["marble-sidecar"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("command line must parse");
+        Config::resolve(cli, answer(values)).expect("resolves");
+    }
+    let protected: BTreeSet<String> = PROTECTED_ENV.iter().map(|n| n.to_string()).collect();
+    let read = read.into_inner();
+    let unprotected: Vec<&String> = read.difference(&protected).collect();
+    assert!(
+        unprotected.is_empty(),
+        "read but not in PROTECTED_ENV (decide, and add it there or to the loggers'): {unprotected:?}"
+    );
+    let unread: Vec<&String> = protected.difference(&read).collect();
+    assert!(unread.is_empty(), "listed but never read: {unread:?}");
+    // And with --settings-from-args nothing is read at all.
+    let cli = Cli::try_parse_from(["marble-sidecar"].into_iter().chain({
+        let mut a = from_args("run");
+        a.extend_from_slice(&["--", "/bin/true"]);
+        a
+    }))
+    .expect("command line must parse");
+    let reads = RefCell::new(Vec::new());
+    Config::resolve(cli, |name| {
+        reads.borrow_mut().push(name.to_string());
+        None
+    })
+    .expect("resolves");
+    let reads = reads.into_inner();
+    assert!(
+        reads.iter().all(|n| PROTECTED_ENV.contains(&n.as_str()))
+            && reads.len() == PROTECTED_ENV.len(),
+        "only the presence check reads the environment: {reads:?}"
+    );
 }
