@@ -84,8 +84,9 @@ pub struct InjectorConfig {
     pub sgx_resources: Vec<(String, String)>,
     /// With [`Tee::Tdx`] / [`Tee::Snp`]: runtime class set on pods that name none.
     pub runtime_class: Option<String>,
-    /// In native-sidecar mode, also add the long-running `marble-sidecar proxy` container
-    /// (needs the mesh proxy of the sidecar; off until that lands).
+    /// In native-sidecar mode, also add the long-running `marble-sidecar proxy` container,
+    /// which activates on its own and serves the marble's Mesh section (it exits 1, and is
+    /// restarted, for a marble type without one).
     pub mesh_proxy: bool,
     /// `sizeLimit` of the memory-backed volume holding materialised secrets.
     pub secrets_size_limit: String,

@@ -26,7 +26,8 @@ pub use config::{default_sgx_resources, InjectorConfig, Tee, TrustSource, DEFAUL
 pub use mutate::{
     mutate, Mode, Refusal, ANN_CONTAINERS, ANN_DNS_NAMES, ANN_ENTRYPOINT, ANN_INJECTED,
     ANN_INJECTION, ANN_MARBLE_TYPE_PREFIX, ANN_RESOURCE_INJECTION, ANN_UUID, ANN_WORKLOAD_API,
-    LABEL_MARBLE_TYPE, MOUNT_ROOT, WORKLOAD_API_ADDRESS,
+    LABEL_MARBLE_TYPE, MOUNT_ROOT, SETTINGS_FROM_ARGS, TRUST_ENV, WORKLOAD_API_ADDRESS,
+    WORKLOAD_API_ENV,
 };
 pub use patch::{pointer_token, Patch};
 pub use review::{AdmissionRequest, AdmissionResponse, AdmissionReview};

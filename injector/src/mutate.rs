@@ -178,14 +178,14 @@ fn plan(
     for &index in &wrapped {
         let container = &pod.spec.containers[index];
         let marble_type = marble_type(&pod, pod_type, &container.name)?;
-        let env = ctx.sidecar_env(&container.name, &marble_type);
+        let settings = ctx.sidecar_args(&container.name, &marble_type);
         match mode {
             Mode::Entrypoint => {
                 let argv = wrapped_argv(&pod, container, wrapped.len())?;
-                ctx.wrap_entrypoint(&mut patch, index, container, argv, env, resources);
+                ctx.wrap_entrypoint(&mut patch, index, container, argv, settings, resources);
             }
             Mode::NativeSidecar => {
-                init.extend(ctx.native_sidecars(container, &env));
+                init.extend(ctx.native_sidecars(container, &settings));
                 ctx.mount_run_dir(&mut patch, index, container);
             }
         }
@@ -203,6 +203,17 @@ fn plan(
     ctx.pod_level(&mut patch, mode, resources);
 
     let mut warnings = Vec::new();
+    if mode == Mode::Entrypoint {
+        for &index in &wrapped {
+            let c = &pod.spec.containers[index];
+            if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
+                warnings.push(format!(
+                    "Quarry: container {:?} uses envFrom, which the injector cannot see into; its sidecar refuses to start (exit 2) if that brings one of the sidecar's protected variables ({}…, see docs/kubernetes.md)",
+                    c.name, TRUST_ENV[0]
+                ));
+            }
+        }
+    }
     if config.tee == Tee::Simulated {
         warnings.push(
             "Quarry: marbles use the simulated TEE (development only; evidence proves nothing)"
@@ -285,20 +296,44 @@ fn wrapped_argv(
     Ok(entry.into_iter().chain(args).collect())
 }
 
-/// Sidecar variables a wrapped container may not set: the coordinator it trusts, how, and
-/// which marble type it is (contract §9).
-const TRUST_ENV: [&str; 6] = [
+/// Sidecar variables a wrapped container may not set: whom the sidecar trusts, which identity
+/// and evidence it presents (the sidecar's `config::PROTECTED_ENV` but for
+/// [`WORKLOAD_API_ENV`]). The injector passes these settings as flags behind
+/// `--settings-from-args`, so the sidecar would refuse to start with any of them in its
+/// environment; refusing the pod says so at admission instead of in a crash loop.
+pub const TRUST_ENV: [&str; 22] = [
     "QUARRY_COORDINATOR_ADDR",
+    "EDG_MARBLE_COORDINATOR_ADDR",
     "QUARRY_COORDINATOR_ROOT_CA",
     "QUARRY_COORDINATOR_POLICY",
     "QUARRY_ALLOW_SIMULATED_COORDINATOR",
     "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY",
+    "QUARRY_CRL_INTERVAL",
     "QUARRY_MARBLE_TYPE",
+    "EDG_MARBLE_TYPE",
+    "QUARRY_MARBLE_UUID_FILE",
+    "EDG_MARBLE_UUID_FILE",
+    "QUARRY_MARBLE_DNS_NAMES",
+    "EDG_MARBLE_DNS_NAMES",
+    "QUARRY_TEE",
+    "QUARRY_ATTESTATION_ROOT",
+    "QUARRY_COLLATERAL",
+    "QUARRY_SIM_PLATFORM",
+    "QUARRY_SIM_SIGNER",
+    "QUARRY_SIM_PRODUCT_ID",
+    "QUARRY_SIM_SVN",
+    "QUARRY_SIM_DEBUG",
+    "QUARRY_SIM_MEASURE",
 ];
 
 /// The sidecar's variable for the Workload API socket; only the injector may set it (as the
 /// `--workload-api` flag).
-const WORKLOAD_API_ENV: &str = "QUARRY_WORKLOAD_API";
+pub const WORKLOAD_API_ENV: &str = "QUARRY_WORKLOAD_API";
+
+/// The sidecar flag that makes it take [`TRUST_ENV`] and [`WORKLOAD_API_ENV`] settings only
+/// from its command line and refuse to start when its environment has any of them (which
+/// `envFrom` could bring, unseen by the webhook).
+pub const SETTINGS_FROM_ARGS: &str = "--settings-from-args";
 
 fn check_free_names(pod: &PodView, wrapped: &[usize]) -> Result<(), Refusal> {
     let taken = |kind: &'static str, name: &str| Refusal::NameTaken {
@@ -334,8 +369,9 @@ fn check_free_names(pod: &PodView, wrapped: &[usize]) -> Result<(), Refusal> {
     }
     for &i in wrapped {
         let c = &pod.spec.containers[i];
-        // The pod's own env wins over the injector's (`add_env`), so these would let a pod
-        // creator point an attested marble at a coordinator of their choosing.
+        // These would let a pod creator point an attested marble at a coordinator of their
+        // choosing, or switch its verification off; the sidecar refuses them itself too (it
+        // runs with --settings-from-args), this says so before the pod is created.
         if let Some(e) = c
             .env
             .iter()
@@ -376,32 +412,33 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The env of contract §9 for a container that runs `marble-sidecar`.
-    fn sidecar_env(&self, container: &str, marble_type: &str) -> Vec<(String, String)> {
+    /// The settings of contract §9 for a container that runs `marble-sidecar`, as flags after
+    /// the subcommand: behind `--settings-from-args` the sidecar reads them from nowhere else.
+    fn sidecar_args(&self, container: &str, marble_type: &str) -> Vec<String> {
         let c = self.config;
         let uuid_file = if self.generated_uuid {
             format!("{ID_DIR}/{container}.uuid")
         } else {
             format!("{ID_DIR}/uuid")
         };
-        let mut env = vec![
-            ("QUARRY_COORDINATOR_ADDR".into(), c.coordinator_addr.clone()),
-            ("QUARRY_MARBLE_TYPE".into(), marble_type.into()),
-            ("QUARRY_MARBLE_UUID_FILE".into(), uuid_file),
-            ("QUARRY_TEE".into(), c.tee.as_str().into()),
-            (
-                "QUARRY_COORDINATOR_ROOT_CA".into(),
-                format!("{TRUST_DIR}/{ROOT_CA_FILE}"),
-            ),
+        // `--flag=value`: a value from the pod (an annotation's marble type or DNS names) can
+        // never be taken for a flag of its own, e.g. --insecure-skip-coordinator-verify.
+        let mut args = vec![
+            SETTINGS_FROM_ARGS.to_string(),
+            format!("--coordinator={}", c.coordinator_addr),
+            format!("--marble-type={marble_type}"),
+            format!("--uuid-file={uuid_file}"),
+            format!("--tee={}", c.tee.as_str()),
+            format!("--coordinator-root-ca={TRUST_DIR}/{ROOT_CA_FILE}"),
         ];
         let dns = self.dns_names(marble_type);
         if !dns.is_empty() {
-            env.push(("QUARRY_MARBLE_DNS_NAMES".into(), dns));
+            args.push(format!("--dns-names={dns}"));
         }
         if c.tee == Tee::Simulated {
-            env.push(("QUARRY_SIM_PLATFORM".into(), SIM_DIR.into()));
+            args.push(format!("--sim-platform={SIM_DIR}"));
         }
-        env
+        args
     }
 
     /// `quarry/dns-names`, or `<type>`, `<type>.<ns>`, `<type>.<ns>.svc`,
@@ -468,15 +505,16 @@ impl Ctx<'_> {
         index: usize,
         container: &ContainerView,
         argv: Vec<String>,
-        env: Vec<(String, String)>,
+        settings: Vec<String>,
         resources: bool,
     ) {
         let base = format!("/spec/containers/{index}");
         let mut command = vec![format!("{BIN_DIR}/marble-sidecar"), "run".to_string()];
-        let mut env = env;
+        command.extend(settings);
+        let mut env = Vec::new();
         let mut mounts = self.sidecar_mounts(&container.name, true);
         if self.workload_api {
-            command.extend(["--workload-api".to_string(), WORKLOAD_API_ADDRESS.into()]);
+            command.push(format!("--workload-api={WORKLOAD_API_ADDRESS}"));
             // Where SPIFFE libraries look for the socket; the sidecar itself ignores it.
             env.push(("SPIFFE_ENDPOINT_SOCKET".into(), WORKLOAD_API_ADDRESS.into()));
             // Writable: the sidecar creates the socket's directory and the socket in it.
@@ -503,19 +541,26 @@ impl Ctx<'_> {
 
     /// Native-sidecar mode: the activation init container and, with `mesh_proxy`, the
     /// long-running proxy as a native sidecar.
-    fn native_sidecars(&self, container: &ContainerView, env: &[(String, String)]) -> Vec<Value> {
+    fn native_sidecars(&self, container: &ContainerView, settings: &[String]) -> Vec<Value> {
         let c = self.config;
-        let env_json: Vec<Value> = env
-            .iter()
-            .map(|(k, v)| json!({"name": k, "value": v}))
-            .collect();
+        let command = |sub: &str, extra: &[&str]| {
+            let mut command = vec![c.sidecar_binary.clone(), sub.to_string()];
+            command.extend(settings.iter().cloned());
+            command.extend(extra.iter().map(|a| a.to_string()));
+            // Simulated evidence measures an executable; the service's is in another
+            // container, so the sidecar measures its own binary (the package's UniqueID is
+            // then `quarry package-info --sim marble-sidecar`).
+            if c.tee == Tee::Simulated {
+                command.push(format!("--sim-measure={}", c.sidecar_binary));
+            }
+            command
+        };
         let sc = hardened(container.security_context.as_ref());
         let mut out = vec![json!({
             "name": format!("quarry-activate-{}", container.name),
             "image": c.sidecar_image,
             "imagePullPolicy": c.sidecar_pull_policy,
-            "command": [c.sidecar_binary, "activate", "--out", RUN_DIR],
-            "env": env_json,
+            "command": command("activate", &["--out", RUN_DIR]),
             "volumeMounts": self.sidecar_mounts(&container.name, false),
             "securityContext": sc,
             "resources": small_resources(),
@@ -526,8 +571,9 @@ impl Ctx<'_> {
                 "image": c.sidecar_image,
                 "imagePullPolicy": c.sidecar_pull_policy,
                 "restartPolicy": "Always",
-                "command": [c.sidecar_binary, "proxy", "--state-dir", RUN_DIR],
-                "env": env_json,
+                // `proxy` activates on its own (same UUID file, so the same marble) and keeps
+                // its key in memory; it needs nothing of the activate container's directory.
+                "command": command("proxy", &[]),
                 "volumeMounts": self.sidecar_mounts(&container.name, false),
                 "securityContext": sc,
                 "resources": small_resources(),

@@ -44,6 +44,9 @@ pub(crate) struct ContainerView {
     pub(crate) args: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) env: Option<Vec<Named>>,
+    /// Only whether it is there: the keys of its ConfigMaps and Secrets are not in the pod.
+    #[serde(default)]
+    pub(crate) env_from: Option<Vec<Value>>,
     #[serde(default)]
     pub(crate) volume_mounts: Option<Vec<MountView>>,
     #[serde(default)]

@@ -69,7 +69,7 @@ pub enum Refusal {
         name: String,
     },
     /// A wrapped container sets a variable that decides whom its sidecar trusts or who it is.
-    #[error("container {container:?} sets {name} itself; the injector sets the sidecar's coordinator address, trust and marble type, and a pod cannot choose them (remove the variable; the marble type comes from label {LABEL_MARBLE_TYPE})")]
+    #[error("container {container:?} sets {name} itself; the injector sets the sidecar's coordinator, trust, marble identity and evidence settings on its command line, a pod cannot choose them, and the sidecar (--settings-from-args) refuses to start with one in its environment (remove the variable, from envFrom too; the marble type comes from label {LABEL_MARBLE_TYPE}, the DNS names from annotation {ANN_DNS_NAMES})")]
     TrustEnvSet {
         /// The container.
         container: String,

@@ -2,7 +2,9 @@
 //! applied to the request's pod with the `json-patch` crate, the resulting pod checked.
 //! `UPDATE_GOLDEN=1 cargo test -p quarry-injector` rewrites the `*.patch.json` files.
 use base64::Engine as _;
-use quarry_injector::{mutate, AdmissionResponse, AdmissionReview, InjectorConfig, Tee};
+use quarry_injector::{
+    mutate, AdmissionResponse, AdmissionReview, InjectorConfig, Tee, TRUST_ENV, WORKLOAD_API_ENV,
+};
 use serde_json::{json, Value};
 
 const SIDECAR: &str = "registry.example/quarry/marble-sidecar@sha256:abababababababababababababababababababababababababababababababab";
@@ -96,6 +98,42 @@ fn env<'a>(c: &'a Value, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The value of `name=VALUE` among the sidecar's own flags (before `--`), if it is there.
+fn flag<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
+    let command: Vec<&str> = c["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .take_while(|a| *a != "--")
+        .collect();
+    let prefix = format!("{name}=");
+    command.iter().find_map(|a| a.strip_prefix(&prefix))
+}
+
+/// The sidecar's settings reach it on its command line, behind --settings-from-args, and
+/// none of its protected variables is in the container's env.
+fn assert_settings_on_the_command_line(c: &Value) {
+    assert_eq!(
+        c["command"][2], "--settings-from-args",
+        "{}: the flag follows the subcommand",
+        c["name"]
+    );
+    let names: Vec<&str> = c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for name in names {
+        assert!(
+            !TRUST_ENV.contains(&name) && name != WORKLOAD_API_ENV,
+            "{}: {name} in env",
+            c["name"]
+        );
+    }
+}
+
 fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
     container(pod, "volumes", name)
 }
@@ -132,6 +170,13 @@ fn entrypoint_mode_wraps_the_command_and_sets_the_contract_env() {
         json!([
             "/quarry/bin/marble-sidecar",
             "run",
+            "--settings-from-args",
+            format!("--coordinator={COORDINATOR}"),
+            "--marble-type=storage-service",
+            "--uuid-file=/quarry/id/uuid",
+            "--tee=tdx",
+            "--coordinator-root-ca=/quarry/trust/root-ca.pem",
+            "--dns-names=storage-service,storage-service.ocm,storage-service.ocm.svc,storage-service.ocm.svc.cluster.local",
             "--",
             "/app/storage-service",
             "--profile",
@@ -139,24 +184,13 @@ fn entrypoint_mode_wraps_the_command_and_sets_the_contract_env() {
         ])
     );
     assert!(app.get("args").is_none(), "args moved behind --");
-    assert_eq!(env(app, "QUARRY_COORDINATOR_ADDR"), [COORDINATOR]);
-    assert_eq!(env(app, "QUARRY_MARBLE_TYPE"), ["storage-service"]);
-    assert_eq!(env(app, "QUARRY_MARBLE_UUID_FILE"), ["/quarry/id/uuid"]);
+    assert_settings_on_the_command_line(app);
     assert_eq!(
-        env(app, "QUARRY_COORDINATOR_ROOT_CA"),
-        ["/quarry/trust/root-ca.pem"]
+        app["env"],
+        json!([{"name": "LOG_FORMAT", "value": "json"}]),
+        "the pod's env, and nothing of the sidecar's"
     );
-    assert_eq!(
-        env(app, "QUARRY_MARBLE_DNS_NAMES"),
-        ["storage-service,storage-service.ocm,storage-service.ocm.svc,storage-service.ocm.svc.cluster.local"]
-    );
-    assert_eq!(
-        env(app, "QUARRY_TEE"),
-        ["tdx"],
-        "the pod's own value is kept, once"
-    );
-    assert_eq!(env(app, "LOG_FORMAT"), ["json"]);
-    assert!(env(app, "QUARRY_SIM_PLATFORM").is_empty());
+    assert_eq!(flag(app, "--sim-platform"), None);
     assert_eq!(mount(app, "/quarry/bin")["readOnly"], true);
     assert_eq!(mount(app, "/quarry/run")["subPath"], "storage-service");
     assert_eq!(mount(app, "/quarry/trust")["readOnly"], true);
@@ -205,19 +239,19 @@ fn entrypoint_from_the_annotation_when_the_container_sets_no_command() {
         &config(Tee::GramineSgx),
     );
     let nats = container(&pod, "containers", "nats");
+    let command = nats["command"].as_array().expect("a command");
+    let tail = &command[command.len() - 4..];
     assert_eq!(
-        nats["command"],
-        json!([
-            "/quarry/bin/marble-sidecar",
-            "run",
-            "--",
-            "nats-server",
-            "-c",
-            "/quarry/run/nats-server.conf"
-        ])
+        tail,
+        json!(["--", "nats-server", "-c", "/quarry/run/nats-server.conf"])
+            .as_array()
+            .expect("array")
+            .as_slice()
     );
+    assert_eq!(command[1], "run");
     assert!(nats.get("args").is_none());
-    assert_eq!(env(nats, "QUARRY_TEE"), ["gramine-sgx"]);
+    assert_settings_on_the_command_line(nats);
+    assert_eq!(flag(nats, "--tee"), Some("gramine-sgx"));
     assert_eq!(
         nats["resources"]["limits"]["sgx.intel.com/epc"], "512Mi",
         "the pod's EPC size wins"
@@ -294,10 +328,18 @@ fn native_sidecar_mode_activates_into_a_memory_volume_before_other_init_containe
         json!([
             "/usr/local/bin/marble-sidecar",
             "activate",
+            "--settings-from-args",
+            format!("--coordinator={COORDINATOR}"),
+            "--marble-type=well-known-service",
+            "--uuid-file=/quarry/id/uuid",
+            "--tee=snp",
+            "--coordinator-root-ca=/quarry/trust/root-ca.pem",
+            "--dns-names=well-known-service.ocm.svc,wk.example.org",
             "--out",
             "/quarry/run"
         ])
     );
+    assert!(activate.get("env").is_none(), "everything is a flag");
     assert!(
         activate.get("restartPolicy").is_none(),
         "activation runs to completion"
@@ -307,12 +349,6 @@ fn native_sidecar_mode_activates_into_a_memory_volume_before_other_init_containe
         "files 0600 stay readable by the service"
     );
     assert_eq!(activate["securityContext"]["runAsGroup"], 65532);
-    assert_eq!(env(activate, "QUARRY_MARBLE_TYPE"), ["well-known-service"]);
-    assert_eq!(
-        env(activate, "QUARRY_MARBLE_DNS_NAMES"),
-        ["well-known-service.ocm.svc,wk.example.org"]
-    );
-    assert_eq!(env(activate, "QUARRY_TEE"), ["snp"]);
     assert_eq!(mount(activate, "/quarry/run")["subPath"], "app");
 
     let app = container(&pod, "containers", "app");
@@ -351,7 +387,18 @@ fn native_sidecar_with_mesh_proxy_adds_a_restart_always_init_container() {
         ["quarry-activate-app", "quarry-proxy-app", "migrate"]
     );
     assert_eq!(inits[1]["restartPolicy"], "Always");
-    assert_eq!(inits[1]["command"][1], "proxy");
+    // The proxy activates on its own, with the same settings (and so the same UUID file) as
+    // the activation, and takes no flag the sidecar lacks (it once got `--state-dir`).
+    let proxy = &inits[1];
+    assert_eq!(proxy["command"][1], "proxy");
+    assert_settings_on_the_command_line(proxy);
+    assert_eq!(
+        proxy["command"].as_array().expect("command")[2..],
+        inits[0]["command"].as_array().expect("command")[2..9],
+        "the activation's settings, without --out"
+    );
+    assert_eq!(proxy["command"].as_array().map(Vec::len), Some(9));
+    assert!(proxy.get("env").is_none());
 }
 
 #[test]
@@ -368,19 +415,23 @@ fn several_marbles_in_one_pod_get_generated_uuids_and_their_own_types() {
     let (_, _, pod) = admit(fixture("two-marbles.json"), &config(Tee::Tdx));
     let signer = container(&pod, "containers", "signer");
     let engine = container(&pod, "containers", "crypto-engine");
-    assert_eq!(env(signer, "QUARRY_MARBLE_TYPE"), ["signer"]);
-    assert_eq!(env(engine, "QUARRY_MARBLE_TYPE"), ["signer-crypto-engine"]);
+    assert_eq!(flag(signer, "--marble-type"), Some("signer"));
+    assert_eq!(flag(engine, "--marble-type"), Some("signer-crypto-engine"));
+    assert_eq!(flag(signer, "--uuid-file"), Some("/quarry/id/signer.uuid"));
     assert_eq!(
-        env(signer, "QUARRY_MARBLE_UUID_FILE"),
-        ["/quarry/id/signer.uuid"]
+        flag(engine, "--uuid-file"),
+        Some("/quarry/id/crypto-engine.uuid")
+    );
+    assert_settings_on_the_command_line(signer);
+    assert_settings_on_the_command_line(engine);
+    let command = engine["command"].as_array().expect("a command");
+    assert_eq!(
+        command[..2],
+        [json!("/quarry/bin/marble-sidecar"), json!("run")]
     );
     assert_eq!(
-        env(engine, "QUARRY_MARBLE_UUID_FILE"),
-        ["/quarry/id/crypto-engine.uuid"]
-    );
-    assert_eq!(
-        engine["command"],
-        json!(["/quarry/bin/marble-sidecar", "run", "--", "/opt/engine"])
+        command[command.len() - 2..],
+        [json!("--"), json!("/opt/engine")]
     );
     assert_eq!(
         mount(engine, "/quarry/id")["readOnly"],
@@ -443,7 +494,9 @@ fn unknown_annotation_values_are_refused() {
 fn simulated_tee_mounts_the_platform_and_warns() {
     let (resp, _, pod) = admit(fixture("entrypoint-command.json"), &config(Tee::Simulated));
     let app = container(&pod, "containers", "storage-service");
-    assert_eq!(env(app, "QUARRY_SIM_PLATFORM"), ["/quarry/sim"]);
+    assert_eq!(flag(app, "--sim-platform"), Some("/quarry/sim"));
+    assert_eq!(flag(app, "--tee"), Some("simulated"));
+    assert_settings_on_the_command_line(app);
     assert_eq!(
         volume(&pod, "quarry-sim")["secret"]["secretName"],
         "quarry-sim-platform"
@@ -501,14 +554,9 @@ fn undecodable_objects_and_empty_reviews_are_refused() {
 /// identity either: the coordinator activates a type only with evidence of its package.)
 #[test]
 fn a_pod_cannot_set_the_sidecars_trust_or_marble_type_through_env() {
-    for name in [
-        "QUARRY_COORDINATOR_ADDR",
-        "QUARRY_COORDINATOR_ROOT_CA",
-        "QUARRY_COORDINATOR_POLICY",
-        "QUARRY_ALLOW_SIMULATED_COORDINATOR",
-        "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY",
-        "QUARRY_MARBLE_TYPE",
-    ] {
+    // The list is the sidecar's own (`sidecar_command_lines.rs` checks that), so it covers
+    // the MarbleRun EDG_* aliases, the UUID file, DNS names, TEE and CRL interval too.
+    for name in TRUST_ENV {
         let mut review = fixture("entrypoint-command.json");
         let object = review
             .request
@@ -521,7 +569,8 @@ fn a_pod_cannot_set_the_sidecars_trust_or_marble_type_through_env() {
             .push(json!({"name": name, "value": "true"}));
         let message = refusal(review, &config(Tee::Tdx));
         assert!(
-            message.contains(&format!("container \"storage-service\" sets {name} itself")),
+            message.contains(&format!("container \"storage-service\" sets {name} itself"))
+                && message.contains("--settings-from-args"),
             "{name}: {message}"
         );
     }
@@ -567,20 +616,23 @@ fn workload_api_annotation_serves_the_socket_in_a_shared_memory_volume() {
         );
         let (_, _, pod) = admit(review, &config(tee));
         let app = container(&pod, "containers", "storage-service");
+        let command = app["command"].as_array().expect("a command");
+        let tail = &command[command.len() - 5..];
         assert_eq!(
-            app["command"],
+            tail,
             json!([
-                "/quarry/bin/marble-sidecar",
-                "run",
-                "--workload-api",
-                WORKLOAD_SOCKET,
+                format!("--workload-api={WORKLOAD_SOCKET}"),
                 "--",
                 "/app/storage-service",
                 "--profile",
                 "API"
-            ]),
+            ])
+            .as_array()
+            .expect("array")
+            .as_slice(),
             "{tee}"
         );
+        assert_settings_on_the_command_line(app);
         assert_eq!(env(app, "SPIFFE_ENDPOINT_SOCKET"), [WORKLOAD_SOCKET]);
         assert!(
             env(app, "QUARRY_WORKLOAD_API").is_empty(),
@@ -604,7 +656,7 @@ fn workload_api_annotation_serves_the_socket_in_a_shared_memory_volume() {
         );
         // The rest of the wrapping is unchanged.
         assert_eq!(mount(app, "/quarry/run")["subPath"], "storage-service");
-        assert_eq!(env(app, "QUARRY_MARBLE_TYPE"), ["storage-service"]);
+        assert_eq!(flag(app, "--marble-type"), Some("storage-service"));
     }
 }
 
@@ -618,7 +670,7 @@ fn without_the_workload_api_annotation_nothing_of_it_is_added() {
         );
         let (_, patch, pod) = admit(review, &config(Tee::Tdx));
         let app = container(&pod, "containers", "storage-service");
-        assert_eq!(app["command"][2], "--", "{value:?}: no --workload-api");
+        assert_eq!(flag(app, "--workload-api"), None, "{value:?}");
         assert!(env(app, "SPIFFE_ENDPOINT_SOCKET").is_empty());
         assert!(!volume_names(&pod).contains(&"quarry-spiffe"));
         assert!(!patch.to_string().contains("spiffe"), "{value:?}: {patch}");
@@ -635,8 +687,8 @@ fn each_wrapped_container_gets_its_own_workload_api_directory() {
     let (_, _, pod) = admit(review, &config(Tee::Tdx));
     for name in ["signer", "crypto-engine"] {
         let c = container(&pod, "containers", name);
-        assert_eq!(c["command"][2], "--workload-api", "{name}");
-        assert_eq!(c["command"][3], WORKLOAD_SOCKET, "{name}");
+        assert_eq!(flag(c, "--workload-api"), Some(WORKLOAD_SOCKET), "{name}");
+        assert_settings_on_the_command_line(c);
         assert_eq!(env(c, "SPIFFE_ENDPOINT_SOCKET"), [WORKLOAD_SOCKET]);
         assert_eq!(mount(c, "/quarry/spiffe")["subPath"], name);
     }
@@ -786,4 +838,32 @@ fn the_workload_api_volume_name_is_reserved() {
         message.contains("the pod already has volume \"quarry-spiffe\""),
         "{message}"
     );
+}
+
+/// envFrom keys are invisible to the webhook: it admits the pod (refusing all envFrom would
+/// break ordinary configuration), warns, and relies on the sidecar's --settings-from-args,
+/// which refuses to start if such a key is one of its protected variables.
+#[test]
+fn env_from_is_admitted_with_a_warning_and_left_to_the_sidecars_check() {
+    let mut review = fixture("entrypoint-command.json");
+    review
+        .request
+        .as_mut()
+        .and_then(|r| r.object.as_mut())
+        .expect("fixture has an object")["spec"]["containers"][0]["envFrom"] =
+        json!([{"configMapRef": {"name": "app-settings"}}]);
+    let (resp, _, pod) = admit(review, &config(Tee::Tdx));
+    assert!(
+        resp.warnings.iter().any(|w| w.contains(
+            "container \"storage-service\" uses envFrom, which the injector cannot see into"
+        ) && w.contains("refuses to start")),
+        "{:?}",
+        resp.warnings
+    );
+    let app = container(&pod, "containers", "storage-service");
+    assert_eq!(app["envFrom"][0]["configMapRef"]["name"], "app-settings");
+    assert_settings_on_the_command_line(app);
+    // Without envFrom, no such warning.
+    let (resp, _, _) = admit(fixture("entrypoint-command.json"), &config(Tee::Tdx));
+    assert!(resp.warnings.is_empty(), "{:?}", resp.warnings);
 }
