@@ -85,7 +85,7 @@ enum How {
     /// `marble-sidecar proxy --workload-api`, the socket in a private directory of the test.
     Proxy,
     /// As the injector wires a pod with `quarry/workload-api: "true"`: `marble-sidecar run
-    /// --workload-api unix://<open dir>/agent/agent.sock -- SERVICE` with
+    /// --settings-from-args … --workload-api unix://<open dir>/agent/agent.sock -- SERVICE` with
     /// `SPIFFE_ENDPOINT_SOCKET` set to the same address, where the open directory is 0777
     /// like a Kubernetes emptyDir and `agent` does not exist yet. The service writes
     /// `present` or `absent` (is the socket there when it starts?) and the address it was
@@ -170,7 +170,8 @@ impl Deployment {
         let mut command = Command::new(bin("marble-sidecar"));
         match how {
             How::Proxy => command.args(["proxy", "--sim-measure", "/bin/sh"]),
-            How::RunAsInjected => command.arg("run"),
+            // The injector's command line puts every setting behind --settings-from-args.
+            How::RunAsInjected => command.args(["run", "--settings-from-args"]),
         };
         command
             .args(["--coordinator", &coord.mesh.to_string()])
