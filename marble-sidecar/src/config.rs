@@ -4,7 +4,9 @@
 //!
 //! Precedence for every setting: command-line flag, then the `QUARRY_*` variable, then the
 //! MarbleRun `EDG_*` alias (where one exists), then the default. An empty variable counts as
-//! unset.
+//! unset. With `--settings-from-args` (what the Kubernetes injector writes) the variables are
+//! not read at all, and any of [`PROTECTED_ENV`] being present is an error: whoever writes
+//! the command line then decides every setting, whoever writes the environment none.
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -234,8 +236,9 @@ pub struct CommonArgs {
     #[arg(long, value_name = "DURATION")]
     pub crl_interval: Option<String>,
     /// Take every protected setting (coordinator, trust, marble identity, evidence, CRL
-    /// interval, Workload API: all the variables above) only from the command line, and refuse
-    /// to start (exit 2) if any of their variables is present in the environment, even empty.
+    /// interval, Workload API: each [env: …] of this help) only from the command line, and
+    /// refuse to start (exit 2) if any of those variables is present in the environment, even
+    /// empty.
     /// For launchers that write the command line but not the whole environment, like the
     /// Kubernetes injector (a pod's env and envFrom must not weaken the sidecar's trust).
     /// Logging (RUST_LOG, QUARRY_LOG_FORMAT) still comes from the environment. No variable.
