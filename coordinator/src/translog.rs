@@ -54,6 +54,9 @@ struct State {
     /// Highest logged value per monotonic counter (by [`COUNTER_EVENT`]'s `counter`), the
     /// floor the rollback evidence covers for the stored counters.
     counters: HashMap<String, u64>,
+    /// `manifestSha256` of the last `manifest-set` / `manifest-update` event: the manifest
+    /// the store must hold (an older one put back into etcd is refused against it).
+    last_manifest: Option<String>,
 }
 
 impl State {
@@ -84,6 +87,11 @@ impl State {
             if let (Some(id), Some(v)) = (event["counter"].as_str(), value) {
                 let top = self.counters.entry(id.to_string()).or_default();
                 *top = (*top).max(v);
+            }
+        }
+        if event["type"] == "manifest-set" || event["type"] == "manifest-update" {
+            if let Some(sha) = event["manifestSha256"].as_str() {
+                self.last_manifest = Some(sha.to_ascii_lowercase());
             }
         }
         self.entries.push(event);
@@ -184,6 +192,24 @@ impl TransLog {
         outcome
             .await
             .map_err(|_| StoreError::Corrupt("the transparency log committer stopped".into()))?
+    }
+
+    /// SHA-256 (hex) of the manifest the log last set or updated to, if any. The rollback
+    /// evidence covers the log, so this is what the stored manifest must hash to.
+    pub fn last_manifest_sha256(&self) -> Option<String> {
+        self.inner.read().last_manifest.clone()
+    }
+
+    /// Refuses a stored manifest other than the one the log last recorded: an etcd writer
+    /// putting an older ciphertext of `manifest/raw` back (its AEAD binds the key name only).
+    pub fn check_manifest(&self, fingerprint: &Hash) -> Result<(), String> {
+        match self.last_manifest_sha256() {
+            Some(logged) if logged != hex::encode(fingerprint) => Err(format!(
+                "the stored manifest (SHA-256 {}) is not the one the transparency log last recorded ({logged}): an older manifest was put back into the store",
+                hex::encode(fingerprint)
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Activations of `marble_type` in the log. A replayed older counter in etcd cannot

@@ -223,6 +223,14 @@ impl Core {
                 let d = deployment::load(store.as_ref(), raw.value)
                     .await
                     .map_err(StoreError::Corrupt)?;
+                // The manifest and its log event commit in one transaction; a log that is
+                // behind catches up first, so only a manifest the log never ended on fails.
+                if view.log.check_manifest(&d.fingerprint).is_err() {
+                    view.log.catch_up(&store).await?;
+                    view.log
+                        .check_manifest(&d.fingerprint)
+                        .map_err(StoreError::Corrupt)?;
+                }
                 match self.view().phase.as_ref() {
                     Phase::Recovery { .. } => {}
                     // Secrets, SVN overrides, the mesh CA or the root secret changed.

@@ -299,11 +299,13 @@ async fn load(
             )))
         }
         None => Phase::AcceptingManifest,
-        Some(raw) => Phase::Running(Arc::new(
-            deployment::load(backend.as_ref(), raw.value)
+        Some(raw) => {
+            let d = deployment::load(backend.as_ref(), raw.value)
                 .await
-                .map_err(unreadable)?,
-        )),
+                .map_err(unreadable)?;
+            log.check_manifest(&d.fingerprint).map_err(unreadable)?;
+            Phase::Running(Arc::new(d))
+        }
     };
     let (log_size, log_root) = log.head();
     if check {

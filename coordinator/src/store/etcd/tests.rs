@@ -610,6 +610,79 @@ async fn a_deleted_manifest_key_is_recovery_not_a_new_manifest_under_the_same_id
     }
 }
 
+/// An etcd writer who puts the older ciphertext of `manifest/raw` back after an update (its
+/// AEAD binds the key name, not the version) gets Recovery, not the older manifest: the
+/// transparency log, covered by the rollback evidence, names the manifest the store must hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_manifest_ciphertext_replayed_at_its_own_key_is_recovery() {
+    use crate::state::{keys, Core, Phase};
+    let etcd = TestEtcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    quarry_attestation::simulated::SimPlatform::create(&sim).unwrap();
+    let open = || async {
+        Core::open_etcd(
+            &dir.path().join("data"),
+            crate::tee::Tee::simulated(&sim, None).unwrap(),
+            etcd.conn("/q12/").await,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap()
+    };
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "owner".to_string());
+    let owner = p.self_signed(&key).unwrap();
+    let manifest = |version: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "Packages": {"web": {"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 1, "SecurityVersion": 1}},
+            "Marbles": {"web": {"Package": "web", "Parameters": {"Env": {"VERSION": version}}}},
+            "Users": {"owner": {"Certificate": owner.pem(), "Roles": ["owner"]}},
+            "Roles": {"owner": {"ResourceType": "Manifest", "Actions": ["UpdateManifest"]}}
+        }))
+        .unwrap()
+    };
+    let core = open().await;
+    crate::manifest::set::set_manifest(&core, manifest("1"))
+        .await
+        .unwrap();
+    let raw_client = etcd.conn("/").await.client;
+    let etcd_key = format!("/q12/s/{}", keys::MANIFEST).into_bytes();
+    let first = raw_client.get(etcd_key.clone()).await.unwrap().kvs[0]
+        .value
+        .clone();
+    let applied = crate::manifest::update::propose(&core, Some(owner.der()), manifest("2"))
+        .await
+        .expect("the owner updates alone");
+    assert_eq!(applied.missing_acknowledgments, 0, "{}", applied.message);
+    let second = raw_client.get(etcd_key.clone()).await.unwrap().kvs[0]
+        .value
+        .clone();
+    assert_ne!(first, second, "the update rewrote manifest/raw");
+    drop(core);
+    // The honest store reopens with the update.
+    let core = open().await;
+    assert!(matches!(core.view().phase.as_ref(), Phase::Running(_)));
+    drop(core);
+    raw_client.put(etcd_key, first, 0).await.unwrap();
+    let core = open().await;
+    match core.view().phase.as_ref() {
+        Phase::Recovery { reason } => {
+            assert_eq!(reason.code(), "unreadable", "{reason}");
+            assert!(
+                reason
+                    .to_string()
+                    .contains("not the one the transparency log last recorded"),
+                "{reason}"
+            );
+        }
+        Phase::AcceptingManifest => panic!("the replayed manifest reopened as fresh"),
+        Phase::Running(_) => panic!("the older manifest is served"),
+    }
+}
+
 /// One coordinator's state in etcd under its own prefix, stopped, for an attacker to edit.
 struct EtcdLab<'a> {
     etcd: &'a TestEtcd,
