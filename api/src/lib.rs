@@ -15,6 +15,7 @@ pub mod quote_signature;
 pub mod secret;
 pub mod spiffe;
 pub mod statement;
+pub mod tcb;
 pub mod template;
 
 pub use claims::{Claims, TcbStatus, TeeKind};

@@ -5,11 +5,19 @@
 //! Quote format (JSON): `{"version":1,"body":b64(body JSON),"signature":b64(ECDSA P-256
 //! SHA-256, ASN.1 DER, over the body bytes)}`. Body: `{"platform": hex SHA-256(platform CA
 //! DER), "unique_id", "signer_id" (hex 32 bytes), "product_id", "security_version", "debug",
-//! "report_data" (hex 64 bytes), "issued_at" (unix seconds)}`.
+//! "report_data" (hex 64 bytes), "issued_at" (unix seconds)}`, plus `"tcb_svn"` when the
+//! platform has one.
+//!
+//! Simulated TCB (development only, so the coordinator's TCB monitor can run without
+//! hardware): a platform directory may hold [`TCB_SVN_FILE`] (a decimal SVN the evidence
+//! reports), and a verifier given a [`SIM_TCB_FILE`] (`{"minimumSvn": N, "advisories": [...]}`)
+//! reports `OutOfDate` with those advisories below `minimumSvn`, else `UpToDate`. The file is
+//! read at every verification, like collateral that changes. Without it every platform is
+//! `UpToDate`, as before.
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use quarry_api::claims::Identity;
+use quarry_api::claims::{ComponentGap, Identity, TcbStanding};
 use quarry_api::{Claims, Evidence, EvidenceType, Secret, TcbStatus, TeeKind, REPORT_DATA_LEN};
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
 use serde::{Deserialize, Serialize};
@@ -21,6 +29,12 @@ use crate::{EvidenceProvider, ProviderError, Verifier, VerifyError};
 pub const CA_FILE: &str = "platform-ca.pem";
 /// File name of the private platform key in a platform directory.
 pub const KEY_FILE: &str = "platform-key.pem";
+/// Optional file in a platform directory: the platform's simulated TCB SVN (decimal).
+pub const TCB_SVN_FILE: &str = "platform-tcb-svn";
+/// File in a collateral directory that decides simulated TCB statuses (see the module doc).
+pub const SIM_TCB_FILE: &str = "simulated-tcb.json";
+/// The component name of the simulated TCB SVN in `tcb_standing`.
+pub const SIM_TCB_COMPONENT: &str = "SIMULATED_TCB_SVN";
 /// How far in the future evidence may claim to be issued (clock skew).
 const MAX_SKEW: Duration = Duration::from_secs(300);
 
@@ -28,6 +42,8 @@ const MAX_SKEW: Duration = Duration::from_secs(300);
 pub struct SimPlatform {
     ca_der: Vec<u8>,
     key_pkcs8: Option<Secret>,
+    /// The simulated TCB SVN from [`TCB_SVN_FILE`], when the directory has one.
+    tcb_svn: Option<u16>,
 }
 
 impl std::fmt::Debug for SimPlatform {
@@ -81,6 +97,7 @@ impl SimPlatform {
         Ok(SimPlatform {
             ca_der: cert.der().to_vec(),
             key_pkcs8: Some(Secret::new(key.serialize_der())),
+            tcb_svn: None,
         })
     }
 
@@ -118,6 +135,7 @@ impl SimPlatform {
             )));
         }
         p.key_pkcs8 = Some(Secret::new(der.contents().to_vec()));
+        p.tcb_svn = read_tcb_svn(&dir.join(TCB_SVN_FILE))?;
         Ok(p)
     }
 
@@ -141,7 +159,13 @@ impl SimPlatform {
         Ok(SimPlatform {
             ca_der: der.contents().to_vec(),
             key_pkcs8: None,
+            tcb_svn: None,
         })
+    }
+
+    /// The simulated TCB SVN this platform's evidence reports (from [`TCB_SVN_FILE`]).
+    pub fn tcb_svn(&self) -> Option<u16> {
+        self.tcb_svn
     }
 
     /// SHA-256 of the CA certificate: the platform's identity in claims.
@@ -182,6 +206,80 @@ impl SimPlatform {
         okm.fill(&mut out)
             .map_err(|_| ProviderError::Key("HKDF fill failed".into()))?;
         Ok(Secret::new(out))
+    }
+}
+
+/// The SVN in a platform's [`TCB_SVN_FILE`]; `None` when there is no such file.
+fn read_tcb_svn(path: &Path) -> Result<Option<u16>, ProviderError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|e| {
+            ProviderError::Key(format!(
+                "{}: not a simulated TCB SVN (0..=65535): {e}",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ProviderError::Io {
+            what: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// What [`SIM_TCB_FILE`] holds: the lowest simulated TCB SVN that is `UpToDate` and the
+/// advisories of the platforms below it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SimTcbInfo {
+    /// The lowest SVN that is `UpToDate`.
+    pub minimum_svn: u16,
+    /// Advisories of platforms below `minimum_svn` (e.g. `SIM-SA-0001`).
+    #[serde(default)]
+    pub advisories: Vec<String>,
+}
+
+impl SimTcbInfo {
+    /// Reads `path`; `None` when the file does not exist (every platform is `UpToDate`).
+    pub fn read(path: &Path) -> Result<Option<SimTcbInfo>, VerifyError> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                VerifyError::Collateral(format!(
+                    "simulated TCB info {}: {e} (expected {{\"minimumSvn\": N, \"advisories\": [..]}})",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(VerifyError::Collateral(format!(
+                "reading simulated TCB info {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Status, advisories and standing of a platform at `svn` (absent = 0).
+    fn judge(&self, svn: Option<u16>) -> (TcbStatus, Vec<String>, TcbStanding) {
+        let found = svn.unwrap_or(0);
+        let low = found < self.minimum_svn;
+        let standing = TcbStanding {
+            evaluation_data_number: 0,
+            matched_date: "simulation".into(),
+            target_date: None,
+            target_status: Some(TcbStatus::UpToDate),
+            to_raise: low
+                .then(|| ComponentGap {
+                    component: SIM_TCB_COMPONENT.into(),
+                    label: Some("simulated platform TCB (SIMULATION, not hardware)".into()),
+                    found,
+                    required: self.minimum_svn,
+                })
+                .into_iter()
+                .collect(),
+        };
+        if low {
+            (TcbStatus::OutOfDate, self.advisories.clone(), standing)
+        } else {
+            (TcbStatus::UpToDate, Vec::new(), standing)
+        }
     }
 }
 
@@ -237,6 +335,8 @@ struct Body {
     debug: bool,
     report_data: String,
     issued_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tcb_svn: Option<u16>,
 }
 
 /// Produces simulated evidence for a fixed identity.
@@ -284,6 +384,7 @@ impl SimProvider {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            tcb_svn: self.platform.tcb_svn,
         };
         let body = serde_json::to_vec(&body)
             .map_err(|e| ProviderError::Key(format!("encoding evidence: {e}")))?;
@@ -330,6 +431,8 @@ impl EvidenceProvider for SimProvider {
 /// Verifies simulated evidence against a set of trusted platform CAs.
 pub struct SimVerifier {
     platforms: Vec<(Vec<u8>, [u8; 32], Vec<u8>)>, // (CA DER, digest, public point)
+    /// The [`SIM_TCB_FILE`] that decides TCB statuses, when configured.
+    tcb_file: Option<PathBuf>,
 }
 
 impl SimVerifier {
@@ -343,7 +446,17 @@ impl SimVerifier {
                 platform_public_key(&p.ca_der)?,
             ));
         }
-        Ok(SimVerifier { platforms: out })
+        Ok(SimVerifier {
+            platforms: out,
+            tcb_file: None,
+        })
+    }
+
+    /// Decide TCB statuses with the simulated TCB info at `path` (read at every
+    /// verification; a missing file means `UpToDate`).
+    pub fn with_tcb_file(mut self, path: PathBuf) -> SimVerifier {
+        self.tcb_file = Some(path);
+        self
     }
 
     /// Convenience: trust the platform whose CA certificate is at `path`.
@@ -415,6 +528,17 @@ impl Verifier for SimVerifier {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| VerifyError::Malformed("report_data must be 64 bytes of hex".into()))?;
+        let info = match &self.tcb_file {
+            Some(path) => SimTcbInfo::read(path)?,
+            None => None,
+        };
+        let (tcb_status, advisory_ids, tcb_standing) = match info {
+            Some(info) => {
+                let (s, a, standing) = info.judge(body.tcb_svn);
+                (s, a, Some(standing))
+            }
+            None => (TcbStatus::UpToDate, Vec::new(), None),
+        };
         Ok(Claims {
             tee: TeeKind::Simulated,
             identity: Identity {
@@ -426,12 +550,12 @@ impl Verifier for SimVerifier {
             },
             debug: body.debug,
             report_data,
-            tcb_status: TcbStatus::UpToDate,
-            advisory_ids: vec![],
+            tcb_status,
+            advisory_ids,
             platform_id: Some(body.platform),
             simulation: true,
             reported_tcb: None,
-            tcb_standing: None,
+            tcb_standing,
         })
     }
 }

@@ -10,5 +10,6 @@ pub mod secret;
 pub mod sign_quote;
 pub mod sim;
 pub mod status;
+pub mod tcb;
 pub mod update;
 pub mod verify;

@@ -69,6 +69,8 @@ enum Command {
     Revoke(cmd::revoke::Args),
     /// Have the coordinator verify and sign a quote's TCB status; checks the signature offline.
     SignQuote(cmd::sign_quote::Args),
+    /// The coordinator's TCB monitor: each running marble's TCB status and policy verdict.
+    Tcb(cmd::tcb::Args),
     /// Manage a simulated TEE platform (development only).
     Sim(cmd::sim::Args),
     /// Print a shell completion script.
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Recover(a) => cmd::recover::run(a),
         Command::Revoke(a) => cmd::revoke::run(a),
         Command::SignQuote(a) => cmd::sign_quote::run(a),
+        Command::Tcb(a) => cmd::tcb::run(a),
         Command::Sim(a) => cmd::sim::run(a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
     };

@@ -132,6 +132,11 @@ pub struct Config {
     /// How long a new replica waits for a running one to share the key before Recovery.
     #[arg(long, env = "QUARRY_PEER_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub peer_wait: std::time::Duration,
+    /// How often the TCB monitor re-verifies every running marble's stored evidence with the
+    /// current collateral (it also runs at start and when a file in the collateral directory
+    /// changes).
+    #[arg(long, env = "QUARRY_TCB_RECHECK_INTERVAL", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub tcb_recheck_interval: std::time::Duration,
     /// Connection and request limits of the client and mesh API listeners.
     #[command(flatten, next_help_heading = "Connection limits")]
     pub limits: crate::http::limits::Limits,

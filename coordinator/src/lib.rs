@@ -17,6 +17,7 @@ pub mod secrets;
 pub mod sign_quote;
 pub mod state;
 pub mod store;
+pub mod tcb;
 pub mod tee;
 pub mod translog;
 pub mod users;
@@ -79,7 +80,12 @@ impl App {
                 (core, peer)
             }
         };
-        let background = Background(start_replica(&core, peer, config.peer_advertise.clone())?);
+        let mut tasks = start_replica(&core, peer, config.peer_advertise.clone())?;
+        tasks.push(tcb::monitor::spawn(
+            core.clone(),
+            config.tcb_recheck_interval,
+        ));
+        let background = Background(tasks);
         let resolver =
             http::tls::ServerCertResolver::new(core.clone(), config.certificate_names())?;
         let client_tls = http::tls::server_config(resolver.clone(), false)?;

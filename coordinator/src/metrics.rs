@@ -218,6 +218,15 @@ fn refresh_gauges(core: &Core) {
     });
     m.collateral_expiry
         .set(collateral_expiry_in(core.tee.collateral_dir.as_deref()));
+    // Rebuilt from the monitor's last run, so a marble back in policy (or gone) disappears.
+    // Marble types come from stored records, which only activations of manifest types
+    // write, and statuses from a fixed list: the labels stay bounded.
+    m.tcb_out_of_policy.reset();
+    for ((marble_type, status), n) in core.tcb.out_of_policy() {
+        m.tcb_out_of_policy
+            .with_label_values(&[&marble_type, &status])
+            .set(n);
+    }
 }
 
 /// How long a scan of the collateral cache is reused (the cache changes when collateral is
@@ -343,6 +352,7 @@ struct Metrics {
     log_entries: IntGauge,
     open_connections: IntGaugeVec,
     collateral_expiry: Gauge,
+    tcb_out_of_policy: IntGaugeVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -385,7 +395,18 @@ impl Metrics {
                 "Seconds until the earliest nextUpdate/notAfter of the cached attestation collateral (negative once expired; NaN without cached collateral).",
             ),
         );
+        let tcb_out_of_policy = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "quarry_tcb_marbles_out_of_policy",
+                    "Running marbles whose platform the TCB monitor found out of their package's policy, by marble type and TCB status.",
+                ),
+                &["marble_type", "status"],
+            ),
+        );
         Metrics {
+            tcb_out_of_policy,
             state: gauge(
                 "quarry_coordinator_state",
                 "Coordinator state: 1 Recovery, 2 AcceptingManifest, 3 AcceptingMarbles.",

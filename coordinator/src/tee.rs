@@ -76,10 +76,15 @@ impl Tee {
             platform.derive_seal_key_info(&product_info)?,
             id(&product_info),
         );
-        let verifier = SimVerifier::new(&[
+        let mut verifier = SimVerifier::new(&[
             SimPlatform::from_ca_pem(&platform.ca_pem()).map_err(anyhow::Error::msg)?
         ])
         .map_err(anyhow::Error::msg)?;
+        // The simulated TCB notion lives beside the hardware collateral (development only).
+        if let Some(dir) = collateral_dir {
+            verifier =
+                verifier.with_tcb_file(dir.join(quarry_attestation::simulated::SIM_TCB_FILE));
+        }
         let policy = serde_json::json!({
             "TEE": "simulated",
             "UniqueID": hex::encode(measurement),

@@ -148,3 +148,49 @@ fn seal_keys_depend_on_platform_and_measurement() {
     let ca_only = SimPlatform::load_ca(&d.path().join(CA_FILE)).unwrap();
     assert!(ca_only.derive_seal_key(&[1; 32]).is_err());
 }
+
+#[test]
+fn simulated_tcb_info_decides_the_status_from_the_platform_svn_and_is_reread() {
+    let (dir, _, _) = setup();
+    std::fs::write(dir.path().join(TCB_SVN_FILE), "3\n").unwrap();
+    let provider = SimProvider::new(SimPlatform::load(dir.path()).unwrap(), identity()).unwrap();
+    assert_eq!(provider.platform().tcb_svn(), Some(3));
+    let tcb = dir.path().join(SIM_TCB_FILE);
+    let verifier = SimVerifier::from_ca_file(&dir.path().join(CA_FILE))
+        .unwrap()
+        .with_tcb_file(tcb.clone());
+    let ev = provider.evidence(&[1; 64]).unwrap();
+
+    // No file: UpToDate as without a TCB notion, and no standing.
+    let c = verifier.verify(&ev, SystemTime::now()).unwrap();
+    assert_eq!((c.tcb_status, c.tcb_standing), (TcbStatus::UpToDate, None));
+
+    std::fs::write(&tcb, r#"{"minimumSvn": 3, "advisories": ["SIM-SA-0001"]}"#).unwrap();
+    let c = verifier.verify(&ev, SystemTime::now()).unwrap();
+    assert_eq!(c.tcb_status, TcbStatus::UpToDate);
+    assert!(c.advisory_ids.is_empty());
+    assert!(c.tcb_standing.expect("standing").to_raise.is_empty());
+
+    std::fs::write(&tcb, r#"{"minimumSvn": 4, "advisories": ["SIM-SA-0001"]}"#).unwrap();
+    let c = verifier.verify(&ev, SystemTime::now()).unwrap();
+    assert_eq!(c.tcb_status, TcbStatus::OutOfDate);
+    assert_eq!(c.advisory_ids, ["SIM-SA-0001"]);
+    assert!(c.simulation);
+    let gap = &c.tcb_standing.expect("standing").to_raise;
+    assert_eq!(gap.len(), 1);
+    assert_eq!(
+        (gap[0].component.as_str(), gap[0].found, gap[0].required),
+        (SIM_TCB_COMPONENT, 3, 4)
+    );
+    assert!(gap[0].label.as_deref().unwrap().contains("SIMULATION"));
+
+    std::fs::write(&tcb, r#"{"minimumSvn": "high"}"#).unwrap();
+    let e = verifier.verify(&ev, SystemTime::now()).unwrap_err();
+    assert!(
+        matches!(&e, VerifyError::Collateral(m) if m.contains(SIM_TCB_FILE)),
+        "{e}"
+    );
+    std::fs::write(dir.path().join(TCB_SVN_FILE), "many").unwrap();
+    let e = SimPlatform::load(dir.path()).unwrap_err();
+    assert!(e.to_string().contains(TCB_SVN_FILE), "{e}");
+}

@@ -42,6 +42,7 @@ pub fn client_router(core: Arc<Core>, limits: &Limits) -> Router {
         .route("/api/v2/log", get(log_entries))
         .route("/api/v2/log/proof", get(log_proof))
         .route("/api/v2/log/consistency", get(log_consistency))
+        .route("/api/v2/tcb", get(tcb_report))
         .route("/api/v2/openapi.json", get(crate::http::openapi::document))
         .route("/api/v2/revoke", post(revoke))
         .route("/api/v2/crl", get(crl))
@@ -270,6 +271,12 @@ async fn log_entries(
         entries,
         next: (from < to && to < size).then_some(to),
     }))
+}
+
+/// `GET /api/v2/tcb`: the TCB monitor's verdict per running marble. Public like the log,
+/// which carries every change as a `tcb-change` event anyway.
+async fn tcb_report(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
+    Ok(ok(crate::tcb::monitor::report(&core).await?))
 }
 
 #[derive(Deserialize)]

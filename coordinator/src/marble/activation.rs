@@ -106,9 +106,25 @@ pub async fn activate(
         claims_digest: &claims_digest,
         simulation: claims.simulation,
     })?;
-    let serial = x509_parser::parse_x509_certificate(&leaf)
-        .map(|(_, c)| hex::encode(c.raw_serial()))
+    let (serial, not_after) = x509_parser::parse_x509_certificate(&leaf)
+        .map(|(_, c)| {
+            (
+                hex::encode(c.raw_serial()),
+                c.validity().not_after.timestamp(),
+            )
+        })
         .map_err(|e| ApiError::Internal(format!("issued leaf does not parse: {e}")))?;
+    // What the TCB monitor re-evaluates later, written with the activation itself.
+    let platform = crate::tcb::record::PlatformRecord::accepted(
+        marble_type,
+        &uuid,
+        &req.evidence,
+        &claims,
+        deployment.mesh.cert_der(),
+        not_after,
+        crate::translog::now_unix(),
+        None,
+    );
     let event = serde_json::json!({
         "type": "activation",
         "time": crate::translog::now_unix(),
@@ -118,12 +134,21 @@ pub async fn activate(
         "certSerial": serial,
         "simulation": claims.simulation,
     });
-    record_activation(&view.log, &store, marble_type, marble, &uuid, event)
-        .await
-        .map_err(|e| match e {
-            ApiError::Denied(Denial::Refused(r)) => refuse(r),
-            other => other,
-        })?;
+    let platform = (crate::tcb::record::key(&uuid), platform.encode()?);
+    record_activation(
+        &view.log,
+        &store,
+        marble_type,
+        marble,
+        &uuid,
+        event,
+        platform,
+    )
+    .await
+    .map_err(|e| match e {
+        ApiError::Denied(Denial::Refused(r)) => refuse(r),
+        other => other,
+    })?;
     let root_der = view.identity.root.cert_der().to_vec();
     let private = private_secrets(
         manifest,
@@ -192,7 +217,8 @@ pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Spends one activation of `marble_type`'s budget (when it has one) and appends `event` to
-/// the transparency log in one transaction, refused if the UUID was revoked meanwhile. The
+/// the transparency log in one transaction with the marble's TCB record `platform` (key,
+/// value), refused if the UUID was revoked meanwhile. The
 /// counter is a store-evaluated bounded increment, so concurrent activations (and replicas
 /// sharing the store) never exceed `MaxActivations` and never retry against each other.
 async fn record_activation(
@@ -202,6 +228,7 @@ async fn record_activation(
     marble: &Marble,
     uuid: &uuid::Uuid,
     event: serde_json::Value,
+    platform: (String, Vec<u8>),
 ) -> Result<(), ApiError> {
     let key = format!("{}{marble_type}", keys::ACTIVATIONS_PREFIX);
     // The counter decides races; the log, which the rollback evidence covers, keeps an
@@ -214,7 +241,9 @@ async fn record_activation(
         .into());
     }
     for _ in 0..MAX_CAS_RETRIES {
-        let mut txn = Txn::new().require_absent(&crate::marble::revocation::uuid_key(uuid));
+        let mut txn = Txn::new()
+            .require_absent(&crate::marble::revocation::uuid_key(uuid))
+            .put(&platform.0, platform.1.clone());
         if marble.max_activations > 0 {
             txn = txn.increment(&key, marble.max_activations);
         }

@@ -45,6 +45,18 @@ pub enum Refusal {
     },
     /// The renewing certificate is not a marble leaf of this deployment.
     Certificate(String),
+    /// The TCB monitor found the marble's platform out of its package's policy and the
+    /// manifest's `Config.TCBChangeAction` refuses its renewals.
+    TcbOutOfPolicy {
+        /// The status the monitor found (`None`: never verified).
+        status: Option<quarry_api::TcbStatus>,
+        /// Its advisories.
+        advisories: Vec<String>,
+        /// The package fields the platform fails.
+        fields: Vec<FieldMismatch>,
+        /// When the monitor checked, Unix seconds.
+        checked_at: u64,
+    },
 }
 
 impl Refusal {
@@ -60,20 +72,23 @@ impl Refusal {
             Refusal::PolicyMismatch { .. } => "policy-mismatch",
             Refusal::MaxActivations { .. } => "max-activations",
             Refusal::Certificate(_) => "certificate",
+            Refusal::TcbOutOfPolicy { .. } => "tcb-out-of-policy",
         }
     }
 
     /// The compared fields (empty unless the refusal compares values).
     pub fn fields(&self) -> Vec<FieldMismatch> {
         match self {
-            Refusal::PolicyMismatch { fields, .. } => fields.clone(),
+            Refusal::PolicyMismatch { fields, .. } | Refusal::TcbOutOfPolicy { fields, .. } => {
+                fields.clone()
+            }
             Refusal::Evidence(e) | Refusal::KeyBinding(e) => e.fields(),
             _ => Vec::new(),
         }
     }
 
     /// Every code, for the metric's fixed label set and the docs.
-    pub const CODES: [&'static str; 9] = [
+    pub const CODES: [&'static str; 10] = [
         "unknown-marble-type",
         "revoked",
         "nonce",
@@ -83,6 +98,7 @@ impl Refusal {
         "policy-mismatch",
         "max-activations",
         "certificate",
+        "tcb-out-of-policy",
     ];
 
     /// The policy mismatch of `package` from the verifier's field list.
@@ -133,6 +149,18 @@ impl std::fmt::Display for Refusal {
                 f,
                 "MaxActivations of marble type {marble_type} exhausted ({max} of {max} used)"
             ),
+            Refusal::TcbOutOfPolicy {
+                status,
+                advisories,
+                checked_at,
+                ..
+            } => write!(
+                f,
+                "the TCB monitor found this marble's platform out of its package's policy at {}: TCB status {} (advisories: {}); Config.TCBChangeAction refuses its renewal: run the marble on an updated platform (a new activation)",
+                crate::tcb::monitor::rfc3339(*checked_at),
+                status.map_or("unknown", |s| s.as_str()),
+                if advisories.is_empty() { "none".to_string() } else { advisories.join(",") },
+            ),
         }
     }
 }
@@ -140,6 +168,31 @@ impl std::fmt::Display for Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tcb_refusal_names_the_status_advisories_and_fields() {
+        let r = Refusal::TcbOutOfPolicy {
+            status: Some(quarry_api::TcbStatus::OutOfDate),
+            advisories: vec!["INTEL-SA-01192".into(), "INTEL-SA-01245".into()],
+            fields: vec![FieldMismatch {
+                field: "AcceptedTCBStatuses".into(),
+                expected: "UpToDate,SWHardeningNeeded".into(),
+                found: "OutOfDate (advisories: INTEL-SA-01192,INTEL-SA-01245)".into(),
+            }],
+            checked_at: 1_792_454_400,
+        };
+        assert_eq!(r.code(), "tcb-out-of-policy");
+        assert_eq!(r.fields()[0].field, "AcceptedTCBStatuses");
+        let text = r.to_string();
+        for needle in [
+            "TCB status OutOfDate",
+            "INTEL-SA-01192,INTEL-SA-01245",
+            "2026-10-20T00:00:00Z",
+            "TCBChangeAction",
+        ] {
+            assert!(text.contains(needle), "{text} must name {needle}");
+        }
+    }
 
     #[test]
     fn codes_are_stable_and_listed() {
@@ -170,6 +223,12 @@ mod tests {
                 max: 1,
             },
             Refusal::Certificate("c".into()),
+            Refusal::TcbOutOfPolicy {
+                status: Some(quarry_api::TcbStatus::OutOfDate),
+                advisories: vec!["INTEL-SA-01192".into()],
+                fields: vec![],
+                checked_at: 0,
+            },
         ];
         let codes: Vec<&str> = all.iter().map(Refusal::code).collect();
         assert_eq!(codes, Refusal::CODES);

@@ -126,6 +126,27 @@ fn refuse(marble_type: &str, uuid: &str, refusal: Refusal) -> ApiError {
     ApiError::refused(refusal)
 }
 
+/// Refuses a renewal when the TCB monitor's last verdict `entry` is out of policy and the
+/// manifest's action says so (`refuse-renewal`, and `revoke`, whose revocation may still be
+/// on its way).
+pub fn refuse_out_of_policy(
+    action: quarry_api::manifest::TcbChangeAction,
+    entry: Option<&quarry_api::tcb::TcbEntry>,
+) -> Result<(), Refusal> {
+    use quarry_api::manifest::TcbChangeAction;
+    match entry {
+        Some(e) if !e.in_policy && action != TcbChangeAction::Warn => {
+            Err(Refusal::TcbOutOfPolicy {
+                status: e.status,
+                advisories: e.advisories.clone(),
+                fields: e.policy_fields.clone(),
+                checked_at: e.checked_at,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `POST /api/v2/renew`. `peer_cert` is the TLS client certificate of the connection.
 pub async fn renew(
     core: &Core,
@@ -158,6 +179,12 @@ pub async fn renew(
     })?;
     let (marble, package) =
         crate::marble::activation::marble_entry(manifest, marble_type, true).map_err(refuse)?;
+    let platform = crate::tcb::record::load(store.as_ref(), &current.uuid).await?;
+    refuse_out_of_policy(
+        manifest.config.tcb_change_action,
+        platform.as_ref().map(|(r, _)| &r.entry),
+    )
+    .map_err(refuse)?;
     let spki_hash: [u8; 32] = Sha256::digest(&current.spki).into();
     let nonce: [u8; 32] = hex::decode(req.nonce.trim())
         .ok()
@@ -168,7 +195,7 @@ pub async fn renew(
 
     // The same checks as activation, with no lock held during verification.
     let verifier = core.tee.verifier.clone();
-    let evidence = req.evidence;
+    let evidence = req.evidence.clone();
     let at = core.tee.now();
     let claims: Claims = tokio::task::spawn_blocking(move || verifier.verify(&evidence, at))
         .await
@@ -238,10 +265,22 @@ pub async fn renew(
         "claimsSha256": hex::encode(claims_digest),
         "simulation": claims.simulation,
     });
+    // The fresher evidence and the new leaf's expiry replace the TCB monitor's record.
+    let record = crate::tcb::record::PlatformRecord::accepted(
+        marble_type,
+        &current.uuid,
+        &req.evidence,
+        &claims,
+        deployment.mesh.cert_der(),
+        not_after,
+        crate::translog::now_unix(),
+        platform.as_ref().map(|(r, _)| &r.entry),
+    );
     // A revocation committed since the check above wins: the renewal is not recorded.
     let txn = Txn::new()
         .require_absent(&crate::marble::revocation::uuid_key(&current.uuid))
-        .require_absent(&crate::marble::revocation::serial_key(&current.serial));
+        .require_absent(&crate::marble::revocation::serial_key(&current.serial))
+        .put(&crate::tcb::record::key(&current.uuid), record.encode()?);
     match view.log.commit_with_events(&store, txn, vec![event]).await {
         Ok(_) => {}
         Err(StoreError::Conflict(_)) => {

@@ -268,6 +268,58 @@ pub async fn revoke(
     Ok(response(false))
 }
 
+/// The `user` a revocation by the TCB monitor records (no manifest user can have a name
+/// with parentheses and spaces in a certificate's place, and it says who acted).
+pub const TCB_MONITOR_USER: &str = "(tcb monitor)";
+
+/// Revokes marble `uuid` of `marble_type` on behalf of the TCB monitor
+/// (`Config.TCBChangeAction: revoke`): the same stored record and `revocation` log event as
+/// an operator's revocation by UUID, with `reason` added to the event. Returns false when the
+/// UUID was already revoked.
+pub async fn revoke_for_tcb(
+    view: &View,
+    store: &std::sync::Arc<dyn Store>,
+    marble_type: &str,
+    uuid: &uuid::Uuid,
+    reason: &str,
+) -> Result<bool, ApiError> {
+    let key = uuid_key(uuid);
+    if store.get(&key).await?.is_some() {
+        return Ok(false);
+    }
+    let now = crate::translog::now_unix();
+    let uuid_text = uuid.hyphenated().to_string();
+    let record = Record {
+        time: now,
+        user: TCB_MONITOR_USER.into(),
+        marble_type: marble_type.to_string(),
+        uuid: uuid_text.clone(),
+    };
+    let event = serde_json::json!({
+        "type": "revocation",
+        "time": now,
+        "user": TCB_MONITOR_USER,
+        "marbleType": marble_type,
+        "uuid": uuid_text,
+        "reason": reason,
+    });
+    let value = serde_json::to_vec(&record).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let txn = Txn::new().require_absent(&key).put(&key, value);
+    match view.log.commit_with_events(store, txn, vec![event]).await {
+        Ok(_) => {}
+        Err(StoreError::Conflict(_)) if store.get(&key).await?.is_some() => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    tracing::warn!(
+        user = TCB_MONITOR_USER,
+        marble_type,
+        uuid = %uuid_text,
+        reason,
+        "marble revoked"
+    );
+    Ok(true)
+}
+
 /// A signed CRL and what it was made from.
 struct Cached {
     mesh_sha256: [u8; 32],

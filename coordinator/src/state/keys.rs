@@ -21,6 +21,9 @@ pub const PENDING_UPDATE: &str = "update/pending";
 /// Prefix of activation counters per marble type.
 pub const ACTIVATIONS_PREFIX: &str = "activations/";
 
+/// Prefix of the TCB monitor's per-marble platform records (`tcb/<uuid>`).
+pub const TCB_PREFIX: &str = "tcb/";
+
 /// Prefix of monotonic counters (`<prefix><hex SHA-256 of the counter ID>`, 8-byte big-endian
 /// value); never touched by manifest updates.
 pub const COUNTER_PREFIX: &str = "monotonic-counter/";

@@ -81,6 +81,8 @@ pub struct Core {
     recovery: Mutex<crate::recovery::Session>,
     /// The etcd cluster when the state is in etcd (replicas); None for the file store.
     cluster: Option<EtcdConn>,
+    /// The TCB monitor's memory (last verdicts, last run).
+    pub tcb: crate::tcb::Monitor,
 }
 
 /// The swappable part: replaced as a whole when the state opens after Recovery.
@@ -168,6 +170,7 @@ impl Core {
             quotes: QuoteCache::default(),
             recovery: Mutex::new(crate::recovery::Session::default()),
             cluster,
+            tcb: crate::tcb::Monitor::default(),
         })
     }
 
