@@ -74,8 +74,15 @@ fn store_of(core: &Core) -> Result<Arc<dyn Store>, ApiError> {
         .ok_or_else(|| ApiError::Internal("no store in state 3".into()))
 }
 
-async fn pending(store: &dyn Store) -> Result<Option<(Pending, u64)>, ApiError> {
-    match store.get(keys::PENDING_UPDATE).await? {
+/// The pending update, checked against the transparency log (an older pending value put
+/// back into etcd, e.g. one that was cancelled, is refused, never acknowledged into force).
+async fn pending(core: &Core, store: &Arc<dyn Store>) -> Result<Option<(Pending, u64)>, ApiError> {
+    match core
+        .view()
+        .log
+        .read_bound(store, keys::PENDING_UPDATE)
+        .await?
+    {
         None => Ok(None),
         Some(v) => Ok(Some((
             serde_json::from_slice(&v.value)
@@ -118,7 +125,7 @@ pub async fn propose(
     // Validated now (the same rules as `quarry manifest check`); parsed again when applied.
     quarry_api::manifest::parse(&raw).map_err(ApiError::from)?;
     authorize(&d.manifest, &user, Action::UpdateManifest, &[])?;
-    if pending(store.as_ref()).await?.is_some() {
+    if pending(core, &store).await?.is_some() {
         return Err(ApiError::wrong_state(
             "an update is already pending; acknowledge or cancel it first".into(),
         ));
@@ -145,7 +152,7 @@ pub async fn acknowledge(
     raw: Vec<u8>,
 ) -> Result<UpdateResponse, ApiError> {
     let (_guard, d, store, user) = begin(core, peer).await?;
-    let (mut p, rev) = pending(store.as_ref())
+    let (mut p, rev) = pending(core, &store)
         .await?
         .ok_or_else(|| ApiError::not_found("no update is pending".into()))?;
     if !p.required.contains(&user) {
@@ -235,7 +242,7 @@ async fn advance(
 pub async fn cancel(core: &Core, peer: Option<&[u8]>) -> Result<(), ApiError> {
     let (_guard, d, store, user) = begin(core, peer).await?;
     authorize(&d.manifest, &user, Action::UpdateManifest, &[])?;
-    let (p, rev) = pending(store.as_ref())
+    let (p, rev) = pending(core, &store)
         .await?
         .ok_or_else(|| ApiError::not_found("no update is pending".into()))?;
     let mut txn = Txn::new().require(keys::PENDING_UPDATE, Some(rev));
@@ -256,7 +263,7 @@ pub async fn get_pending(core: &Core) -> Result<PendingResponse, ApiError> {
     let (_, store) = core
         .view()
         .running("manifest updates need a running deployment")?;
-    let (p, _) = pending(store.as_ref())
+    let (p, _) = pending(core, &store)
         .await?
         .ok_or_else(|| ApiError::not_found("no update is pending".into()))?;
     Ok(PendingResponse {

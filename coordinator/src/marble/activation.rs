@@ -36,7 +36,7 @@ pub async fn activate(
     let (marble, package) = marble_entry(manifest, marble_type, false).map_err(refuse)?;
     let uuid = uuid::Uuid::parse_str(&req.uuid)
         .map_err(|e| ApiError::bad_request(format!("uuid {:?} is not a UUID: {e}", req.uuid)))?;
-    crate::marble::revocation::ensure_not_revoked(store.as_ref(), &uuid, None)
+    crate::marble::revocation::ensure_not_revoked(store.as_ref(), &view.log, &uuid, None)
         .await
         .map_err(|e| match e {
             ApiError::Denied(Denial::Forbidden(m)) => refuse(Refusal::Revoked(m)),

@@ -81,12 +81,17 @@ pub async fn set(
     })?;
     let marble_type = leaf.marble_type.as_str();
     crate::marble::activation::marble_entry(manifest, marble_type, true)?;
-    crate::marble::revocation::ensure_not_revoked(store.as_ref(), &leaf.uuid, Some(&leaf.serial))
-        .await
-        .map_err(|e| match e {
-            ApiError::Denied(Denial::Forbidden(m)) => ApiError::refused(Refusal::Revoked(m)),
-            other => other,
-        })?;
+    crate::marble::revocation::ensure_not_revoked(
+        store.as_ref(),
+        &view.log,
+        &leaf.uuid,
+        Some(&leaf.serial),
+    )
+    .await
+    .map_err(|e| match e {
+        ApiError::Denied(Denial::Forbidden(m)) => ApiError::refused(Refusal::Revoked(m)),
+        other => other,
+    })?;
     if req.name.len() > MAX_NAME_BYTES {
         return Err(ApiError::invalid_field(
             "name",

@@ -169,6 +169,7 @@ pub async fn renew(
     let refuse = |refusal: Refusal| refuse(marble_type, &uuid_text, refusal);
     crate::marble::revocation::ensure_not_revoked(
         store.as_ref(),
+        &view.log,
         &current.uuid,
         Some(&current.serial),
     )

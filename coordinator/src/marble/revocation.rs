@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::http::error::ApiError;
 use crate::state::{Core, View};
 use crate::store::{Store, StoreError, Txn};
+use crate::translog::TransLog;
 use crate::users::{self, Action};
 
 /// Store key prefix of revoked marble UUIDs.
@@ -92,19 +93,23 @@ pub fn issued(view: &View) -> Vec<Issued> {
         .collect()
 }
 
-/// Refuses (403) a revoked UUID or, when given, a revoked certificate serial.
+/// Refuses (403) a revoked UUID or, when given, a revoked certificate serial. Revoked is what
+/// the store holds **or** the transparency log records: the log is covered by the rollback
+/// evidence, so an etcd writer deleting `revoked/<uuid>` un-revokes nothing.
 pub async fn ensure_not_revoked(
     store: &dyn Store,
+    log: &TransLog,
     uuid: &uuid::Uuid,
     serial_hex: Option<&str>,
 ) -> Result<(), ApiError> {
-    if store.get(&uuid_key(uuid)).await?.is_some() {
+    let uuid_text = uuid.hyphenated().to_string();
+    if log.revoked_uuid(&uuid_text).is_some() || store.get(&uuid_key(uuid)).await?.is_some() {
         return Err(ApiError::forbidden(format!(
             "marble {uuid} is revoked: it can neither activate nor renew"
         )));
     }
     if let Some(serial) = serial_hex {
-        if store.get(&serial_key(serial)).await?.is_some() {
+        if log.revoked_serial(serial).is_some() || store.get(&serial_key(serial)).await?.is_some() {
             return Err(ApiError::forbidden(format!(
                 "certificate {serial} is revoked"
             )));
@@ -228,7 +233,11 @@ pub async fn revoke(
         serials: serials.clone(),
         already_revoked,
     };
-    if store.get(&key).await?.is_some() {
+    let logged = match &by_serial {
+        Some(serial) => view.log.revoked_serial(serial),
+        None => view.log.revoked_uuid(&uuid),
+    };
+    if logged.is_some() || store.get(&key).await?.is_some() {
         return Ok(response(true));
     }
     let now = crate::translog::now_unix();
@@ -284,7 +293,12 @@ pub async fn revoke_for_tcb(
     reason: &str,
 ) -> Result<bool, ApiError> {
     let key = uuid_key(uuid);
-    if store.get(&key).await?.is_some() {
+    if view
+        .log
+        .revoked_uuid(&uuid.hyphenated().to_string())
+        .is_some()
+        || store.get(&key).await?.is_some()
+    {
         return Ok(false);
     }
     let now = crate::translog::now_unix();
@@ -414,6 +428,12 @@ pub async fn revoked_serials(
     for (key, v) in store.scan(REVOKED_PREFIX).await? {
         let uuid = key.trim_start_matches(REVOKED_PREFIX).to_ascii_lowercase();
         uuids.insert(uuid, time_of(&v.value));
+    }
+    // The log's revocations too: a stored record deleted in etcd must not leave the CRL.
+    let (logged_uuids, logged_serials) = view.log.revocations();
+    uuids.extend(logged_uuids);
+    for (serial, t) in logged_serials {
+        out.entry(serial).or_insert(t);
     }
     let mut seen = BTreeSet::new();
     for i in issued(view) {

@@ -49,7 +49,13 @@ pub async fn refresh_from_watch(
         match refreshed {
             Ok(done) => log_pending = log && !done,
             Err(e) => {
-                tracing::warn!(error = %e, "refreshing from etcd failed; retrying");
+                if matches!(e, crate::store::StoreError::Corrupt(_)) {
+                    // Tampering (a value put back or deleted in etcd): this replica keeps
+                    // serving what it had loaded and never takes the stored state in.
+                    tracing::error!(error = %e, "etcd holds state the transparency log refutes; not loaded");
+                } else {
+                    tracing::warn!(error = %e, "refreshing from etcd failed; retrying");
+                }
                 log_pending = log;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

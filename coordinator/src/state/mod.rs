@@ -222,18 +222,7 @@ impl Core {
         }
         if deployment {
             let _guard = self.manifest_lock.lock().await;
-            if let Some(raw) = store.get(keys::MANIFEST).await? {
-                let d = deployment::load(store.as_ref(), raw.value)
-                    .await
-                    .map_err(StoreError::Corrupt)?;
-                // The manifest and its log event commit in one transaction; a log that is
-                // behind catches up first, so only a manifest the log never ended on fails.
-                if view.log.check_manifest(&d.fingerprint).is_err() {
-                    view.log.catch_up(&store).await?;
-                    view.log
-                        .check_manifest(&d.fingerprint)
-                        .map_err(StoreError::Corrupt)?;
-                }
+            if let Some(d) = stored_deployment(&store, &view.log).await? {
                 match self.view().phase.as_ref() {
                     Phase::Recovery { .. } => {}
                     // Secrets, SVN overrides, the mesh CA or the root secret changed.
@@ -358,4 +347,36 @@ impl Core {
             .quote(&self.tee, &root, nonce)
             .map_err(ApiError::Internal)
     }
+}
+
+/// Reads the deployment the store holds now, checked against the log (None: no manifest).
+/// A value and its log record commit in one transaction, so a mismatch is explained once by
+/// a log behind the store (another replica's commit not seen yet) or a read racing a newer
+/// commit: the log catches up and everything is read again. One that persists was put back.
+async fn stored_deployment(
+    store: &Arc<dyn crate::store::Store>,
+    log: &TransLog,
+) -> Result<Option<Deployment>, StoreError> {
+    const ATTEMPTS: usize = 4;
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            // The committer may hold the log for a moment; it catches up itself then.
+            if !log.catch_up(store).await? {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        let Some(raw) = store.get(keys::MANIFEST).await? else {
+            return Ok(None);
+        };
+        let loaded = match deployment::load(store.as_ref(), raw.value, log).await {
+            Ok(d) => log.check_manifest(&d.fingerprint).map(|()| d),
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(d) => return Ok(Some(d)),
+            Err(e) => last = e,
+        }
+    }
+    Err(StoreError::Corrupt(last))
 }

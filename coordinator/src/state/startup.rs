@@ -18,7 +18,7 @@ use crate::store::file::{FileStore, HeadTracker, LOG_FILE};
 use crate::store::head::{self, HeadFile};
 use crate::store::{StoreError, Txn};
 use crate::tee::Tee;
-use crate::translog::TransLog;
+use crate::translog::{BindingKey, TransLog};
 
 /// Why the stored state cannot be served (the coordinator enters Recovery, state 1).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -284,6 +284,9 @@ async fn load(
         .await
         .map_err(|e| unreadable(e.to_string()))?;
     let log = Arc::new(TransLog::load(backend.as_ref()).await.map_err(unreadable)?);
+    log.set_binding(BindingKey::derive(&dek).map_err(unreadable)?);
+    log.check_bound(keys::ROOT_SECRET, Some(identity.root_secret.expose()))
+        .map_err(unreadable)?;
     let phase = match backend
         .get(keys::MANIFEST)
         .await
@@ -300,7 +303,7 @@ async fn load(
         }
         None => Phase::AcceptingManifest,
         Some(raw) => {
-            let d = deployment::load(backend.as_ref(), raw.value)
+            let d = deployment::load(backend.as_ref(), raw.value, &log)
                 .await
                 .map_err(unreadable)?;
             log.check_manifest(&d.fingerprint).map_err(unreadable)?;

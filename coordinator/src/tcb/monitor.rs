@@ -96,10 +96,11 @@ pub async fn recheck(
         };
         let now = crate::translog::now_unix();
         let entry = crate::marble::activation::marble_entry(manifest, &rec.entry.marble_type, true);
-        let gone = if store
-            .get(&crate::marble::revocation::uuid_key(&uuid))
-            .await?
-            .is_some()
+        let gone = if view.log.revoked_uuid(&rec.entry.uuid).is_some()
+            || store
+                .get(&crate::marble::revocation::uuid_key(&uuid))
+                .await?
+                .is_some()
         {
             Some("the marble is revoked")
         } else if rec.mesh_ca_sha256 != mesh {

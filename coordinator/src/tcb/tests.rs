@@ -270,6 +270,67 @@ async fn new_tcb_info_turns_a_running_marble_out_of_policy_with_components_to_ra
     assert_eq!(kept.marbles[0].to_raise.len(), 4);
 }
 
+/// `Config.TCBChangeAction: revoke`: the marble that falls out of policy is revoked by the
+/// monitor (a `revocation` event naming the monitor and the reason beside the `tcb-change`
+/// event), can neither renew nor activate again, and is revoked once only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_revoke_action_a_marble_out_of_policy_is_revoked_once() {
+    let f = fixture("revoke").await;
+    let core = &f.core;
+    let untouched = recheck(core, f.verifier.clone(), true, at(T_2025_07_01))
+        .await
+        .unwrap();
+    assert!(untouched.is_empty(), "in policy: nothing to do");
+    publish(&f.cache, "dcapqvl_tdx_quote_v5_td15ex.collateral.json");
+    let changes = recheck(core, f.verifier.clone(), true, at(T_2026_10_20))
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].action, TcbChangeAction::Revoke);
+    assert!(changes[0].revoked, "the monitor revoked the marble");
+    assert_eq!(changes[0].entry.status, Some(TcbStatus::OutOfDate));
+    let events: Vec<serde_json::Value> = core
+        .view()
+        .log
+        .entries(0)
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| e["type"] == "revocation")
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["uuid"], f.uuid.to_string());
+    assert_eq!(
+        events[0]["user"],
+        crate::marble::revocation::TCB_MONITOR_USER
+    );
+    assert!(
+        events[0]["reason"].as_str().unwrap().contains("OutOfDate"),
+        "{}",
+        events[0]
+    );
+    assert_eq!(tcb_events(core)[0]["action"], "revoke");
+    let view = core.view();
+    let (_, store) = view.running("test").unwrap();
+    let refused =
+        crate::marble::revocation::ensure_not_revoked(store.as_ref(), &view.log, &f.uuid, None)
+            .await
+            .unwrap_err();
+    assert!(refused.to_string().contains("is revoked"), "{refused}");
+    // The next pass stops watching the revoked marble and revokes nothing again.
+    let again = recheck(core, f.verifier.clone(), true, at(T_2026_10_20))
+        .await
+        .unwrap();
+    assert!(again.iter().all(|c| !c.revoked), "{again:?}");
+    let revocations = core
+        .view()
+        .log
+        .entries(0)
+        .into_iter()
+        .filter(|e| e.event["type"] == "revocation")
+        .count();
+    assert_eq!(revocations, 1);
+}
+
 #[test]
 fn without_a_collateral_source_the_embedded_collateral_is_used_and_said() {
     let evidence = Evidence {

@@ -423,6 +423,68 @@ async fn revoked_uuid_cannot_renew_or_activate_and_is_listed_in_the_crl() {
     );
 }
 
+/// An etcd writer deletes the stored revocation records (`revoked/<uuid>`,
+/// `revoked-serial/<hex>`): the revocations stand, because the transparency log (covered by
+/// the rollback evidence) records them. Neither key comes back to life, and the CRL keeps
+/// listing every revoked serial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_deleted_from_the_store_still_refuses_and_stays_in_the_crl() {
+    use crate::marble::revocation::{serial_key, uuid_key};
+    let f = fixture().await;
+    let (key, other_key) = (marble_key(), marble_key());
+    let uuid = uuid::Uuid::new_v4();
+    let leaf = f.activate(&key, "web", &uuid.to_string()).await.unwrap();
+    let other_uuid = uuid::Uuid::new_v4();
+    let other = f
+        .activate(&other_key, "web", &other_uuid.to_string())
+        .await
+        .unwrap();
+    let by_uuid = RevokeRequest {
+        uuid: Some(uuid.to_string()),
+        serial: None,
+    };
+    let by_serial = RevokeRequest {
+        uuid: None,
+        serial: Some(serial_of(&other)),
+    };
+    f.revoke(&f.owner, by_uuid.clone()).await.unwrap();
+    f.revoke(&f.owner, by_serial.clone()).await.unwrap();
+    let store = f.core.view().store.clone().unwrap();
+    let records = [uuid_key(&uuid), serial_key(&serial_of(&other))];
+    store
+        .commit(Txn {
+            deletes: records.to_vec(),
+            ..Txn::default()
+        })
+        .await
+        .unwrap();
+    for k in &records {
+        assert!(store.get(k).await.unwrap().is_none(), "{k} was deleted");
+    }
+    refused(f.renew(&leaf, &key.spki).await, "revoked", "revoked");
+    refused(
+        f.activate(&marble_key(), "web", &uuid.to_string()).await,
+        "revoked",
+        "revoked",
+    );
+    refused(f.renew(&other, &other_key.spki).await, "revoked", "revoked");
+    // Revoking again says it already is (and writes nothing new).
+    let size = f.core.view().log.head().0;
+    assert!(f.revoke(&f.owner, by_uuid).await.unwrap().already_revoked);
+    assert!(f.revoke(&f.owner, by_serial).await.unwrap().already_revoked);
+    assert_eq!(f.core.view().log.head().0, size);
+    let der = crate::marble::revocation::crl(&f.core).await.unwrap();
+    let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+    let listed: Vec<String> = crl
+        .iter_revoked_certificates()
+        .map(|r| hex::encode(r.raw_serial()))
+        .collect();
+    assert!(
+        listed.contains(&serial_of(&leaf)) && listed.contains(&serial_of(&other)),
+        "{listed:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_one_serial_refuses_that_certificate_only_and_owners_may_revoke() {
     let f = fixture().await;

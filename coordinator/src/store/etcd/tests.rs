@@ -511,15 +511,15 @@ async fn tls_with_client_certificates() {
     assert!(half.err().unwrap().to_string().contains("--etcd-cert"));
 }
 
-/// Open weakness (docs/SECURITY.md, "etcd value replay"): a value's AEAD binds its key name
-/// only, so an etcd writer who puts back an older ciphertext of the same key is not noticed
-/// by the store and a bounded counter can be spent again here (activation also checks the
-/// log's count, `an_older_activation_counter_grants_no_activation_beyond_max_activations`).
-/// This test pins the store's behaviour so that the fix (binding values to a commit
-/// sequence the rollback evidence covers) must update it and the threat table together.
-/// What is refused today: the same bytes under another key.
+/// The store alone does not see an older ciphertext put back at its own key (a value's AEAD
+/// binds the key name only): a bounded counter can be spent again at this level. That is why
+/// the layers above never trust a stored value on its own: activation counts the log's events
+/// (`an_older_activation_counter_grants_no_activation_beyond_max_activations`) and every other
+/// replay-sensitive key is checked against the log's value digests
+/// (`older_values_replayed_at_their_own_keys_are_refused_running_and_at_restart`). What the
+/// store refuses itself: the same bytes under another key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_older_counter_ciphertext_replayed_at_its_own_key_is_accepted_open_weakness() {
+async fn an_older_counter_ciphertext_is_not_seen_by_the_store_alone() {
     let etcd = TestEtcd::start().await;
     let dek = sealing::new_dek().unwrap();
     let store = etcd.conn("/q9/").await.store(&dek).unwrap();
@@ -557,7 +557,7 @@ async fn an_older_counter_ciphertext_replayed_at_its_own_key_is_accepted_open_we
     store
         .commit(Txn::new().increment("count", 2))
         .await
-        .expect("today the replayed counter is spent again");
+        .expect("the store alone spends the replayed counter again");
 }
 
 /// An etcd writer who deletes the manifest key must not turn a running deployment into one
@@ -680,6 +680,172 @@ async fn an_older_manifest_ciphertext_replayed_at_its_own_key_is_recovery() {
         }
         Phase::AcceptingManifest => panic!("the replayed manifest reopened as fresh"),
         Phase::Running(_) => panic!("the older manifest is served"),
+    }
+}
+
+/// An etcd writer puts back an older ciphertext of each replay-sensitive key class that
+/// changes while the deployment runs (a user secret, a package's SecurityVersion, the pending
+/// update): a running replica refuses to load or act on it, a restart is Recovery naming the
+/// key, and the newest value put back is accepted again. The transparency log records a
+/// keyed digest of every value written ([`crate::translog::binding`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_values_replayed_at_their_own_keys_are_refused_running_and_at_restart() {
+    use crate::manifest::update;
+    use crate::state::{keys, Core, Phase};
+    use sha2::Digest;
+    let etcd = TestEtcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    quarry_attestation::simulated::SimPlatform::create(&sim).unwrap();
+    let open = || async {
+        Core::open_etcd(
+            &dir.path().join("data"),
+            crate::tee::Tee::simulated(&sim, None).unwrap(),
+            etcd.conn("/q13/").await,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap()
+    };
+    let user = |name: &str| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, name.to_string());
+        p.self_signed(&key).unwrap()
+    };
+    let (owner, second) = (user("owner"), user("second"));
+    let manifest = |version: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "Packages": {"web": {"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 1, "SecurityVersion": 1}},
+            "Marbles": {"web": {"Package": "web", "Parameters": {"Env": {"VERSION": version}}}},
+            "Secrets": {"pw": {"Type": "plain", "UserDefined": true}},
+            "Users": {
+                "owner": {"Certificate": owner.pem(), "Roles": ["updater", "pw", "pkg"]},
+                "second": {"Certificate": second.pem(), "Roles": ["updater"]}
+            },
+            "Roles": {
+                "updater": {"ResourceType": "Manifest", "Actions": ["UpdateManifest"]},
+                "pw": {"ResourceType": "Secrets", "ResourceNames": ["pw"], "Actions": ["WriteSecret", "ReadSecret"]},
+                "pkg": {"ResourceType": "Packages", "ResourceNames": ["web"], "Actions": ["UpdateSecurityVersion"]}
+            }
+        }))
+        .unwrap()
+    };
+    async fn set_pw(core: &Core, owner: &[u8], value: &[u8]) {
+        let req = serde_json::from_value(serde_json::json!({
+            "secrets": {"pw": {"Key": quarry_api::bytes::b64(value)}}
+        }))
+        .unwrap();
+        crate::users::secrets::write(core, Some(owner), req)
+            .await
+            .unwrap()
+    }
+    let raise = |svn: u64| {
+        serde_json::to_vec(&serde_json::json!({"Packages": {"web": {"SecurityVersion": svn}}}))
+            .unwrap()
+    };
+    let served_pw = |core: &Core| match core.view().phase.as_ref() {
+        Phase::Running(d) => d.secrets["pw"].private.clone(),
+        _ => panic!("the deployment runs"),
+    };
+    let raw_client = etcd.conn("/").await.client;
+    let etcd_key = |k: &str| format!("/q13/s/{k}").into_bytes();
+    let get = |k: &str| {
+        let (c, key) = (raw_client.clone(), etcd_key(k));
+        async move { c.get(key).await.unwrap().kvs[0].value.clone() }
+    };
+    let put = |k: &str, v: Vec<u8>| {
+        let (c, key) = (raw_client.clone(), etcd_key(k));
+        async move { c.put(key, v, 0).await.unwrap() }
+    };
+    let pw_key = format!("{}pw", keys::SECRET_PREFIX);
+    let svn_key = format!("{}web", keys::SVN_PREFIX);
+
+    let core = open().await;
+    crate::manifest::set::set_manifest(&core, manifest("1"))
+        .await
+        .unwrap();
+    set_pw(&core, owner.der(), b"one").await;
+    let pw_one = get(&pw_key).await;
+    set_pw(&core, owner.der(), b"two").await;
+    let pw_two = get(&pw_key).await;
+    for svn in [2, 3] {
+        update::propose(&core, Some(owner.der()), raise(svn))
+            .await
+            .unwrap();
+    }
+    let svn_three = get(&svn_key).await;
+    update::propose(&core, Some(owner.der()), raise(4))
+        .await
+        .unwrap();
+    let svn_four = get(&svn_key).await;
+    // A lower SecurityVersion put back while this replica runs (no watch here): found at
+    // the restart below.
+    put(&svn_key, svn_three).await;
+    let proposed = update::propose(&core, Some(owner.der()), manifest("2"))
+        .await
+        .unwrap();
+    assert_eq!(proposed.missing_acknowledgments, 1, "{}", proposed.message);
+    let pending_value = get(keys::PENDING_UPDATE).await;
+    update::cancel(&core, Some(owner.der())).await.unwrap();
+
+    // Running: the cancelled update put back is neither shown nor acknowledged into force.
+    put(keys::PENDING_UPDATE, pending_value).await;
+    let shown = update::get_pending(&core).await;
+    assert!(
+        format!("{:?}", shown.as_ref().err()).contains("records as deleted"),
+        "{:?}",
+        shown.map(|p| p.message)
+    );
+    let acked = update::acknowledge(&core, Some(second.der()), manifest("2")).await;
+    assert!(
+        acked.is_err(),
+        "a cancelled update was acknowledged into force"
+    );
+    assert!(
+        core.view().log.last_manifest_sha256()
+            == Some(hex::encode(sha2::Sha256::digest(manifest("1")))),
+        "the manifest stayed"
+    );
+    // Running: the older secret put back is not loaded; the served value stays.
+    put(&pw_key, pw_one.clone()).await;
+    let refreshed = core.refresh(true, true).await;
+    assert!(
+        matches!(&refreshed, Err(StoreError::Corrupt(m)) if m.contains(&pw_key) && m.contains("older value")),
+        "{refreshed:?}"
+    );
+    assert_eq!(served_pw(&core), b"two");
+    drop(core);
+
+    // Restart: each older value is Recovery naming its key; the newest one put back opens.
+    let reopened = || async {
+        match open().await.view().phase.as_ref() {
+            Phase::Recovery { reason } => format!("recovery:{}: {reason}", reason.code()),
+            Phase::AcceptingManifest => "accepting".into(),
+            Phase::Running(_) => "running".into(),
+        }
+    };
+    put(&pw_key, pw_two.clone()).await;
+    let phase = reopened().await;
+    assert!(
+        phase.starts_with("recovery:unreadable") && phase.contains(&svn_key),
+        "a lower SecurityVersion put back: {phase}"
+    );
+    put(&svn_key, svn_four).await;
+    put(&pw_key, pw_one).await;
+    let phase = reopened().await;
+    assert!(
+        phase.starts_with("recovery:unreadable") && phase.contains(&pw_key),
+        "an older secret put back: {phase}"
+    );
+    put(&pw_key, pw_two).await;
+    // The pending key is not read at start-up; the deployment opens with the newest values.
+    let core = open().await;
+    assert_eq!(served_pw(&core), b"two");
+    match core.view().phase.as_ref() {
+        Phase::Running(d) => assert_eq!(d.manifest.packages["web"].security_version, Some(4)),
+        _ => panic!("the deployment runs"),
     }
 }
 

@@ -8,7 +8,7 @@
 //! is a spawned task, not a caller's future, so a client that disconnects mid-commit cannot
 //! leave the in-memory view behind the store.
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use quarry_api::attestation::LogEntry;
 use quarry_api::merkle::{self, Hash};
@@ -16,6 +16,10 @@ use quarry_api::statement::canonical_json;
 use tokio::sync::oneshot;
 
 use crate::store::{Store, StoreError, Txn, Versioned};
+
+pub mod binding;
+
+pub use binding::BindingKey;
 
 /// Store key prefix of log entries.
 pub const PREFIX: &str = "log/";
@@ -37,6 +41,8 @@ pub struct TransLog {
 struct Inner {
     state: RwLock<State>,
     queue: Mutex<Queue>,
+    /// Key of the value digests the log records (set once the DEK is known).
+    binding: OnceLock<BindingKey>,
 }
 
 #[derive(Default)]
@@ -57,6 +63,12 @@ struct State {
     /// `manifestSha256` of the last `manifest-set` / `manifest-update` event: the manifest
     /// the store must hold (an older one put back into etcd is refused against it).
     last_manifest: Option<String>,
+    /// What the log last recorded per bound store key ([`binding`]).
+    bound: HashMap<String, binding::Recorded>,
+    /// Revoked UUIDs (lowercase) and serials (hex) with the time of their `revocation`
+    /// event: revocations are never undone, so the log alone answers "is it revoked".
+    revoked_uuids: HashMap<String, u64>,
+    revoked_serials: HashMap<String, u64>,
 }
 
 impl State {
@@ -94,6 +106,26 @@ impl State {
                 self.last_manifest = Some(sha.to_ascii_lowercase());
             }
         }
+        if event["type"] == "revocation" {
+            let time = event["time"].as_u64().unwrap_or(0);
+            match (event["serial"].as_str(), event["uuid"].as_str()) {
+                (Some(serial), _) => {
+                    self.revoked_serials
+                        .entry(serial.to_ascii_lowercase())
+                        .or_insert(time);
+                }
+                (None, Some(uuid)) => {
+                    self.revoked_uuids
+                        .entry(uuid.to_ascii_lowercase())
+                        .or_insert(time);
+                }
+                (None, None) => {}
+            }
+        }
+        // Stored entries were parsed before they got here (push_stored), own ones were
+        // built by BindingKey::record.
+        self.bound
+            .extend(binding::parse(&event).unwrap_or_default());
         self.entries.push(event);
     }
 
@@ -135,6 +167,7 @@ impl TransLog {
             inner: Arc::new(Inner {
                 state: RwLock::new(state),
                 queue: Mutex::new(Queue::default()),
+                binding: OnceLock::new(),
             }),
         }
     }
@@ -162,13 +195,32 @@ impl TransLog {
             .and_then(|n| s.root(n))
     }
 
-    /// Commits `txn` together with `events` appended to the log, atomically.
+    /// Binds this log's commits to the deployment whose DEK `key` was derived from: from now
+    /// on every commit writing a bound key records its values' digests (a second call is
+    /// ignored: the DEK of a loaded state never changes).
+    pub fn set_binding(&self, key: BindingKey) {
+        let _ = self.inner.binding.set(key);
+    }
+
+    /// Commits `txn` together with `events` appended to the log, atomically. When `txn`
+    /// writes bound keys, the first event records their digests ([`binding`]); such a
+    /// transaction without an event is refused, as its values could not be checked later.
     pub async fn commit_with_events(
         &self,
         store: &Arc<dyn Store>,
         txn: Txn,
-        events: Vec<serde_json::Value>,
+        mut events: Vec<serde_json::Value>,
     ) -> Result<u64, StoreError> {
+        if let Some(b) = self.inner.binding.get() {
+            if let Some(record) = b.record(&txn).map_err(StoreError::Corrupt)? {
+                let first = events.first_mut().ok_or_else(|| {
+                    StoreError::Corrupt(
+                        "a commit writing bound keys needs a log event to record them".into(),
+                    )
+                })?;
+                first[binding::FIELD] = record;
+            }
+        }
         let mut prepared = Vec::with_capacity(events.len());
         for event in events {
             let canonical = canonical_json(&event)
@@ -210,6 +262,78 @@ impl TransLog {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Checks the stored `value` of bound `key` (None: absent) against the log's record of
+    /// it: an error names the key and whether it was put back or deleted.
+    pub fn check_bound(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        let s = self.inner.read();
+        binding::check(self.inner.binding.get(), &s.bound, key, value)
+    }
+
+    /// Reads bound `key` from `store` and checks it against the log. A mismatch the log
+    /// catching up (another replica's commit) or a fresh read resolves is a race, not
+    /// tampering; one that persists is [`StoreError::Corrupt`] naming the key.
+    pub async fn read_bound(
+        &self,
+        store: &Arc<dyn Store>,
+        key: &str,
+    ) -> Result<Option<Versioned>, StoreError> {
+        const ATTEMPTS: usize = 4;
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 && !self.catch_up(store).await? {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let v = store.get(key).await?;
+            match self.check_bound(key, v.as_ref().map(|v| v.value.as_slice())) {
+                Ok(()) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        tracing::error!(key, error = %last, "stored value refused against the transparency log");
+        Err(StoreError::Corrupt(last))
+    }
+
+    /// Checks a scan of `prefix` against the log: each value as [`TransLog::check_bound`]
+    /// does, and no key the log records as written under `prefix` may be missing.
+    pub fn check_bound_scan(
+        &self,
+        prefix: &str,
+        scan: &[(String, Versioned)],
+    ) -> Result<(), String> {
+        for (k, v) in scan {
+            self.check_bound(k, Some(&v.value))?;
+        }
+        let s = self.inner.read();
+        let present: HashSet<&str> = scan.iter().map(|(k, _)| k.as_str()).collect();
+        let missing = s.bound.iter().find(|(k, r)| {
+            k.starts_with(prefix)
+                && matches!(r, binding::Recorded::Written { .. })
+                && !present.contains(k.as_str())
+        });
+        match missing {
+            Some((k, _)) => binding::check(self.inner.binding.get(), &s.bound, k, None),
+            None => Ok(()),
+        }
+    }
+
+    /// The time of the revocation of `uuid` the log records, if any.
+    pub fn revoked_uuid(&self, uuid: &str) -> Option<u64> {
+        let s = self.inner.read();
+        s.revoked_uuids.get(&uuid.to_ascii_lowercase()).copied()
+    }
+
+    /// The time of the revocation of certificate `serial` (hex) the log records, if any.
+    pub fn revoked_serial(&self, serial: &str) -> Option<u64> {
+        let s = self.inner.read();
+        s.revoked_serials.get(&serial.to_ascii_lowercase()).copied()
+    }
+
+    /// Every revocation the log records: (UUIDs, serials), each with its time.
+    pub fn revocations(&self) -> (HashMap<String, u64>, HashMap<String, u64>) {
+        let s = self.inner.read();
+        (s.revoked_uuids.clone(), s.revoked_serials.clone())
     }
 
     /// Activations of `marble_type` in the log. A replayed older counter in etcd cannot
@@ -474,6 +598,7 @@ fn push_stored(state: &mut State, i: usize, k: &str, v: &Versioned) -> Result<()
     let event: serde_json::Value = serde_json::from_slice(&v.value)
         .map_err(|e| format!("transparency log entry {i} does not decode: {e}"))?;
     let canonical = canonical_json(&event).map_err(|e| format!("log entry {i}: {e}"))?;
+    binding::parse(&event).map_err(|e| format!("transparency log entry {i}: {e}"))?;
     state.push(merkle::leaf_hash(canonical.as_bytes()), event);
     Ok(())
 }
