@@ -132,6 +132,11 @@ pub struct Config {
     /// How long a new replica waits for a running one to share the key before Recovery.
     #[arg(long, env = "QUARRY_PEER_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub peer_wait: std::time::Duration,
+    /// How often this replica compares its transparency-log head with every other replica's
+    /// over the attested peer channel (etcd mode with --peer-addr; 0s: never). A fork (etcd
+    /// showing replicas different histories) stops the replica: Recovery `split-view`.
+    #[arg(long, env = "QUARRY_PEER_CHECK_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub peer_check_interval: std::time::Duration,
     /// How often the TCB monitor re-verifies every running marble's stored evidence with the
     /// current collateral (it also runs at start and when a file in the collateral directory
     /// changes).

@@ -80,7 +80,12 @@ impl App {
                 (core, peer)
             }
         };
-        let mut tasks = start_replica(&core, peer, config.peer_advertise.clone())?;
+        let mut tasks = start_replica(
+            &core,
+            peer,
+            config.peer_advertise.clone(),
+            config.peer_check_interval,
+        )?;
         tasks.push(tcb::monitor::spawn(
             core.clone(),
             config.tcb_recheck_interval,
@@ -170,6 +175,7 @@ fn start_replica(
     core: &Arc<Core>,
     peer: Option<(TcpListener, SocketAddr)>,
     advertise: Option<String>,
+    fork_check: std::time::Duration,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let Some(conn) = core.cluster() else {
         return Ok(Vec::new());
@@ -199,6 +205,7 @@ fn start_replica(
             listener,
             advertise,
             own,
+            fork_check,
         ));
     }
     Ok(tasks)

@@ -106,14 +106,7 @@ pub async fn activate(
         claims_digest: &claims_digest,
         simulation: claims.simulation,
     })?;
-    let (serial, not_after) = x509_parser::parse_x509_certificate(&leaf)
-        .map(|(_, c)| {
-            (
-                hex::encode(c.raw_serial()),
-                c.validity().not_after.timestamp(),
-            )
-        })
-        .map_err(|e| ApiError::Internal(format!("issued leaf does not parse: {e}")))?;
+    let (serial, not_after) = serial_and_expiry(&leaf)?;
     // What the TCB monitor re-evaluates later, written with the activation itself.
     let platform = crate::tcb::record::PlatformRecord::accepted(
         marble_type,
@@ -440,4 +433,16 @@ fn render_parameters(
     );
     params.argv = marble.parameters.argv.clone();
     Ok(params)
+}
+
+/// The serial (lowercase hex) and notAfter (Unix seconds) of a leaf the coordinator issued.
+pub(crate) fn serial_and_expiry(leaf: &[u8]) -> Result<(String, i64), ApiError> {
+    x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, c)| {
+            (
+                hex::encode(c.raw_serial()),
+                c.validity().not_after.timestamp(),
+            )
+        })
+        .map_err(|e| ApiError::Internal(format!("issued leaf does not parse: {e}")))
 }

@@ -231,14 +231,7 @@ pub async fn renew(
         claims_digest: &claims_digest,
         simulation: claims.simulation,
     })?;
-    let (serial, not_after) = x509_parser::parse_x509_certificate(&leaf)
-        .map(|(_, c)| {
-            (
-                hex::encode(c.raw_serial()),
-                c.validity().not_after.timestamp(),
-            )
-        })
-        .map_err(|e| ApiError::Internal(format!("issued leaf does not parse: {e}")))?;
+    let (serial, not_after) = crate::marble::activation::serial_and_expiry(&leaf)?;
     // The files that hold the certificate, for the sidecar to replace. A file that cannot be
     // rendered any more does not stop the renewal of the mesh certificate.
     let root_der = view.identity.root.cert_der().to_vec();

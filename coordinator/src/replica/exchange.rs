@@ -22,11 +22,14 @@ const MAX_MESSAGE: u32 = 1024 * 1024;
 /// Time limit of one key-sharing exchange.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A key-sharing request: the joining replica's evidence.
+/// A request on the peer channel: the asking replica's evidence, and with `head` its log
+/// head for a split-view check ([`super::heads`]) instead of a key-sharing request.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DekRequest {
+struct PeerRequest {
     evidence: Evidence,
+    #[serde(default)]
+    head: Option<super::heads::LogHead>,
 }
 
 /// A key-sharing answer: the serving replica's evidence and the DEK, or why not.
@@ -51,7 +54,7 @@ impl Drop for DekResponse {
 }
 
 /// The report data of key-sharing evidence: `role` binds who speaks, then both TLS keys.
-fn report_data(role: &str, own_spki: &[u8], other_spki: &[u8]) -> [u8; 64] {
+pub(super) fn report_data(role: &str, own_spki: &[u8], other_spki: &[u8]) -> [u8; 64] {
     let mut h = Sha256::new();
     h.update(b"quarry peer key sharing v1 ");
     h.update(role.as_bytes());
@@ -146,10 +149,10 @@ pub fn check_peer(
 }
 
 /// An ephemeral self-signed TLS identity: (certificate DER, PKCS#8 key DER, SPKI DER).
-type TlsIdentity = (Vec<u8>, Zeroizing<Vec<u8>>, Vec<u8>);
+pub(super) type TlsIdentity = (Vec<u8>, Zeroizing<Vec<u8>>, Vec<u8>);
 
 /// A fresh [`TlsIdentity`] (P-256).
-fn ephemeral_identity() -> Result<TlsIdentity, String> {
+pub(super) fn ephemeral_identity() -> Result<TlsIdentity, String> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| format!("key generation: {e}"))?;
     let params = rcgen::CertificateParams::new(vec!["quarry-peer".to_string()])
@@ -165,14 +168,19 @@ fn ephemeral_identity() -> Result<TlsIdentity, String> {
     ))
 }
 
-async fn write_msg<W: AsyncWriteExt + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+pub(super) async fn write_msg<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    body: &[u8],
+) -> std::io::Result<()> {
     let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("message too large"))?;
     w.write_all(&len.to_be_bytes()).await?;
     w.write_all(body).await?;
     w.flush().await
 }
 
-async fn read_msg<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Zeroizing<Vec<u8>>> {
+pub(super) async fn read_msg<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Zeroizing<Vec<u8>>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len);
@@ -186,7 +194,7 @@ async fn read_msg<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Zeroizi
     Ok(body)
 }
 
-fn peer_spki<T>(conn: &rustls::ConnectionCommon<T>) -> Result<Vec<u8>, String> {
+pub(super) fn peer_spki<T>(conn: &rustls::ConnectionCommon<T>) -> Result<Vec<u8>, String> {
     let cert = conn
         .peer_certificates()
         .and_then(|c| c.first())
@@ -196,7 +204,7 @@ fn peer_spki<T>(conn: &rustls::ConnectionCommon<T>) -> Result<Vec<u8>, String> {
 
 /// Verifies `evidence` from a peer: valid for our verifier, bound to `role` and both TLS
 /// keys, and of a coordinator allowed to hold the DEK under `mode`.
-async fn verify_peer(
+pub(super) async fn verify_peer(
     tee: &Tee,
     own: &Claims,
     evidence: Evidence,
@@ -248,7 +256,11 @@ async fn fetch_dek_inner(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, 
         .provider
         .evidence(&report_data("joiner", &spki, &server_spki))
         .map_err(|e| format!("own evidence: {e}"))?;
-    let req = serde_json::to_vec(&DekRequest { evidence }).map_err(|e| e.to_string())?;
+    let req = serde_json::to_vec(&PeerRequest {
+        evidence,
+        head: None,
+    })
+    .map_err(|e| e.to_string())?;
     write_msg(&mut tls, &req)
         .await
         .map_err(|e| format!("sending the request: {e}"))?;
@@ -357,8 +369,12 @@ async fn share_with(
     let body = read_msg(&mut tls)
         .await
         .map_err(|e| format!("reading the request: {e}"))?;
-    let req: DekRequest =
+    let req: PeerRequest =
         serde_json::from_slice(&body).map_err(|e| format!("malformed request: {e}"))?;
+    if let Some(head) = req.head {
+        return super::heads::answer(core, &mut tls, req.evidence, head, &client_spki, spki, own)
+            .await;
+    }
     let mode = match core.view().phase.as_ref() {
         Phase::Running(d) => d.manifest.config.seal_mode,
         _ => SealMode::ProductKey,
@@ -498,8 +514,9 @@ mod tests {
             .await
             .unwrap();
         let server_spki = peer_spki(tls.get_ref().1).unwrap();
-        let req = DekRequest {
+        let req = PeerRequest {
             evidence: evidence(&spki, &server_spki),
+            head: None,
         };
         write_msg(&mut tls, &serde_json::to_vec(&req).unwrap())
             .await
@@ -544,6 +561,19 @@ mod tests {
         .await;
         assert!(swapped.dek.is_none());
         assert!(swapped
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("does not bind this TLS connection"));
+        // Evidence made for a log-head request (the split-view check) fetches no key either.
+        let head_evidence = raw_request(&addr, |mine, server| {
+            tee.provider
+                .evidence(&report_data("head-asker", mine, server))
+                .unwrap()
+        })
+        .await;
+        assert!(head_evidence.dek.is_none());
+        assert!(head_evidence
             .error
             .as_deref()
             .unwrap_or_default()

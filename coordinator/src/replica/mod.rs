@@ -15,6 +15,7 @@
 //!   indices).
 //! - Rollback: `state.head` in the data directory keeps the last etcd revision and log head
 pub mod exchange;
+pub mod heads;
 pub mod marker;
 pub mod watch;
 
@@ -122,22 +123,35 @@ pub async fn obtain_dek(
     }
 }
 
-/// Announces this replica's key-sharing address and serves key sharing on `listener`.
+/// Announces this replica's key-sharing address, serves key sharing and log-head requests
+/// on `listener`, and every `fork_check` (zero: never) compares log heads with the other
+/// replicas ([`heads`]).
 pub fn start_peer_service(
     core: Arc<Core>,
     conn: &EtcdConn,
     listener: tokio::net::TcpListener,
     advertise: String,
     own: Arc<Claims>,
+    fork_check: Duration,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut id = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
     let name = format!("{PEERS}{}", hex::encode(id));
     tracing::info!(address = %advertise, "announcing the key-sharing listener in etcd");
-    vec![
-        tokio::spawn(serve_peers(core, listener, own)),
-        conn.announce(&name, advertise.into_bytes(), ANNOUNCE_TTL),
-    ]
+    let mut tasks = vec![
+        tokio::spawn(serve_peers(core.clone(), listener, own.clone())),
+        conn.announce(&name, advertise.clone().into_bytes(), ANNOUNCE_TTL),
+    ];
+    if !fork_check.is_zero() {
+        tasks.push(tokio::spawn(heads::watch_for_forks(
+            core,
+            conn.clone(),
+            own,
+            advertise,
+            fork_check,
+        )));
+    }
+    tasks
 }
 
 /// Binds the key-sharing listener.

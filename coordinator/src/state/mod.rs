@@ -284,6 +284,15 @@ impl Core {
         self.view().phase.state()
     }
 
+    /// Stops serving the loaded state: Recovery with `reason`. The store and the data
+    /// directory are left as they are; a restart opens them again.
+    pub fn stop_serving(&self, reason: RecoveryReason) {
+        match Inner::recovery(reason) {
+            Ok(inner) => self.replace(inner),
+            Err(e) => tracing::error!(error = %e, "could not enter Recovery"),
+        }
+    }
+
     /// Replaces the whole state (a new identity: the cached evidence goes with it).
     fn replace(&self, inner: Inner) {
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = inner;

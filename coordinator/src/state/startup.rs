@@ -41,6 +41,9 @@ pub enum RecoveryReason {
     /// A replica found no way to the cluster's key (no sealed copy, no replica shared it).
     #[error("{0}")]
     NoKey(String),
+    /// Another replica's transparency log is a different history (etcd shows a split view).
+    #[error("{0}")]
+    SplitView(String),
 }
 
 impl RecoveryReason {
@@ -53,6 +56,7 @@ impl RecoveryReason {
             RecoveryReason::Rollback(_) => "rollback",
             RecoveryReason::Unreadable(_) => "unreadable",
             RecoveryReason::NoKey(_) => "no-key",
+            RecoveryReason::SplitView(_) => "split-view",
         }
     }
 }

@@ -69,6 +69,8 @@ struct State {
     /// event: revocations are never undone, so the log alone answers "is it revoked".
     revoked_uuids: HashMap<String, u64>,
     revoked_serials: HashMap<String, u64>,
+    /// Key-sharing addresses of `replica-joined` events, in log order, each once.
+    replicas: Vec<String>,
 }
 
 impl State {
@@ -120,6 +122,13 @@ impl State {
                         .or_insert(time);
                 }
                 (None, None) => {}
+            }
+        }
+        if event["type"] == crate::replica::heads::JOINED_EVENT {
+            if let Some(a) = event["address"].as_str() {
+                if !self.replicas.iter().any(|r| r == a) {
+                    self.replicas.push(a.to_string());
+                }
             }
         }
         // Stored entries were parsed before they got here (push_stored), own ones were
@@ -334,6 +343,11 @@ impl TransLog {
     pub fn revocations(&self) -> (HashMap<String, u64>, HashMap<String, u64>) {
         let s = self.inner.read();
         (s.revoked_uuids.clone(), s.revoked_serials.clone())
+    }
+
+    /// The replicas' key-sharing addresses the log records (`replica-joined`), oldest first.
+    pub fn replica_addresses(&self) -> Vec<String> {
+        self.inner.read().replicas.clone()
     }
 
     /// Activations of `marble_type` in the log. A replayed older counter in etcd cannot

@@ -1024,3 +1024,141 @@ async fn tampered_etcd_keys_are_recovery_and_no_secret_is_stored_in_plaintext() 
         assert_eq!(lab.reopened().await, want, "{what}");
     }
 }
+
+/// A split view: etcd cluster B is a copy of cluster A (a backup restored twice), replica R1
+/// serves A, replica R2 joins B (R1 shares the key: it cannot tell), and each side then
+/// commits something the other does not see. Each replica's own rollback evidence is happy
+/// with its fork; comparing log heads over the attested peer channel is not: R2's periodic
+/// check finds R1's log is another history, and both replicas stop serving (Recovery
+/// `split-view`). Before the histories diverge, and while one only lags, heads agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_view_is_detected_by_comparing_log_heads_and_both_replicas_stop() {
+    use crate::replica::heads::{self, Comparison};
+    use crate::state::{Core, Phase};
+    let (etcd_a, etcd_b) = (TestEtcd::start().await, TestEtcd::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    quarry_attestation::simulated::SimPlatform::create(&sim).unwrap();
+    let tee = || crate::tee::Tee::simulated(&sim, None).unwrap();
+    let r1 = Arc::new(
+        Core::open_etcd(
+            &dir.path().join("r1"),
+            tee(),
+            etcd_a.conn("/sv/").await,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap(),
+    );
+    let manifest = serde_json::json!({
+        "Packages": {"web": {"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 1, "SecurityVersion": 1}},
+        "Marbles": {"web": {"Package": "web"}}
+    });
+    crate::manifest::set::set_manifest(&r1, serde_json::to_vec(&manifest).unwrap())
+        .await
+        .unwrap();
+    let own = Arc::new(crate::replica::own_claims(&r1.tee).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r1_addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(crate::replica::serve_peers(
+        r1.clone(),
+        listener,
+        own.clone(),
+    ));
+
+    // The attacker copies every key of A to B and announces R1 there.
+    let (raw_a, raw_b) = (etcd_a.conn("/").await.client, etcd_b.conn("/").await.client);
+    let all = raw_a
+        .range(pb::RangeRequest {
+            key: b"/sv/".to_vec(),
+            range_end: prefix_end(b"/sv/"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .kvs;
+    assert!(all.len() > 3, "the deployment is in etcd");
+    for kv in all {
+        raw_b.put(kv.key, kv.value, 0).await.unwrap();
+    }
+    raw_b
+        .put(b"/sv/c/peers/r1".to_vec(), r1_addr.clone().into_bytes(), 0)
+        .await
+        .unwrap();
+    let r2 = Arc::new(
+        Core::open_etcd(
+            &dir.path().join("r2"),
+            tee(),
+            etcd_b.conn("/sv/").await,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(
+        matches!(r2.view().phase.as_ref(), Phase::Running(_)),
+        "R2 joined cluster B with R1's key"
+    );
+    // Same history so far; R1 ahead by one entry is lag, not a fork.
+    assert_eq!(
+        heads::ask(&r2, &own, &r1_addr).await.unwrap(),
+        Comparison::Consistent
+    );
+    let append = |core: &Arc<Core>, what: &str| {
+        let view = core.view();
+        let store = view.store.clone().unwrap();
+        let event = serde_json::json!({"type": "replica-joined", "time": 1, "address": what});
+        async move {
+            view.log
+                .commit_with_events(&store, Txn::new(), vec![event])
+                .await
+                .unwrap()
+        }
+    };
+    append(&r1, "r1-side").await;
+    assert_eq!(
+        heads::ask(&r2, &own, &r1_addr).await.unwrap(),
+        Comparison::Consistent
+    );
+    for core in [&r1, &r2] {
+        assert!(matches!(core.view().phase.as_ref(), Phase::Running(_)));
+    }
+    // R2's periodic check records R2 in its log (on B only: the histories now differ) and
+    // then compares with R1, which it finds in B's announcements.
+    let check = tokio::spawn(heads::watch_for_forks(
+        r2.clone(),
+        etcd_b.conn("/sv/").await,
+        own.clone(),
+        "127.0.0.1:1".into(),
+        Duration::from_millis(100),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stopped = |core: &Core| match core.view().phase.as_ref() {
+        Phase::Recovery { reason } => Some((reason.code(), reason.to_string())),
+        _ => None,
+    };
+    while stopped(&r2).is_none() || stopped(&r1).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the fork was not detected: R1 {:?}, R2 {:?}",
+            stopped(&r1),
+            stopped(&r2)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (name, core) in [("R1", &r1), ("R2", &r2)] {
+        let (code, message) = stopped(core).unwrap();
+        assert_eq!(code, "split-view", "{name}: {message}");
+        assert!(
+            message.contains("the transparency log forked"),
+            "{name}: {message}"
+        );
+    }
+    assert!(check.await.is_ok(), "the check ends once it stopped R2");
+    // A replica that stopped no longer answers head requests or shares the key.
+    let after = heads::ask(&r2, &own, &r1_addr).await;
+    assert!(after.is_err(), "{after:?}");
+    assert!(crate::replica::fetch_dek(&r2.tee, &own, &r1_addr)
+        .await
+        .is_err());
+}
