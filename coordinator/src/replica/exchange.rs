@@ -233,9 +233,20 @@ pub async fn fetch_dek(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, St
         .map_err(|_| format!("no answer within {}s", EXCHANGE_TIMEOUT.as_secs()))?
 }
 
-async fn fetch_dek_inner(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, String> {
+/// A TLS connection to the peer channel at `addr` with a fresh client key: (stream, own
+/// SPKI, the server's SPKI). Who the peer is, its evidence decides (bound to the key it
+/// proves possession of), so the server certificate itself is not trusted.
+pub(super) async fn connect_peer(
+    addr: &str,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Vec<u8>,
+        Vec<u8>,
+    ),
+    String,
+> {
     let (cert, key, spki) = ephemeral_identity()?;
-    // Who the peer is, its evidence decides: bound to the key it proves possession of.
     let config = quarry_trust::tls::client_with_verifier(Arc::new(KeyPossession::new()))
         .map_err(|e| e.to_string())?
         .with_client_auth_cert(
@@ -247,11 +258,16 @@ async fn fetch_dek_inner(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, 
         .await
         .map_err(|e| format!("connecting: {e}"))?;
     let name = ServerName::try_from("quarry-peer").map_err(|e| e.to_string())?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS handshake: {e}"))?;
     let server_spki = peer_spki(tls.get_ref().1)?;
+    Ok((tls, spki, server_spki))
+}
+
+async fn fetch_dek_inner(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, String> {
+    let (mut tls, spki, server_spki) = connect_peer(addr).await?;
     let evidence = tee
         .provider
         .evidence(&report_data("joiner", &spki, &server_spki))

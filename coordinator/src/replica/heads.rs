@@ -20,14 +20,10 @@ use std::time::Duration;
 
 use quarry_api::manifest::SealMode;
 use quarry_api::{Claims, Evidence};
-use quarry_trust::tls::KeyPossession;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::exchange::{
-    ephemeral_identity, peer_spki, read_msg, report_data, verify_peer, write_msg,
-};
+use super::exchange::{connect_peer, read_msg, report_data, verify_peer, write_msg};
 use crate::state::{Core, Phase, RecoveryReason};
 use crate::store::etcd::EtcdConn;
 
@@ -144,23 +140,7 @@ pub async fn ask(core: &Core, own: &Claims, addr: &str) -> Result<Comparison, St
 }
 
 async fn ask_inner(core: &Core, own: &Claims, addr: &str) -> Result<Comparison, String> {
-    let (cert, key, spki) = ephemeral_identity()?;
-    let config = quarry_trust::tls::client_with_verifier(Arc::new(KeyPossession::new()))
-        .map_err(|e| e.to_string())?
-        .with_client_auth_cert(
-            vec![CertificateDer::from(cert)],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-        )
-        .map_err(|e| format!("client TLS config: {e}"))?;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connecting: {e}"))?;
-    let name = ServerName::try_from("quarry-peer").map_err(|e| e.to_string())?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
-    let server_spki = peer_spki(tls.get_ref().1)?;
+    let (mut tls, spki, server_spki) = connect_peer(addr).await?;
     let evidence = core
         .tee
         .provider
