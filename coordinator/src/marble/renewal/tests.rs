@@ -164,6 +164,15 @@ impl Fixture {
         crate::marble::revocation::revoke(&self.core, Some(user), req).await
     }
 
+    /// The serials (hex) the current CRL lists.
+    async fn crl_serials(&self) -> Vec<String> {
+        let der = crate::marble::revocation::crl(&self.core).await.unwrap();
+        let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+        crl.iter_revoked_certificates()
+            .map(|r| hex::encode(r.raw_serial()))
+            .collect()
+    }
+
     fn mesh_ca(&self) -> Vec<u8> {
         match self.core.view().phase.as_ref() {
             crate::state::Phase::Running(d) => d.mesh.cert_der().to_vec(),
@@ -473,12 +482,7 @@ async fn a_revocation_deleted_from_the_store_still_refuses_and_stays_in_the_crl(
     assert!(f.revoke(&f.owner, by_uuid).await.unwrap().already_revoked);
     assert!(f.revoke(&f.owner, by_serial).await.unwrap().already_revoked);
     assert_eq!(f.core.view().log.head().0, size);
-    let der = crate::marble::revocation::crl(&f.core).await.unwrap();
-    let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
-    let listed: Vec<String> = crl
-        .iter_revoked_certificates()
-        .map(|r| hex::encode(r.raw_serial()))
-        .collect();
+    let listed = f.crl_serials().await;
     assert!(
         listed.contains(&serial_of(&leaf)) && listed.contains(&serial_of(&other)),
         "{listed:?}"
@@ -509,12 +513,7 @@ async fn revoking_one_serial_refuses_that_certificate_only_and_owners_may_revoke
     let key2 = marble_key();
     let leaf2 = f.activate(&key2, "other", &uuid).await.unwrap();
     f.renew(&leaf2, &key2.spki).await.unwrap();
-    let der = crate::marble::revocation::crl(&f.core).await.unwrap();
-    let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
-    let listed: Vec<String> = crl
-        .iter_revoked_certificates()
-        .map(|r| hex::encode(r.raw_serial()))
-        .collect();
+    let listed = f.crl_serials().await;
     assert_eq!(listed, vec![serial]);
     // An unknown serial is a 404.
     assert!(matches!(

@@ -565,21 +565,10 @@ async fn an_older_counter_ciphertext_is_not_seen_by_the_store_alone() {
 /// the manifest, so its absence is Recovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_manifest_key_is_recovery_not_a_new_manifest_under_the_same_identity() {
-    use crate::state::{keys, Core, Phase};
+    use crate::state::{keys, Phase};
     let etcd = TestEtcd::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sim = dir.path().join("sim");
-    quarry_attestation::simulated::SimPlatform::create(&sim).unwrap();
-    let open = || async {
-        Core::open_etcd(
-            &dir.path().join("data"),
-            crate::tee::Tee::simulated(&sim, None).unwrap(),
-            etcd.conn("/q10/").await,
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap()
-    };
+    let lab = EtcdLab::bare(&etcd, "/q10/");
+    let open = || lab.open();
     let core = open().await;
     let manifest = serde_json::json!({
         "Packages": {"web": {"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 1, "SecurityVersion": 1}},
@@ -615,26 +604,11 @@ async fn a_deleted_manifest_key_is_recovery_not_a_new_manifest_under_the_same_id
 /// transparency log, covered by the rollback evidence, names the manifest the store must hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_manifest_ciphertext_replayed_at_its_own_key_is_recovery() {
-    use crate::state::{keys, Core, Phase};
+    use crate::state::{keys, Phase};
     let etcd = TestEtcd::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sim = dir.path().join("sim");
-    quarry_attestation::simulated::SimPlatform::create(&sim).unwrap();
-    let open = || async {
-        Core::open_etcd(
-            &dir.path().join("data"),
-            crate::tee::Tee::simulated(&sim, None).unwrap(),
-            etcd.conn("/q12/").await,
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap()
-    };
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "owner".to_string());
-    let owner = p.self_signed(&key).unwrap();
+    let lab = EtcdLab::bare(&etcd, "/q12/");
+    let open = || lab.open();
+    let owner = user_cert("owner");
     let manifest = |version: &str| {
         serde_json::to_vec(&serde_json::json!({
             "Packages": {"web": {"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 1, "SecurityVersion": 1}},
@@ -694,27 +668,9 @@ async fn older_values_replayed_at_their_own_keys_are_refused_running_and_at_rest
     use crate::state::{keys, Core, Phase};
     use sha2::Digest;
     let etcd = TestEtcd::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sim = dir.path().join("sim");
-    quarry_attestation::simulated::SimPlatform::create(&sim).unwrap();
-    let open = || async {
-        Core::open_etcd(
-            &dir.path().join("data"),
-            crate::tee::Tee::simulated(&sim, None).unwrap(),
-            etcd.conn("/q13/").await,
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap()
-    };
-    let user = |name: &str| {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = rcgen::CertificateParams::default();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, name.to_string());
-        p.self_signed(&key).unwrap()
-    };
-    let (owner, second) = (user("owner"), user("second"));
+    let lab = EtcdLab::bare(&etcd, "/q13/");
+    let open = || lab.open();
+    let (owner, second) = (user_cert("owner"), user_cert("second"));
     let manifest = |version: &str| {
         serde_json::to_vec(&serde_json::json!({
             "Packages": {"web": {"TEE": "simulated", "SignerID": "00".repeat(32), "ProductID": 1, "SecurityVersion": 1}},
@@ -856,15 +812,29 @@ struct EtcdLab<'a> {
     prefix: String,
 }
 
+/// A self-signed user certificate named `name` (P-256).
+fn user_cert(name: &str) -> rcgen::Certificate {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, name.to_string());
+    p.self_signed(&key).unwrap()
+}
+
 impl EtcdLab<'_> {
-    async fn new<'a>(etcd: &'a TestEtcd, prefix: &str) -> EtcdLab<'a> {
+    /// A data directory and simulated TEE for one replica under `prefix`, nothing opened yet.
+    fn bare<'a>(etcd: &'a TestEtcd, prefix: &str) -> EtcdLab<'a> {
         let dir = tempfile::tempdir().unwrap();
         quarry_attestation::simulated::SimPlatform::create(&dir.path().join("sim")).unwrap();
-        let lab = EtcdLab {
+        EtcdLab {
             etcd,
             dir,
             prefix: prefix.into(),
-        };
+        }
+    }
+
+    async fn new<'a>(etcd: &'a TestEtcd, prefix: &str) -> EtcdLab<'a> {
+        let lab = EtcdLab::bare(etcd, prefix);
         // A serving replica: the core and its etcd watch, as `lib.rs` runs them.
         let core = Arc::new(lab.open().await);
         let seen = core.backend().unwrap().seen_revision();
