@@ -46,7 +46,11 @@ client_port=$(free_port)
 mesh_port=$(free_port)
 
 echo "== build the coordinator and the sidecar (both compile protos) and start the coordinator without protoc (PATH=$work/bin:<PATH without protoc>, PROTOC unset)"
-env -u PROTOC PATH="$work/bin:$stripped" cargo build --release --locked -p quarry-coordinator -p marble-sidecar
+# One package per build: `cargo run -p quarry-coordinator` below then finds exactly this
+# build (a build of both packages together unifies their dependencies' features, and the
+# run would rebuild most of the tree first).
+env -u PROTOC PATH="$work/bin:$stripped" cargo build --release --locked -p quarry-coordinator
+env -u PROTOC PATH="$work/bin:$stripped" cargo build --release --locked -p marble-sidecar
 if [ -e "$work/protoc-called" ]; then
   echo "error: the build called protoc: $(cat "$work/protoc-called")" >&2
   exit 1
@@ -56,8 +60,8 @@ fi
   --data-dir "$work/data" --client-addr "127.0.0.1:$client_port" \
   --mesh-addr "127.0.0.1:$mesh_port") >"$work/coordinator.log" 2>&1 &
 coordinator=$!
-# Up to 3 minutes: `cargo run` rebuilds first when a source changed since the build above.
-for _ in $(seq 1 900); do
+# Up to 10 minutes: `cargo run` rebuilds first when a source changed since the build above.
+for _ in $(seq 1 3000); do
   if status=$(curl -sfk --max-time 2 "https://127.0.0.1:$client_port/api/v2/status"); then
     echo "GET /api/v2/status: $status"
     echo "$status" | grep -q '"status":"success"' || { echo "error: unexpected status body" >&2; exit 1; }
