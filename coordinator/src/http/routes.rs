@@ -225,7 +225,7 @@ async fn attestation(
         }
     };
     let want_ear = match q.format.as_deref() {
-        None | Some("") | Some("json") => false,
+        None | Some("json") => false,
         Some("ear") => true,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
