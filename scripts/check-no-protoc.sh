@@ -45,23 +45,25 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 client_port=$(free_port)
 mesh_port=$(free_port)
 
-echo "== build the coordinator and the sidecar (both compile protos) and start the coordinator without protoc (PATH=$work/bin:<PATH without protoc>, PROTOC unset)"
-# One package per build: `cargo run -p quarry-coordinator` below then finds exactly this
-# build (a build of both packages together unifies their dependencies' features, and the
-# run would rebuild most of the tree first).
-env -u PROTOC PATH="$work/bin:$stripped" cargo build --release --locked -p quarry-coordinator
-env -u PROTOC PATH="$work/bin:$stripped" cargo build --release --locked -p marble-sidecar
+echo "== build the release binaries (the coordinator and the sidecar compile protos) and start the coordinator without protoc (PATH=$work/bin:<PATH without protoc>, PROTOC unset)"
+# One build of exactly the package set the deployment step, the demo and docs/RELEASE.md use,
+# so every later release build is a no-op. Cargo unifies dependency features over the packages
+# selected: a build of one package alone gives libc, serde_json, futures-util … other features
+# and recompiles nearly the whole tree, which is why the coordinator is started from the binary
+# below and not with `cargo run -p quarry-coordinator`.
+env -u PROTOC PATH="$work/bin:$stripped" cargo build --release --locked \
+  -p quarry-coordinator -p marble-sidecar -p quarry-cli
 if [ -e "$work/protoc-called" ]; then
   echo "error: the build called protoc: $(cat "$work/protoc-called")" >&2
   exit 1
 fi
-(cd "$work" && exec env -u PROTOC PATH="$work/bin:$stripped" cargo run --release --locked \
-  --manifest-path "$OLDPWD/Cargo.toml" -p quarry-coordinator -- --simulation \
+binary=$(realpath -m "${CARGO_TARGET_DIR:-target}/release/quarry-coordinator")
+(cd "$work" && exec env -u PROTOC PATH="$work/bin:$stripped" "$binary" --simulation \
   --data-dir "$work/data" --client-addr "127.0.0.1:$client_port" \
   --mesh-addr "127.0.0.1:$mesh_port") >"$work/coordinator.log" 2>&1 &
 coordinator=$!
-# Up to 10 minutes: `cargo run` rebuilds first when a source changed since the build above.
-for _ in $(seq 1 3000); do
+# Up to 60 seconds for the coordinator to bind its ports.
+for _ in $(seq 1 300); do
   if status=$(curl -sfk --max-time 2 "https://127.0.0.1:$client_port/api/v2/status"); then
     echo "GET /api/v2/status: $status"
     echo "$status" | grep -q '"status":"success"' || { echo "error: unexpected status body" >&2; exit 1; }

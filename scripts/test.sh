@@ -18,5 +18,8 @@ need openssl openssl "the end-to-end tests check issued certificates with openss
 need curl curl "the end-to-end tests call the REST API with curl"
 provision
 
-cargo build --workspace --locked
+# --all-targets: the build then has the features `cargo test` resolves (dev-dependencies
+# included), so the test run reuses it instead of recompiling most of the tree; the end-to-end
+# tests find every binary in target/debug.
+cargo build --workspace --all-targets --locked
 cargo test --workspace --locked "$@" -- --test-threads=2
