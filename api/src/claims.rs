@@ -124,9 +124,26 @@ pub struct Identity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_version: Option<u64>,
     /// TEE-specific measurements by name (`MRTD`, `RTMR0`, `MRSEAM`, `Measurement`, `HostData`,
-    /// `IDKeyDigest`, `ReportedTCB`...), hex-encoded.
+    /// `IDKeyDigest`, `ChipID`...), hex-encoded.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fields: std::collections::BTreeMap<String, String>,
+}
+
+/// [`Identity::fields`] that describe the host rather than the measured image: the SNP chip and
+/// its firmware's report format, the TDX module and its SVN. One image run on two hosts
+/// differs in exactly these; whether the host's firmware is acceptable is the TCB check's
+/// verdict, not an identity comparison's.
+pub const PLATFORM_FIELDS: [&str; 4] = ["ChipID", "ReportVersion", "MRSEAM", "TEETCBSVN"];
+
+impl Identity {
+    /// The fields without [`PLATFORM_FIELDS`]: what one image measures to on any host.
+    pub fn image_fields(&self) -> std::collections::BTreeMap<&str, &str> {
+        self.fields
+            .iter()
+            .filter(|(name, _)| !PLATFORM_FIELDS.contains(&name.as_str()))
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect()
+    }
 }
 
 /// What a verifier proved: the result of verifying evidence at a given time.

@@ -1071,3 +1071,47 @@ fn a_warm_snp_chain_cache_refuses_exactly_what_a_cold_one_refuses() {
         "the chain cache was used"
     );
 }
+
+// === platform fields (replica key sharing compares everything else) ===
+
+#[test]
+fn the_platform_fields_are_named_as_the_verifiers_emit_them_and_differ_between_real_hosts() {
+    use quarry_api::claims::PLATFORM_FIELDS;
+    let tdx: Vec<_> = [TDX_V4, TDX_NEAR, TDX_V5]
+        .iter()
+        .map(|d| d.run().expect("verifies"))
+        .collect();
+    let snp: Vec<_> = [SNP_VIRTEE, SNP_TRUSTEE]
+        .iter()
+        .map(|s| s.run().expect("verifies"))
+        .collect();
+    // Every platform field is one a hardware verifier emits (a renamed field would otherwise be
+    // compared between replicas again and stop two hosts from sharing the key).
+    let emitted = [
+        ("MRSEAM", &tdx),
+        ("TEETCBSVN", &tdx),
+        ("ChipID", &snp),
+        ("ReportVersion", &snp),
+    ];
+    let mut names: Vec<_> = emitted.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    let mut platform = PLATFORM_FIELDS.to_vec();
+    platform.sort_unstable();
+    assert_eq!(names, platform);
+    for (name, claims) in emitted {
+        assert!(
+            claims.iter().all(|c| c.identity.fields.contains_key(name)),
+            "{name} is not a field of every hardware claim of its TEE"
+        );
+    }
+    // Real hosts differ in them: the TDX modules of these platforms, the two Milan chips.
+    assert_ne!(field(&tdx[0], "MRSEAM"), field(&tdx[2], "MRSEAM"));
+    assert_ne!(field(&snp[0], "ChipID"), field(&snp[1], "ChipID"));
+    // What is left is the image: MRTD and the RTMRs, the SNP launch measurement.
+    let image = tdx[0].identity.image_fields();
+    assert!(image.contains_key("MRTD") && image.contains_key("RTMR3"));
+    assert!(!image.contains_key("MRSEAM") && !image.contains_key("TEETCBSVN"));
+    let image = snp[0].identity.image_fields();
+    assert!(image.contains_key("Measurement") && image.contains_key("HostData"));
+    assert!(!image.contains_key("ChipID") && !image.contains_key("ReportVersion"));
+}

@@ -102,16 +102,24 @@ pub fn check_peer(
                 hex::encode(b),
                 hex::encode(a)
             )),
+            // TDX and SNP: the image's measurements. Host fields (SNP ChipID, TDX MRSEAM…)
+            // are left out, or replicas on two machines could never share the key; a new
+            // field the verifier adds is compared until it is named a platform field.
             _ => {
-                let strip = |c: &Claims| {
-                    let mut f = c.identity.fields.clone();
-                    f.remove("ReportedTCB");
-                    f
-                };
-                if strip(own) == strip(peer) && !own.identity.fields.is_empty() {
-                    Ok(())
-                } else {
-                    Err("peer measurements differ from ours".into())
+                let (ours, theirs) = (own.identity.image_fields(), peer.identity.image_fields());
+                if ours.is_empty() {
+                    return Err("this coordinator's evidence carries no measurement".into());
+                }
+                match ours
+                    .iter()
+                    .find(|(name, value)| theirs.get(*name) != Some(*value))
+                {
+                    None if theirs.len() == ours.len() => Ok(()),
+                    None => Err("peer evidence carries measurements ours does not".into()),
+                    Some((name, value)) => Err(format!(
+                        "peer {name} {} differs from ours ({value})",
+                        theirs.get(*name).copied().unwrap_or("(absent)")
+                    )),
                 }
             }
         }
@@ -493,6 +501,97 @@ mod tests {
         let mut hw = claims(1, 2, 3, 5);
         hw.simulation = false;
         assert!(check_peer(&own, &hw, SealMode::UniqueKey, true).is_err());
+    }
+
+    /// Claims of a confidential VM (no UniqueID) with the given identity fields.
+    fn cvm(tee: quarry_api::TeeKind, fields: &[(&str, &str)]) -> Claims {
+        let mut c = claims(0, 0, 0, 0);
+        c.tee = tee;
+        c.simulation = false;
+        c.identity = Identity {
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Identity::default()
+        };
+        c
+    }
+
+    #[test]
+    fn one_cvm_image_on_two_hosts_shares_the_key_and_another_image_does_not() {
+        use quarry_api::TeeKind::{Snp, Tdx};
+        let snp = [
+            ("Measurement", "aa"),
+            ("HostData", "00"),
+            ("Policy", "0x30000"),
+            ("ChipID", "c1"),
+            ("ReportVersion", "2"),
+        ];
+        let own = cvm(Snp, &snp);
+        for mode in [
+            SealMode::UniqueKey,
+            SealMode::ProductKey,
+            SealMode::Disabled,
+        ] {
+            // Another chip with firmware that writes version-3 reports: the same image.
+            let other_host = cvm(
+                Snp,
+                &[
+                    snp[0],
+                    snp[1],
+                    snp[2],
+                    ("ChipID", "c2"),
+                    ("ReportVersion", "3"),
+                ],
+            );
+            assert_eq!(
+                check_peer(&own, &other_host, mode, true),
+                Ok(()),
+                "{mode:?}"
+            );
+            let other_image = cvm(
+                Snp,
+                &[("Measurement", "bb"), snp[1], snp[2], snp[3], snp[4]],
+            );
+            let e = check_peer(&own, &other_image, mode, true).unwrap_err();
+            assert_eq!(e, "peer Measurement bb differs from ours (aa)");
+            let other_host_data = cvm(Snp, &[snp[0], ("HostData", "01"), snp[2], snp[3], snp[4]]);
+            let e = check_peer(&own, &other_host_data, mode, true).unwrap_err();
+            assert!(e.contains("HostData"), "{e}");
+            let no_policy = cvm(Snp, &[snp[0], snp[1], snp[3], snp[4]]);
+            let e = check_peer(&own, &no_policy, mode, true).unwrap_err();
+            assert_eq!(e, "peer Policy (absent) differs from ours (0x30000)");
+            let extra = cvm(
+                Snp,
+                &[snp[0], snp[1], snp[2], snp[3], snp[4], ("VMPL", "1")],
+            );
+            let e = check_peer(&own, &extra, mode, true).unwrap_err();
+            assert!(e.contains("measurements ours does not"), "{e}");
+        }
+        let tdx = [
+            ("MRTD", "11"),
+            ("RTMR0", "22"),
+            ("MRSEAM", "5e"),
+            ("TEETCBSVN", "01"),
+        ];
+        let own = cvm(Tdx, &tdx);
+        let newer_module = cvm(
+            Tdx,
+            &[tdx[0], tdx[1], ("MRSEAM", "5f"), ("TEETCBSVN", "02")],
+        );
+        assert_eq!(
+            check_peer(&own, &newer_module, SealMode::UniqueKey, true),
+            Ok(())
+        );
+        let other_rtmr = cvm(Tdx, &[tdx[0], ("RTMR0", "23"), tdx[2], tdx[3]]);
+        let e = check_peer(&own, &other_rtmr, SealMode::UniqueKey, true).unwrap_err();
+        assert!(e.contains("RTMR0"), "{e}");
+        // A TDX peer is never an SNP one, whatever its fields.
+        assert!(check_peer(&own, &cvm(Snp, &tdx), SealMode::UniqueKey, true).is_err());
+        // Evidence with nothing but platform fields proves no image.
+        let bare = cvm(Tdx, &[tdx[2], tdx[3]]);
+        assert!(check_peer(&bare, &bare.clone(), SealMode::UniqueKey, true).is_err());
     }
 
     /// A coordinator on a simulated TEE serving its DEK on loopback.
