@@ -13,6 +13,7 @@ pub mod merkle;
 pub mod package;
 pub mod quote_signature;
 pub mod secret;
+pub mod sidecar_env;
 pub mod spiffe;
 pub mod statement;
 pub mod tcb;

@@ -209,7 +209,7 @@ fn plan(
             if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
                 warnings.push(format!(
                     "Quarry: container {:?} uses envFrom, which the injector cannot see into; its sidecar refuses to start (exit 2) if that brings one of the sidecar's protected variables ({}…, see docs/kubernetes.md)",
-                    c.name, TRUST_ENV[0]
+                    c.name, PROTECTED_ENV[0]
                 ));
             }
         }
@@ -296,41 +296,13 @@ fn wrapped_argv(
     Ok(entry.into_iter().chain(args).collect())
 }
 
-/// Sidecar variables a wrapped container may not set: whom the sidecar trusts, which identity
-/// and evidence it presents (the sidecar's `config::PROTECTED_ENV` but for
-/// [`WORKLOAD_API_ENV`]). The injector passes these settings as flags behind
-/// `--settings-from-args`, so the sidecar would refuse to start with any of them in its
-/// environment; refusing the pod says so at admission instead of in a crash loop.
-pub const TRUST_ENV: [&str; 22] = [
-    "QUARRY_COORDINATOR_ADDR",
-    "EDG_MARBLE_COORDINATOR_ADDR",
-    "QUARRY_COORDINATOR_ROOT_CA",
-    "QUARRY_COORDINATOR_POLICY",
-    "QUARRY_ALLOW_SIMULATED_COORDINATOR",
-    "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY",
-    "QUARRY_CRL_INTERVAL",
-    "QUARRY_MARBLE_TYPE",
-    "EDG_MARBLE_TYPE",
-    "QUARRY_MARBLE_UUID_FILE",
-    "EDG_MARBLE_UUID_FILE",
-    "QUARRY_MARBLE_DNS_NAMES",
-    "EDG_MARBLE_DNS_NAMES",
-    "QUARRY_TEE",
-    "QUARRY_ATTESTATION_ROOT",
-    "QUARRY_COLLATERAL",
-    "QUARRY_SIM_PLATFORM",
-    "QUARRY_SIM_SIGNER",
-    "QUARRY_SIM_PRODUCT_ID",
-    "QUARRY_SIM_SVN",
-    "QUARRY_SIM_DEBUG",
-    "QUARRY_SIM_MEASURE",
-];
+/// The sidecar's variables a wrapped container may not set (whom the sidecar trusts, which
+/// identity and evidence it presents, where it serves the Workload API). The injector passes
+/// these settings as flags behind `--settings-from-args`, so the sidecar would refuse to start
+/// with any of them in its environment; refusing the pod says so at admission instead.
+pub use quarry_api::sidecar_env::{PROTECTED_ENV, WORKLOAD_API_ENV};
 
-/// The sidecar's variable for the Workload API socket; only the injector may set it (as the
-/// `--workload-api` flag).
-pub const WORKLOAD_API_ENV: &str = "QUARRY_WORKLOAD_API";
-
-/// The sidecar flag that makes it take [`TRUST_ENV`] and [`WORKLOAD_API_ENV`] settings only
+/// The sidecar flag that makes it take the [`PROTECTED_ENV`] settings only
 /// from its command line and refuse to start when its environment has any of them (which
 /// `envFrom` could bring, unseen by the webhook).
 pub const SETTINGS_FROM_ARGS: &str = "--settings-from-args";
@@ -376,7 +348,7 @@ fn check_free_names(pod: &PodView, wrapped: &[usize]) -> Result<(), Refusal> {
             .env
             .iter()
             .flatten()
-            .find(|e| TRUST_ENV.contains(&e.name.as_str()))
+            .find(|e| quarry_api::sidecar_env::is_trust_setting(&e.name))
         {
             return Err(Refusal::TrustEnvSet {
                 container: c.name.clone(),

@@ -3,7 +3,8 @@
 //! `UPDATE_GOLDEN=1 cargo test -p quarry-injector` rewrites the `*.patch.json` files.
 use base64::Engine as _;
 use quarry_injector::{
-    mutate, AdmissionResponse, AdmissionReview, InjectorConfig, Tee, TRUST_ENV, WORKLOAD_API_ENV,
+    mutate, AdmissionResponse, AdmissionReview, InjectorConfig, Tee, PROTECTED_ENV,
+    WORKLOAD_API_ENV,
 };
 use serde_json::{json, Value};
 
@@ -127,7 +128,7 @@ fn assert_settings_on_the_command_line(c: &Value) {
         .collect();
     for name in names {
         assert!(
-            !TRUST_ENV.contains(&name) && name != WORKLOAD_API_ENV,
+            !PROTECTED_ENV.contains(&name),
             "{}: {name} in env",
             c["name"]
         );
@@ -554,9 +555,10 @@ fn undecodable_objects_and_empty_reviews_are_refused() {
 /// identity either: the coordinator activates a type only with evidence of its package.)
 #[test]
 fn a_pod_cannot_set_the_sidecars_trust_or_marble_type_through_env() {
-    // The list is the sidecar's own (`sidecar_command_lines.rs` checks that), so it covers
-    // the MarbleRun EDG_* aliases, the UUID file, DNS names, TEE and CRL interval too.
-    for name in TRUST_ENV {
+    // The list is the sidecar's own (both read quarry_api::sidecar_env), so it covers the
+    // MarbleRun EDG_* aliases, the UUID file, DNS names, TEE and CRL interval too; the
+    // Workload API variable has its refusal of its own (below).
+    for name in PROTECTED_ENV.into_iter().filter(|n| *n != WORKLOAD_API_ENV) {
         let mut review = fixture("entrypoint-command.json");
         let object = review
             .request

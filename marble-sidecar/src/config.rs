@@ -246,36 +246,9 @@ pub struct CommonArgs {
     pub settings_from_args: bool,
 }
 
-/// Every variable [`Config::resolve`] reads: they decide whom the sidecar trusts (coordinator
-/// address, root CA, policy, verification switches, CRL interval), which identity and evidence
-/// it presents (marble type, UUID file, DNS names, TEE provider and its device root and
-/// collateral, the simulated identity and measured executable) and where it serves the
-/// marble's key (Workload API). With `--settings-from-args` none may be present.
-pub const PROTECTED_ENV: [&str; 23] = [
-    "QUARRY_COORDINATOR_ADDR",
-    "EDG_MARBLE_COORDINATOR_ADDR",
-    "QUARRY_COORDINATOR_ROOT_CA",
-    "QUARRY_COORDINATOR_POLICY",
-    "QUARRY_ALLOW_SIMULATED_COORDINATOR",
-    "QUARRY_INSECURE_SKIP_COORDINATOR_VERIFY",
-    "QUARRY_CRL_INTERVAL",
-    "QUARRY_MARBLE_TYPE",
-    "EDG_MARBLE_TYPE",
-    "QUARRY_MARBLE_UUID_FILE",
-    "EDG_MARBLE_UUID_FILE",
-    "QUARRY_MARBLE_DNS_NAMES",
-    "EDG_MARBLE_DNS_NAMES",
-    "QUARRY_TEE",
-    "QUARRY_ATTESTATION_ROOT",
-    "QUARRY_COLLATERAL",
-    "QUARRY_SIM_PLATFORM",
-    "QUARRY_SIM_SIGNER",
-    "QUARRY_SIM_PRODUCT_ID",
-    "QUARRY_SIM_SVN",
-    "QUARRY_SIM_DEBUG",
-    "QUARRY_SIM_MEASURE",
-    "QUARRY_WORKLOAD_API",
-];
+/// Every variable [`Config::resolve`] reads (the list lives in `quarry-api`, which the
+/// injector reads too). With `--settings-from-args` none may be present.
+pub use quarry_api::sidecar_env::PROTECTED_ENV;
 
 /// Everything the sidecar needs, resolved from flags and environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
