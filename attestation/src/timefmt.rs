@@ -16,7 +16,7 @@ pub(crate) fn unix_secs(now: SystemTime) -> Result<u64, VerifyError> {
 }
 
 /// RFC 3339 text of Unix seconds (UTC), or the number itself if out of range.
-pub(crate) fn rfc3339(secs: i64) -> String {
+pub fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
         .and_then(|t| {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attestation;
+pub mod clock;
 pub mod config;
 pub mod ear;
 pub mod http;
@@ -101,7 +102,7 @@ impl App {
         let mesh = TcpListener::bind(config.mesh_addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding the mesh API to {}: {e}", config.mesh_addr))?;
-        let metrics = metrics::bind(config.metrics_addr).await?;
+        let metrics = http::ops::bind(config.metrics_addr).await?;
         Ok(App {
             core,
             client,
@@ -151,7 +152,7 @@ impl App {
             http::routes::mesh_router(self.core.clone(), &self.limits),
             "mesh",
         );
-        let metrics = metrics::serve(self.metrics, self.core.clone());
+        let metrics = http::ops::serve(self.metrics, self.core.clone());
         let _background = self.background;
         tokio::join!(client, mesh, metrics);
     }

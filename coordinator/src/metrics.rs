@@ -1,30 +1,27 @@
 //! Prometheus metrics (the `prometheus` crate: registry, counters, histograms and the text
-//! exposition format) and the plain-HTTP operations listener of `--metrics-addr`, which
-//! serves `/metrics`, `/healthz` and `/readyz`.
+//! exposition format). This module knows nothing of the coordinator's state, so the store and
+//! every handler can record into it without an import circle: the gauges read from the state
+//! arrive as [`Gauges`], built by the operations listener ([`crate::http::ops`]), which
+//! serves `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`.
 //!
 //! Every label is bounded: marble types are those of the current manifest (anything else is
 //! `unknown`), outcomes and refusal reasons come from a fixed list, routes are the matched
 //! route templates, methods the standard ones. No UUID, serial or raw path is ever a label.
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::response::Response;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 use quarry_api::EvidenceType;
-use tokio::net::TcpListener;
 
 use crate::http::error::ApiError;
-use crate::state::{Core, Phase};
 use crate::store::{Store, StoreError, Txn, Versioned};
 
 /// The marble-type label of a type that the current manifest does not define.
@@ -43,12 +40,15 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Records the outcome of one activation request (`error` is `None` on success).
-pub fn activation(core: &Core, marble_type: &str, error: Option<&ApiError>) {
+/// Records the outcome of one activation request (`error` is `None` on success);
+/// `known_type`: the current manifest defines `marble_type` (otherwise the label is
+/// `unknown`, since a client can send any string).
+pub fn activation(known_type: bool, marble_type: &str, error: Option<&ApiError>) {
     let outcome = outcome(error);
+    let label = bounded_marble_label(known_type && outcome != "unknown-marble-type", marble_type);
     METRICS
         .activations
-        .with_label_values(&[&marble_label(core, marble_type, outcome), outcome])
+        .with_label_values(&[&label, outcome])
         .inc();
 }
 
@@ -137,40 +137,28 @@ pub fn timed_store<S: Store + 'static>(store: S) -> Arc<dyn Store> {
     Arc::new(TimedStore(store))
 }
 
-/// Binds the operations listener when `--metrics-addr` is set.
-pub async fn bind(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
-    match addr {
-        None => Ok(None),
-        Some(a) => Ok(Some(TcpListener::bind(a).await.map_err(|e| {
-            anyhow::anyhow!("binding the metrics listener to {a}: {e}")
-        })?)),
-    }
+/// The gauges read from the coordinator's state at each scrape.
+pub struct Gauges<'a> {
+    /// `quarry_coordinator_state`: the phase's state code.
+    pub state: i64,
+    /// The coordinator runs on a simulated TEE.
+    pub simulation: bool,
+    /// Entries in the transparency log.
+    pub log_entries: u64,
+    /// The root CA certificate, DER.
+    pub root_ca: &'a [u8],
+    /// The current mesh CA certificate, DER (None without a manifest).
+    pub mesh_ca: Option<&'a [u8]>,
+    /// The collateral cache directory, when there is one.
+    pub collateral_dir: Option<&'a std::path::Path>,
+    /// Marbles out of policy after the TCB monitor's last run: (marble type, status) → count.
+    pub tcb_out_of_policy: BTreeMap<(String, String), i64>,
 }
 
-/// Serves [`router`] over plain HTTP on `listener` (returns at once without one).
-pub async fn serve(listener: Option<TcpListener>, core: Arc<Core>) {
-    let Some(listener) = listener else { return };
-    if let Err(e) = axum::serve(listener, router(core)).await {
-        tracing::error!(error = %e, "the metrics listener failed");
-    }
-}
-
-/// `/metrics` (Prometheus text format), `/healthz` (the process answers) and `/readyz`
-/// (200 whenever the APIs serve: in Recovery too, since recovery and a new manifest go
-/// through the client API — a Kubernetes readiness probe must keep routing to it; alert on
-/// `quarry_coordinator_state == 1` instead).
-pub fn router(core: Arc<Core>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(core)
-}
-
-/// Renders every metric in the Prometheus text format, after refreshing the gauges that
-/// are read from the coordinator's state.
-pub fn render(core: &Core) -> String {
-    refresh_gauges(core);
+/// Renders every metric in the Prometheus text format, after setting the gauges that are
+/// read from the coordinator's state.
+pub fn render(gauges: &Gauges<'_>) -> String {
+    set_gauges(gauges);
     let mut out = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out) {
         tracing::error!(error = %e, "cannot encode the metrics");
@@ -178,54 +166,25 @@ pub fn render(core: &Core) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn metrics_text(State(core): State<Arc<Core>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(&core),
-    )
-        .into_response()
-}
-
-async fn readyz(State(core): State<Arc<Core>>) -> Response {
-    let view = core.view();
-    let code = view.phase.state().code();
-    match view.phase.as_ref() {
-        Phase::Recovery { reason } => axum::Json(serde_json::json!({
-            "ready": true,
-            "state": code,
-            "recovery": format!("the coordinator is in recovery (state 1): {reason}"),
-        }))
-        .into_response(),
-        _ => axum::Json(serde_json::json!({"ready": true, "state": code})).into_response(),
-    }
-}
-
-fn refresh_gauges(core: &Core) {
+fn set_gauges(g: &Gauges<'_>) {
     let m = &*METRICS;
-    let view = core.view();
-    m.state.set(i64::from(view.phase.state().code()));
-    m.simulation.set(i64::from(core.tee.simulation));
+    m.state.set(g.state);
+    m.simulation.set(i64::from(g.simulation));
     m.log_entries
-        .set(i64::try_from(view.log.head().0).unwrap_or(i64::MAX));
-    m.root_ca_expiry
-        .set(not_after(view.identity.root.cert_der()).unwrap_or(0));
-    m.mesh_ca_expiry.set(match view.phase.as_ref() {
-        Phase::Running(d) => not_after(d.mesh.cert_der()).unwrap_or(0),
-        _ => 0,
-    });
+        .set(i64::try_from(g.log_entries).unwrap_or(i64::MAX));
+    m.root_ca_expiry.set(not_after(g.root_ca).unwrap_or(0));
+    m.mesh_ca_expiry
+        .set(g.mesh_ca.and_then(not_after).unwrap_or(0));
     m.collateral_expiry
-        .set(collateral_expiry_in(core.tee.collateral_dir.as_deref()));
+        .set(collateral_expiry_in(g.collateral_dir));
     // Rebuilt from the monitor's last run, so a marble back in policy (or gone) disappears.
     // Marble types come from stored records, which only activations of manifest types
     // write, and statuses from a fixed list: the labels stay bounded.
     m.tcb_out_of_policy.reset();
-    for ((marble_type, status), n) in core.tcb.out_of_policy() {
+    for ((marble_type, status), n) in &g.tcb_out_of_policy {
         m.tcb_out_of_policy
-            .with_label_values(&[&marble_type, &status])
-            .set(n);
+            .with_label_values(&[marble_type, status])
+            .set(*n);
     }
 }
 
@@ -271,14 +230,6 @@ fn not_after(der: &[u8]) -> Option<i64> {
     x509_parser::parse_x509_certificate(der)
         .ok()
         .map(|(_, c)| c.validity().not_after.timestamp())
-}
-
-/// The marble-type label: the type when the current manifest defines it and the request got
-/// past the type lookup, `unknown` otherwise (a client can send any string).
-fn marble_label(core: &Core, marble_type: &str, outcome: &str) -> String {
-    let view = core.view();
-    let known = matches!(view.phase.as_ref(), Phase::Running(d) if d.manifest.marbles.contains_key(marble_type));
-    bounded_marble_label(known && outcome != "unknown-marble-type", marble_type)
 }
 
 fn bounded_marble_label(known: bool, marble_type: &str) -> String {

@@ -28,6 +28,14 @@ pub enum PkiError {
     Key(String),
 }
 
+/// SubjectPublicKeyInfo DER of a certificate, or the parser's complaint.
+pub fn spki_of(
+    cert_der: &[u8],
+) -> Result<Vec<u8>, x509_parser::nom::Err<x509_parser::error::X509Error>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)?;
+    Ok(cert.public_key().raw.to_vec())
+}
+
 /// A CA certificate and its private key.
 pub struct CaKey {
     cert_der: Vec<u8>,

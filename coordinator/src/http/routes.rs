@@ -188,7 +188,7 @@ async fn activate(
     let cert = peer_cert(&peer)?;
     let marble_type = req.marble_type.clone();
     let result = crate::marble::activation::activate(&core, req, cert).await;
-    crate::metrics::activation(&core, &marble_type, result.as_ref().err());
+    crate::http::ops::record_activation(&core, &marble_type, result.as_ref().err());
     Ok(ok(result?))
 }
 
@@ -485,12 +485,12 @@ async fn recover(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: quarry_api::http::RecoverRequest = crate::http::extract::json_body(body)?;
-    Ok(ok(crate::recovery::recover(&core, req).await?))
+    Ok(ok(crate::recovery::service::recover(&core, req).await?))
 }
 
 /// `GET /api/v2/recover/public-key`: the ephemeral key for the air-gapped flow.
 async fn recover_public_key(State(core): State<Arc<Core>>) -> Result<Response, ApiError> {
-    let der = crate::recovery::ephemeral_public_key(&core).await?;
+    let der = crate::recovery::service::ephemeral_public_key(&core).await?;
     Ok(ok(quarry_api::http::RecoverPublicKeyResponse {
         algorithm: "RSA".into(),
         ephemeral_public_key: der,

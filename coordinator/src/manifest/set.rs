@@ -79,12 +79,12 @@ pub async fn set_manifest(core: &Core, raw: Vec<u8>) -> Result<SetOutcome, ApiEr
     let fingerprint: [u8; 32] = Sha256::digest(&raw).into();
     let event = serde_json::json!({
         "type": "manifest-set",
-        "time": crate::translog::now_unix(),
+        "time": crate::clock::now_unix(),
         "manifestSha256": hex::encode(fingerprint),
     });
     // Seal mode and recovery data go to sealed-key.json before the commit, so a committed
     // manifest always has them; a failed commit puts the previous file back.
-    let sealing = crate::recovery::reseal_for_manifest(core, &manifest, None)?;
+    let sealing = crate::recovery::service::reseal_for_manifest(core, &manifest, None)?;
     let committed = view.log.commit_with_events(&store, txn, vec![event]).await;
     let recovery_secrets = match committed {
         Ok(_) => sealing.recovery_secrets.clone(),

@@ -203,7 +203,7 @@ async fn advance(
     };
     let event = serde_json::json!({
         "type": kind,
-        "time": crate::translog::now_unix(),
+        "time": crate::clock::now_unix(),
         "manifestSha256": hex::encode(Sha256::digest(&p.raw)),
         "user": user,
     });
@@ -249,7 +249,7 @@ pub async fn cancel(core: &Core, peer: Option<&[u8]>) -> Result<(), ApiError> {
     txn.deletes.push(keys::PENDING_UPDATE.into());
     let event = serde_json::json!({
         "type": "manifest-update-cancelled",
-        "time": crate::translog::now_unix(),
+        "time": crate::clock::now_unix(),
         "manifestSha256": hex::encode(Sha256::digest(&p.raw)),
         "user": user,
     });
@@ -326,7 +326,7 @@ async fn package_update(
         );
         events.push(serde_json::json!({
             "type": "package-update",
-            "time": crate::translog::now_unix(),
+            "time": crate::clock::now_unix(),
             "package": name,
             "securityVersion": svn,
             "user": user,
@@ -474,12 +474,13 @@ async fn apply_full(
     let fingerprint: [u8; 32] = Sha256::digest(&p.raw).into();
     events.push(serde_json::json!({
         "type": "manifest-update",
-        "time": crate::translog::now_unix(),
+        "time": crate::clock::now_unix(),
         "manifestSha256": hex::encode(fingerprint),
         "acknowledgedBy": p.acks,
         "rotateRootSecret": rotate,
     }));
-    let sealing = crate::recovery::reseal_for_manifest(core, &manifest, Some(&d.manifest))?;
+    let sealing =
+        crate::recovery::service::reseal_for_manifest(core, &manifest, Some(&d.manifest))?;
     if let Err(e) = commit(core, &store, txn, events).await {
         sealing.undo();
         return Err(e);

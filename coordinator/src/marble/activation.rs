@@ -115,12 +115,12 @@ pub async fn activate(
         &claims,
         deployment.mesh.cert_der(),
         not_after,
-        crate::translog::now_unix(),
+        crate::clock::now_unix(),
         None,
     );
     let event = serde_json::json!({
         "type": "activation",
-        "time": crate::translog::now_unix(),
+        "time": crate::clock::now_unix(),
         "marbleType": marble_type,
         "uuid": uuid.to_string(),
         "claimsSha256": hex::encode(claims_digest),
@@ -201,12 +201,12 @@ pub(crate) fn marble_entry<'m>(
     Ok((marble, package))
 }
 
-/// SubjectPublicKeyInfo DER of a certificate.
+/// SubjectPublicKeyInfo DER of a marble's TLS client certificate (a bad request when it
+/// does not parse).
 pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| {
+    crate::pki::spki_of(cert_der).map_err(|e| {
         ApiError::bad_request(format!("the TLS client certificate does not parse: {e}"))
-    })?;
-    Ok(cert.public_key().raw.to_vec())
+    })
 }
 
 /// Spends one activation of `marble_type`'s budget (when it has one) and appends `event` to

@@ -67,7 +67,7 @@ pub async fn set(
                 .into(),
         )
     })?;
-    let now = crate::translog::now_unix() as i64;
+    let now = crate::clock::now_unix() as i64;
     let leaf = crate::marble::renewal::check_leaf(
         cert,
         deployment.mesh.cert_der(),
@@ -125,7 +125,7 @@ pub async fn set(
         }
         let event = serde_json::json!({
             "type": COUNTER_EVENT,
-            "time": crate::translog::now_unix(),
+            "time": crate::clock::now_unix(),
             "marbleType": marble_type,
             "uuid": uuid_text,
             "counter": digest,

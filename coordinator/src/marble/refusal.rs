@@ -157,7 +157,7 @@ impl std::fmt::Display for Refusal {
             } => write!(
                 f,
                 "the TCB monitor found this marble's platform out of its package's policy at {}: TCB status {} (advisories: {}); Config.TCBChangeAction refuses its renewal: run the marble on an updated platform (a new activation)",
-                crate::tcb::monitor::rfc3339(*checked_at),
+                crate::clock::rfc3339(*checked_at),
                 status.map_or("unknown", |s| s.as_str()),
                 if advisories.is_empty() { "none".to_string() } else { advisories.join(",") },
             ),

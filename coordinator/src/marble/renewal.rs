@@ -156,7 +156,7 @@ pub async fn renew(
     let view = core.view();
     let (deployment, store) = view.running("the coordinator is not accepting marbles")?;
     let manifest = &deployment.manifest;
-    let now = crate::translog::now_unix() as i64;
+    let now = crate::clock::now_unix() as i64;
     let current = check_leaf(
         peer_cert,
         deployment.mesh.cert_der(),
@@ -251,7 +251,7 @@ pub async fn renew(
     });
     let event = serde_json::json!({
         "type": "renewal",
-        "time": crate::translog::now_unix(),
+        "time": crate::clock::now_unix(),
         "marbleType": marble_type,
         "uuid": uuid_text,
         "oldSerial": current.serial,
@@ -267,7 +267,7 @@ pub async fn renew(
         &claims,
         deployment.mesh.cert_der(),
         not_after,
-        crate::translog::now_unix(),
+        crate::clock::now_unix(),
         platform.as_ref().map(|(r, _)| &r.entry),
     );
     // A revocation committed since the check above wins: the renewal is not recorded.

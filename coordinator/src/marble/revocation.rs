@@ -19,15 +19,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::http::error::ApiError;
+use crate::state::keys::{REVOKED_PREFIX, REVOKED_SERIAL_PREFIX};
 use crate::state::{Core, View};
 use crate::store::{Store, StoreError, Txn};
 use crate::translog::TransLog;
 use crate::users::{self, Action};
 
-/// Store key prefix of revoked marble UUIDs.
-pub const REVOKED_PREFIX: &str = "revoked/";
-/// Store key prefix of revoked certificate serials (hex).
-pub const REVOKED_SERIAL_PREFIX: &str = "revoked-serial/";
 /// The role action that allows revocation (on `ResourceType: Marbles`).
 pub const REVOKE_ACTION: &str = "RevokeMarble";
 /// `nextUpdate - thisUpdate` of every CRL: how long a sidecar may rely on one.
@@ -240,7 +237,7 @@ pub async fn revoke(
     if logged.is_some() || store.get(&key).await?.is_some() {
         return Ok(response(true));
     }
-    let now = crate::translog::now_unix();
+    let now = crate::clock::now_unix();
     let record = Record {
         time: now,
         user: user.clone(),
@@ -301,7 +298,7 @@ pub async fn revoke_for_tcb(
     {
         return Ok(false);
     }
-    let now = crate::translog::now_unix();
+    let now = crate::clock::now_unix();
     let uuid_text = uuid.hyphenated().to_string();
     let record = Record {
         time: now,

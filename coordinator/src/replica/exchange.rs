@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use quarry_api::manifest::SealMode;
 use quarry_api::{Claims, Evidence, Secret};
-use quarry_trust::tls::{AnyClientCert, KeyPossession};
+use quarry_trust::tls::KeyPossession;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -14,34 +14,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use crate::sealing;
-use crate::state::{Core, Phase};
 use crate::tee::Tee;
 
 /// Largest key-sharing message.
 const MAX_MESSAGE: u32 = 1024 * 1024;
 /// Time limit of one key-sharing exchange.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A log head as replicas exchange it: size and root (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogHead {
+    /// Entries.
+    pub size: u64,
+    /// RFC 6962 root over them, lowercase hex.
+    pub root: String,
+}
 
 /// A request on the peer channel: the asking replica's evidence, and with `head` its log
 /// head for a split-view check ([`super::heads`]) instead of a key-sharing request.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PeerRequest {
-    evidence: Evidence,
+pub(super) struct PeerRequest {
+    pub(super) evidence: Evidence,
     #[serde(default)]
-    head: Option<super::heads::LogHead>,
+    pub(super) head: Option<LogHead>,
 }
 
 /// A key-sharing answer: the serving replica's evidence and the DEK, or why not.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DekResponse {
+pub(super) struct DekResponse {
     #[serde(default)]
-    evidence: Option<Evidence>,
+    pub(super) evidence: Option<Evidence>,
     #[serde(default)]
-    dek: Option<String>,
+    pub(super) dek: Option<String>,
     #[serde(default)]
-    error: Option<String>,
+    pub(super) error: Option<String>,
 }
 
 impl Drop for DekResponse {
@@ -168,7 +177,7 @@ pub(super) fn ephemeral_identity() -> Result<TlsIdentity, String> {
     let cert = params
         .self_signed(&key)
         .map_err(|e| format!("self-signing: {e}"))?;
-    let spki = crate::marble::activation::spki_of(cert.der()).map_err(|e| e.to_string())?;
+    let spki = crate::pki::spki_of(cert.der()).map_err(|e| e.to_string())?;
     Ok((
         cert.der().to_vec(),
         Zeroizing::new(key.serialize_der()),
@@ -207,7 +216,7 @@ pub(super) fn peer_spki<T>(conn: &rustls::ConnectionCommon<T>) -> Result<Vec<u8>
         .peer_certificates()
         .and_then(|c| c.first())
         .ok_or("the peer presented no TLS certificate")?;
-    crate::marble::activation::spki_of(cert).map_err(|e| e.to_string())
+    crate::pki::spki_of(cert).map_err(|e| e.to_string())
 }
 
 /// Verifies `evidence` from a peer: valid for our verifier, bound to `role` and both TLS
@@ -316,140 +325,13 @@ async fn fetch_dek_inner(tee: &Tee, own: &Claims, addr: &str) -> Result<Secret, 
     Ok(Secret::new(bytes.to_vec()))
 }
 
-/// Serves the DEK to attested replicas on `listener` until the task is dropped.
-pub async fn serve_peers(core: Arc<Core>, listener: tokio::net::TcpListener, own: Arc<Claims>) {
-    let (cert, key, spki) = match ephemeral_identity() {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(error = %e, "key sharing disabled: no TLS identity");
-            return;
-        }
-    };
-    let config = quarry_trust::tls::server_builder().map(|b| {
-        b.with_client_cert_verifier(Arc::new(AnyClientCert::new(true)))
-            .with_single_cert(
-                vec![CertificateDer::from(cert)],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-            )
-    });
-    let config = match config {
-        Ok(Ok(c)) => Arc::new(c),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "key sharing disabled: TLS configuration");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "key sharing disabled: TLS configuration");
-            return;
-        }
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let spki = Arc::new(spki);
-    let busy = Arc::new(tokio::sync::Semaphore::new(8));
-    loop {
-        let (tcp, from) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "key sharing: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = busy.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (core, acceptor, spki, own) =
-            (core.clone(), acceptor.clone(), spki.clone(), own.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let outcome = tokio::time::timeout(
-                EXCHANGE_TIMEOUT,
-                share_with(&core, acceptor, tcp, &spki, &own),
-            )
-            .await
-            .unwrap_or_else(|_| Err("the exchange timed out".into()));
-            match outcome {
-                Ok(()) => {
-                    tracing::info!(peer = %from, "data encryption key shared with an attested replica")
-                }
-                Err(e) => tracing::warn!(peer = %from, reason = %e, "key sharing refused"),
-            }
-        });
-    }
-}
-
-async fn share_with(
-    core: &Core,
-    acceptor: tokio_rustls::TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    spki: &[u8],
-    own: &Claims,
-) -> Result<(), String> {
-    let mut tls = acceptor
-        .accept(tcp)
-        .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
-    let client_spki = peer_spki(tls.get_ref().1)?;
-    let body = read_msg(&mut tls)
-        .await
-        .map_err(|e| format!("reading the request: {e}"))?;
-    let req: PeerRequest =
-        serde_json::from_slice(&body).map_err(|e| format!("malformed request: {e}"))?;
-    if let Some(head) = req.head {
-        return super::heads::answer(core, &mut tls, req.evidence, head, &client_spki, spki, own)
-            .await;
-    }
-    let mode = match core.view().phase.as_ref() {
-        Phase::Running(d) => d.manifest.config.seal_mode,
-        _ => SealMode::ProductKey,
-    };
-    let checked = verify_peer(
-        &core.tee,
-        own,
-        req.evidence,
-        report_data("joiner", &client_spki, spki),
-        mode,
-        true,
-    )
-    .await;
-    let answer = match (&checked, core.dek()) {
-        (Err(e), _) => DekResponse {
-            evidence: None,
-            dek: None,
-            error: Some(format!(
-                "this replica does not match the coordinator ({} rule): {e}",
-                mode.as_str()
-            )),
-        },
-        (Ok(()), None) => DekResponse {
-            evidence: None,
-            dek: None,
-            error: Some("this replica holds no data encryption key (Recovery)".into()),
-        },
-        (Ok(()), Some(dek)) => DekResponse {
-            evidence: Some(
-                core.tee
-                    .provider
-                    .evidence(&report_data("holder", spki, &client_spki))
-                    .map_err(|e| format!("own evidence: {e}"))?,
-            ),
-            dek: Some(quarry_api::bytes::b64(dek.expose())),
-            error: None,
-        },
-    };
-    let bytes = Zeroizing::new(serde_json::to_vec(&answer).map_err(|e| e.to_string())?);
-    drop(answer);
-    write_msg(&mut tls, &bytes)
-        .await
-        .map_err(|e| format!("sending the answer: {e}"))?;
-    let _ = tls.shutdown().await;
-    checked
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replica::serve::serve_peers;
+    use crate::state::Core;
     use quarry_api::claims::Identity;
+    use quarry_trust::tls::AnyClientCert;
 
     fn claims(unique: u8, signer: u8, product: u64, svn: u64) -> Claims {
         Claims {

@@ -23,26 +23,14 @@ use quarry_api::{Claims, Evidence};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::exchange::{connect_peer, read_msg, report_data, verify_peer, write_msg};
+use super::exchange::{connect_peer, read_msg, report_data, verify_peer, write_msg, LogHead};
 use crate::state::{Core, Phase, RecoveryReason};
 use crate::store::etcd::EtcdConn;
 
-/// `type` of the log event a running replica appends once per key-sharing address.
-pub const JOINED_EVENT: &str = "replica-joined";
 /// Addresses from the log asked per pass (the newest ones).
 const MAX_LOGGED_PEERS: usize = 16;
 /// Time limit of one head comparison.
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A log head as replicas exchange it: size and root (hex).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogHead {
-    /// Entries.
-    pub size: u64,
-    /// RFC 6962 root over them, lowercase hex.
-    pub root: String,
-}
 
 /// The answer to a head request.
 #[derive(Serialize, Deserialize)]
@@ -276,8 +264,8 @@ async fn record_joined(core: &Core, advertise: &str) -> Result<(), String> {
         return Ok(());
     }
     let event = serde_json::json!({
-        "type": JOINED_EVENT,
-        "time": crate::translog::now_unix(),
+        "type": crate::translog::JOINED_EVENT,
+        "time": crate::clock::now_unix(),
         "address": advertise,
     });
     view.log
@@ -311,7 +299,7 @@ pub async fn watch_for_forks(
                 }
             }
         }
-        let mut addresses: Vec<String> = match conn.scan_control(super::PEERS).await {
+        let mut addresses: Vec<String> = match conn.scan_control(super::marker::PEERS).await {
             Ok(peers) => peers
                 .into_iter()
                 .map(|(_, a)| String::from_utf8_lossy(&a).into_owned())

@@ -4,6 +4,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::sealing;
 
+/// Control key of the cluster marker.
+pub const MARKER: &str = "cluster";
+/// Control-key directory of the replicas' key-sharing addresses.
+pub const PEERS: &str = "peers/";
+
 /// The cluster marker: proves which DEK the cluster's state is under (a MAC, not the key).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -21,6 +21,11 @@ pub const PENDING_UPDATE: &str = "update/pending";
 /// Prefix of activation counters per marble type.
 pub const ACTIVATIONS_PREFIX: &str = "activations/";
 
+/// Store key prefix of revoked marble UUIDs.
+pub const REVOKED_PREFIX: &str = "revoked/";
+/// Store key prefix of revoked certificate serials (hex).
+pub const REVOKED_SERIAL_PREFIX: &str = "revoked-serial/";
+
 /// Prefix of the TCB monitor's per-marble platform records (`tcb/<uuid>`).
 pub const TCB_PREFIX: &str = "tcb/";
 

@@ -173,7 +173,7 @@ pub(super) async fn open_etcd(
     let own = crate::replica::own_claims(tee).map_err(anyhow::Error::msg)?;
     let sealed = SealedKey::in_dir(data_dir);
     let own_copy = sealed.read_own_copy(tee);
-    let obtained = crate::replica::obtain_dek(
+    let obtained = crate::replica::join::obtain_dek(
         conn,
         tee,
         &own,
@@ -183,10 +183,10 @@ pub(super) async fn open_etcd(
     .await
     .map_err(anyhow::Error::msg)?;
     let (dek, created) = match obtained {
-        crate::replica::Obtained::None(reason) => {
+        crate::replica::join::Obtained::None(reason) => {
             return Ok(Opened::Recovery(RecoveryReason::NoKey(reason)))
         }
-        crate::replica::Obtained::Key(dek, created) => (dek, created),
+        crate::replica::join::Obtained::Key(dek, created) => (dek, created),
     };
     let inner = match open_etcd_with(data_dir, conn, dek.clone(), created).await {
         Ok(inner) => inner,

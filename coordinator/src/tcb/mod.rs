@@ -5,10 +5,11 @@
 //! marble falling out of policy is the manifest's `Config.TCBChangeAction`: warn (default),
 //! refuse its next renewal (`tcb-out-of-policy`) or revoke it.
 pub mod evaluate;
+pub mod memory;
 pub mod monitor;
 pub mod record;
 
-pub use monitor::Monitor;
+pub use memory::Monitor;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 //! last run's verdicts in memory for the metric and the report's check times.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use quarry_api::manifest::TcbChangeAction;
@@ -21,37 +21,6 @@ use crate::store::{Check, StoreError, Txn};
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
 /// How often the collateral directory is looked at for changes.
 const COLLATERAL_POLL: Duration = Duration::from_secs(1);
-
-/// The monitor's memory: the last verdicts (for the metric) and when the last run ended.
-#[derive(Default)]
-pub struct Monitor {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    interval: Option<Duration>,
-    last_run: Option<u64>,
-    /// Last verdict per UUID, from the last run (or the store, for the report).
-    entries: BTreeMap<String, TcbEntry>,
-}
-
-impl Monitor {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Marbles out of policy after the last run, as (marble type, status) → count.
-    pub fn out_of_policy(&self) -> BTreeMap<(String, String), i64> {
-        let mut out = BTreeMap::new();
-        for e in self.lock().entries.values().filter(|e| !e.in_policy) {
-            let status = e.status.map_or("unknown", |s| s.as_str());
-            *out.entry((e.marble_type.clone(), status.to_string()))
-                .or_insert(0) += 1;
-        }
-        out
-    }
-}
 
 /// One `tcb-change`: the new verdict and what was done about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +63,7 @@ pub async fn recheck(
             tracing::error!(key, "TCB record names no UUID; skipped");
             continue;
         };
-        let now = crate::translog::now_unix();
+        let now = crate::clock::now_unix();
         let entry = crate::marble::activation::marble_entry(manifest, &rec.entry.marble_type, true);
         let gone = if view.log.revoked_uuid(&rec.entry.uuid).is_some()
             || store
@@ -183,7 +152,7 @@ pub async fn recheck(
     }
     let mut inner = core.tcb.lock();
     inner.entries = seen;
-    inner.last_run = Some(crate::translog::now_unix());
+    inner.last_run = Some(crate::clock::now_unix());
     Ok(changes)
 }
 
@@ -337,15 +306,4 @@ async fn run_once(core: &Core, why: &str) {
         }
         Err(e) => tracing::warn!(trigger = why, error = %e, "TCB re-evaluation failed"),
     }
-}
-
-/// Unix seconds as RFC 3339 (`2026-10-20T00:00:00Z`), for messages.
-pub fn rfc3339(unix: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).unwrap_or(i64::MAX))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("Unix {unix}"))
 }

@@ -117,7 +117,7 @@ async fn fixture(action: &str) -> Fixture {
     let uuid = uuid::Uuid::new_v4();
     let view = core.view();
     let (deployment, store) = view.running("test").unwrap();
-    let now = crate::translog::now_unix();
+    let now = crate::clock::now_unix();
     let rec = PlatformRecord::accepted(
         "td-app",
         &uuid,
@@ -232,7 +232,7 @@ async fn new_tcb_info_turns_a_running_marble_out_of_policy_with_components_to_ra
         core.tcb.out_of_policy().into_iter().collect::<Vec<_>>(),
         [(("td-app".to_string(), "OutOfDate".to_string()), 1)]
     );
-    let metrics = crate::metrics::render(core);
+    let metrics = crate::http::ops::render(core);
     assert!(
         metrics.contains(
             "quarry_tcb_marbles_out_of_policy{marble_type=\"td-app\",status=\"OutOfDate\"} 1"

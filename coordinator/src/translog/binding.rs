@@ -36,8 +36,8 @@ const BOUND: &[&str] = &[
     keys::PREVIOUS_SECRET_PREFIX,
     keys::SVN_PREFIX,
     keys::PENDING_UPDATE,
-    crate::marble::revocation::REVOKED_PREFIX,
-    crate::marble::revocation::REVOKED_SERIAL_PREFIX,
+    keys::REVOKED_PREFIX,
+    keys::REVOKED_SERIAL_PREFIX,
 ];
 
 /// True for a key whose writes the log binds.

@@ -27,6 +27,10 @@ pub const PREFIX: &str = "log/";
 /// `type` of the event that records a monotonic counter raised to `value`.
 pub const COUNTER_EVENT: &str = "monotonic-counter";
 
+/// `type` of the event a running replica appends once per key-sharing address; the log
+/// keeps the addresses so replicas can find each other for split-view checks.
+pub const JOINED_EVENT: &str = "replica-joined";
+
 /// Most callers merged into one store transaction.
 const MAX_BATCH: usize = 256;
 
@@ -124,7 +128,7 @@ impl State {
                 (None, None) => {}
             }
         }
-        if event["type"] == crate::replica::heads::JOINED_EVENT {
+        if event["type"] == JOINED_EVENT {
             if let Some(a) = event["address"].as_str() {
                 if !self.replicas.iter().any(|r| r == a) {
                     self.replicas.push(a.to_string());
@@ -630,14 +634,6 @@ impl Default for TransLog {
     fn default() -> Self {
         TransLog::new()
     }
-}
-
-/// Unix seconds now.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ pub async fn write(
         );
         events.push(serde_json::json!({
             "type": "secret-set",
-            "time": crate::translog::now_unix(),
+            "time": crate::clock::now_unix(),
             "name": name,
             "user": user,
         }));

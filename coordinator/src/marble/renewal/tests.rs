@@ -225,7 +225,7 @@ async fn renewal_issues_a_new_leaf_for_the_same_key_and_logs_it() {
         &new_leaf,
         &f.mesh_ca(),
         "quarry.local",
-        crate::translog::now_unix() as i64,
+        crate::clock::now_unix() as i64,
     )
     .unwrap();
     assert_eq!(current.uuid.to_string(), uuid);
@@ -307,7 +307,7 @@ async fn expired_foreign_or_self_signed_certificates_cannot_renew() {
         .activate(&key, "web", &uuid::Uuid::new_v4().to_string())
         .await
         .unwrap();
-    let now = crate::translog::now_unix() as i64;
+    let now = crate::clock::now_unix() as i64;
     // Expired: the same leaf two hours later (CertValidFor is 1h).
     let err = check_leaf(&leaf, &f.mesh_ca(), "quarry.local", now + 7200).unwrap_err();
     assert!(err.contains("expired"), "{err}");

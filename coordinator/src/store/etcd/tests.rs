@@ -1030,7 +1030,7 @@ async fn a_split_view_is_detected_by_comparing_log_heads_and_both_replicas_stop(
     let own = Arc::new(crate::replica::own_claims(&r1.tee).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let r1_addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(crate::replica::serve_peers(
+    tokio::spawn(crate::replica::serve::serve_peers(
         r1.clone(),
         listener,
         own.clone(),
