@@ -149,6 +149,15 @@ pub struct StatusResponse {
     /// The coordinator's version (absent from coordinators before 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// In Recovery (state 1): why, as a stable code (`unseal`, `rollback`, `key-missing`,
+    /// ...; docs/OPERATIONS.md, "Recovery reasons"). The reason's text stays in the
+    /// coordinator's log and `/readyz`: it names files and is not for unauthenticated callers.
+    #[serde(
+        rename = "recoveryReason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub recovery_reason: Option<String>,
 }
 
 /// `POST /api/v2/manifest` and the update endpoints.

@@ -48,6 +48,18 @@ fn provider(platform: &Path) -> SimProvider {
 
 /// State code over an unverified connection (the root changes across Recovery).
 async fn state(coord: &Coordinator) -> u64 {
+    status(coord).await["code"].as_u64().unwrap()
+}
+
+/// `recoveryReason` of the status (absent outside Recovery).
+async fn recovery_reason(coord: &Coordinator) -> Option<String> {
+    status(coord).await["recoveryReason"]
+        .as_str()
+        .map(String::from)
+}
+
+/// The status body's data, over an unverified connection.
+async fn status(coord: &Coordinator) -> serde_json::Value {
     let root = fetch_root_unverified(coord).await.unwrap();
     let (code, body) = jsend(
         https(tls_config(&root, None).unwrap())
@@ -60,7 +72,7 @@ async fn state(coord: &Coordinator) -> u64 {
     .await
     .unwrap();
     assert_eq!(code, 200, "{body}");
-    body["data"]["code"].as_u64().unwrap()
+    body["data"].clone()
 }
 
 /// Writes the coordinator's current root (unverified: tests only) and returns its path.
@@ -197,8 +209,18 @@ async fn recovery_on_a_second_platform_with_2_of_3_shamir_shares() {
     let before = std::fs::read(data.join("state.log")).unwrap();
     let coord = Coordinator::start(&data, &platform_b, &log).unwrap();
     assert_eq!(state(&coord).await, 1);
+    assert_eq!(recovery_reason(&coord).await.as_deref(), Some("unseal"));
     assert_eq!(std::fs::read(data.join("state.log")).unwrap(), before);
     let (eph_root, _) = current_root(&coord, t, "recovery-root.pem").await;
+    let o = quarry(&[
+        "status",
+        "--coordinator",
+        &coord.client.to_string(),
+        "--root-ca",
+        eph_root.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("recovery reason: unseal"), "{}", text(&o));
     // The ephemeral key for the air-gapped flow.
     let (code, pk) = jsend(
         https(tls_config(&std::fs::read_to_string(&eph_root).unwrap(), None).unwrap())
@@ -319,11 +341,17 @@ async fn recovery_on_a_second_platform_with_2_of_3_shamir_shares() {
     std::fs::write(data.join("state.log"), &older).unwrap();
     let coord = Coordinator::start(&data, &platform_b, &log).unwrap();
     assert_eq!(state(&coord).await, 1, "a rolled-back state is not served");
+    assert_eq!(recovery_reason(&coord).await.as_deref(), Some("rollback"));
     assert!(std::fs::read_to_string(&log).unwrap().contains("ROLLBACK"));
     drop(coord);
     std::fs::write(data.join("state.log"), &newest).unwrap();
     let coord = Coordinator::start(&data, &platform_b, &log).unwrap();
     assert_eq!(state(&coord).await, 3, "the newest state is served again");
+    assert_eq!(
+        recovery_reason(&coord).await,
+        None,
+        "no reason outside Recovery"
+    );
     drop(coord);
 
     // Tampered state on yet another platform: valid recovery secrets do not yield a

@@ -29,6 +29,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         return output::json(&status);
     }
     output::line(format!("{}: {}", status.code, status.message))?;
+    if let Some(reason) = &status.recovery_reason {
+        output::line(format!(
+            "recovery reason: {reason} (docs/OPERATIONS.md, \"Recovery reasons\"; the coordinator's log says more)"
+        ))?;
+    }
     output::line(format!(
         "coordinator version {}, quarry CLI version {}",
         status

@@ -156,4 +156,24 @@ mod tests {
         let fail = &doc["components"]["schemas"]["JSendFail"];
         assert_eq!(fail["required"], serde_json::json!(["status", "message"]));
     }
+
+    #[test]
+    fn the_status_documents_every_recovery_reason_code_and_each_variant_has_its_own() {
+        use crate::state::RecoveryReason as R;
+        let all = [
+            R::KeyMissing(String::new()),
+            R::StateMissing(String::new()),
+            R::Unseal(String::new()),
+            R::Rollback(String::new()),
+            R::Unreadable(String::new()),
+            R::NoKey(String::new()),
+            R::SplitView(String::new()),
+        ];
+        let codes: Vec<&str> = all.iter().map(R::code).collect();
+        assert_eq!(codes, R::CODES);
+        let doc: serde_json::Value = serde_json::from_str(DOCUMENT).expect("parses");
+        let documented =
+            &doc["components"]["schemas"]["Status"]["properties"]["recoveryReason"]["enum"];
+        assert_eq!(documented, &serde_json::json!(R::CODES));
+    }
 }

@@ -89,6 +89,7 @@ async fn readyz(State(core): State<Arc<Core>>) -> Response {
         Phase::Recovery { reason } => axum::Json(serde_json::json!({
             "ready": true,
             "state": code,
+            "recoveryReason": reason.code(),
             "recovery": format!("the coordinator is in recovery (state 1): {reason}"),
         }))
         .into_response(),

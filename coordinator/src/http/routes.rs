@@ -96,12 +96,18 @@ async fn not_found() -> ApiError {
 }
 
 async fn status(State(core): State<Arc<Core>>) -> Response {
-    let state = core.state();
+    let view = core.view();
+    let state = view.phase.state();
+    let recovery_reason = match view.phase.as_ref() {
+        Phase::Recovery { reason } => Some(reason.code().to_string()),
+        _ => None,
+    };
     ok(StatusResponse {
         code: state.code(),
         message: state.message().to_string(),
         simulation: core.tee.simulation,
         version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        recovery_reason,
     })
 }
 

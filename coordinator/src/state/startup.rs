@@ -47,7 +47,18 @@ pub enum RecoveryReason {
 }
 
 impl RecoveryReason {
-    /// A stable code for the reason (logs, readiness body).
+    /// Every code, in declaration order (`GET /api/v2/status` documents them as an enum).
+    pub const CODES: [&'static str; 7] = [
+        "key-missing",
+        "state-missing",
+        "unseal",
+        "rollback",
+        "unreadable",
+        "no-key",
+        "split-view",
+    ];
+
+    /// A stable code for the reason (logs, `/readyz`, `GET /api/v2/status`).
     pub fn code(&self) -> &'static str {
         match self {
             RecoveryReason::KeyMissing(_) => "key-missing",
