@@ -67,6 +67,11 @@ pub enum TcbStatus {
 }
 
 impl TcbStatus {
+    /// The statuses accepted where no list is given: a package without
+    /// `AcceptedTCBStatuses`, `quarry evidence verify` without the flag, a replica's peer.
+    pub const DEFAULT_ACCEPTED: [TcbStatus; 2] =
+        [TcbStatus::UpToDate, TcbStatus::SWHardeningNeeded];
+
     /// All statuses, in the order of the contract.
     pub const ALL: [TcbStatus; 7] = [
         TcbStatus::UpToDate,

@@ -43,7 +43,7 @@ impl Package {
     /// The TCB statuses this package accepts, with the default applied.
     pub fn effective_tcb_statuses(&self) -> Vec<TcbStatus> {
         if self.accepted_tcb_statuses.is_empty() {
-            vec![TcbStatus::UpToDate, TcbStatus::SWHardeningNeeded]
+            TcbStatus::DEFAULT_ACCEPTED.to_vec()
         } else {
             self.accepted_tcb_statuses.clone()
         }

@@ -311,7 +311,7 @@ pub fn parse_time(text: Option<&str>) -> Result<SystemTime, Failure> {
 
 fn accepted_statuses(list: &[String]) -> Result<Vec<TcbStatus>, Failure> {
     if list.is_empty() {
-        return Ok(vec![TcbStatus::UpToDate, TcbStatus::SWHardeningNeeded]);
+        return Ok(TcbStatus::DEFAULT_ACCEPTED.to_vec());
     }
     list.iter()
         .map(|s| {

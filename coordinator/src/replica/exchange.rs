@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use quarry_api::manifest::SealMode;
-use quarry_api::{Claims, Evidence, Secret};
+use quarry_api::{Claims, Evidence, Secret, TcbStatus};
 use quarry_trust::tls::KeyPossession;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde::{Deserialize, Serialize};
@@ -102,6 +102,23 @@ pub fn check_peer(
     }
     if peer.debug && !own.debug {
         return Err("peer runs in debug mode, this coordinator does not".into());
+    }
+    // The package default (contract §12.4), or the status this replica runs with itself: a
+    // cluster waiting for a TCB update can still grow, but never onto a platform worse off
+    // than the ones that hold the key already.
+    if !TcbStatus::DEFAULT_ACCEPTED.contains(&peer.tcb_status) && peer.tcb_status != own.tcb_status
+    {
+        return Err(format!(
+            "peer TCB status {} (advisories: {}) is neither accepted by default ({}) nor ours ({})",
+            peer.tcb_status.as_str(),
+            if peer.advisory_ids.is_empty() {
+                "none".to_string()
+            } else {
+                peer.advisory_ids.join(",")
+            },
+            TcbStatus::join(&TcbStatus::DEFAULT_ACCEPTED),
+            own.tcb_status.as_str()
+        ));
     }
     let same_measurement = || -> Result<(), String> {
         match (&own.identity.unique_id, &peer.identity.unique_id) {
@@ -352,6 +369,57 @@ mod tests {
             reported_tcb: None,
             tcb_standing: None,
         }
+    }
+
+    #[test]
+    fn a_peer_on_a_platform_worse_off_than_the_default_and_than_ours_gets_no_key() {
+        let with = |status: TcbStatus| {
+            let mut c = claims(1, 2, 3, 5);
+            c.tcb_status = status;
+            c.advisory_ids = vec!["INTEL-SA-00837".into()];
+            c
+        };
+        let own = claims(1, 2, 3, 5);
+        for mode in [
+            SealMode::UniqueKey,
+            SealMode::ProductKey,
+            SealMode::Disabled,
+        ] {
+            assert!(check_peer(&own, &with(TcbStatus::SWHardeningNeeded), mode, true).is_ok());
+            for worse in [
+                TcbStatus::OutOfDate,
+                TcbStatus::ConfigurationNeeded,
+                TcbStatus::OutOfDateConfigurationNeeded,
+            ] {
+                let e = check_peer(&own, &with(worse), mode, true).unwrap_err();
+                assert_eq!(
+                    e,
+                    format!(
+                        "peer TCB status {} (advisories: INTEL-SA-00837) is neither accepted by default (UpToDate,SWHardeningNeeded) nor ours (UpToDate)",
+                        worse.as_str()
+                    )
+                );
+                // Both directions of the exchange apply it (the joiner too).
+                assert!(check_peer(&own, &with(worse), mode, false).is_err());
+            }
+        }
+        // A cluster that waits for a TCB update still grows onto equal platforms, not worse.
+        let outdated = with(TcbStatus::OutOfDate);
+        assert!(check_peer(
+            &outdated,
+            &with(TcbStatus::OutOfDate),
+            SealMode::UniqueKey,
+            true
+        )
+        .is_ok());
+        assert!(check_peer(&outdated, &own, SealMode::UniqueKey, true).is_ok());
+        assert!(check_peer(
+            &outdated,
+            &with(TcbStatus::OutOfDateConfigurationNeeded),
+            SealMode::UniqueKey,
+            true
+        )
+        .is_err());
     }
 
     #[test]
