@@ -77,15 +77,7 @@ pub fn check_package(package: &Package, claims: &Claims) -> Result<(), PolicyMis
                 .map(|s| s.as_str())
                 .collect::<Vec<_>>()
                 .join(","),
-            format!(
-                "{} (advisories: {})",
-                claims.tcb_status.as_str(),
-                if claims.advisory_ids.is_empty() {
-                    "none".to_string()
-                } else {
-                    claims.advisory_ids.join(",")
-                }
-            ),
+            claims.tcb_summary(),
         );
     } else if matches!(
         claims.tcb_status,

@@ -109,13 +109,8 @@ pub fn check_peer(
     if !TcbStatus::DEFAULT_ACCEPTED.contains(&peer.tcb_status) && peer.tcb_status != own.tcb_status
     {
         return Err(format!(
-            "peer TCB status {} (advisories: {}) is neither accepted by default ({}) nor ours ({})",
-            peer.tcb_status.as_str(),
-            if peer.advisory_ids.is_empty() {
-                "none".to_string()
-            } else {
-                peer.advisory_ids.join(",")
-            },
+            "peer TCB status {} is neither accepted by default ({}) nor ours ({})",
+            peer.tcb_summary(),
             TcbStatus::join(&TcbStatus::DEFAULT_ACCEPTED),
             own.tcb_status.as_str()
         ));
