@@ -85,6 +85,62 @@ pub fn own_claims(tee: &Tee) -> Result<Claims, String> {
         .map_err(|e| format!("own evidence does not verify with the own verifier: {e}"))
 }
 
+/// Why a peer's identity does not allow sharing the DEK between it and this coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerRefusal {
+    /// An identity value differs: `field` as the verifiers name it (`UniqueID`,
+    /// `Measurement`, `RTMR0`, `TEE` …), ours and the peer's (`(absent)` when missing).
+    #[error("peer {field} {theirs} differs from ours ({ours})")]
+    Differs {
+        /// The compared field.
+        field: String,
+        /// This coordinator's value.
+        ours: String,
+        /// The peer's value.
+        theirs: String,
+    },
+    /// ProductKey: the peer's SecurityVersion is below ours (the side giving the key
+    /// requires at least its own).
+    #[error("peer SecurityVersion {theirs} is below ours ({ours})")]
+    SecurityVersionBelow {
+        /// Ours.
+        ours: u64,
+        /// The peer's.
+        theirs: u64,
+    },
+    /// The peer runs in debug mode and this coordinator does not.
+    #[error("peer runs in debug mode, this coordinator does not")]
+    Debug,
+    /// The peer's TCB status is outside the package default and not ours.
+    #[error(
+        "peer TCB status {theirs} is neither accepted by default ({}) nor ours ({})",
+        TcbStatus::join(&TcbStatus::DEFAULT_ACCEPTED),
+        ours.as_str()
+    )]
+    TcbStatus {
+        /// The peer's status with its advisories ([`Claims::tcb_summary`]).
+        theirs: String,
+        /// Ours.
+        ours: TcbStatus,
+    },
+    /// Our own evidence carries no measurement to compare with (TDX/SNP: platform fields only).
+    #[error("this coordinator's evidence carries no measurement")]
+    NoOwnMeasurement,
+    /// The peer's evidence carries measurements ours does not.
+    #[error("peer evidence carries measurements ours does not")]
+    ExtraMeasurements,
+}
+
+impl PeerRefusal {
+    fn differs(field: &str, ours: impl ToString, theirs: impl ToString) -> PeerRefusal {
+        PeerRefusal::Differs {
+            field: field.to_string(),
+            ours: ours.to_string(),
+            theirs: theirs.to_string(),
+        }
+    }
+}
+
 /// Compares a peer's identity with this coordinator's for sharing the DEK under `mode`.
 /// `require_svn`: the peer's security version must be at least ours (the side that gives the
 /// key requires it).
@@ -93,35 +149,37 @@ pub fn check_peer(
     peer: &Claims,
     mode: SealMode,
     require_svn: bool,
-) -> Result<(), String> {
+) -> Result<(), PeerRefusal> {
     if peer.tee != own.tee {
-        return Err(format!("peer TEE {} is not ours ({})", peer.tee, own.tee));
+        return Err(PeerRefusal::differs("TEE", own.tee, peer.tee));
     }
     if peer.simulation != own.simulation {
-        return Err("peer simulation flag differs from ours".into());
+        return Err(PeerRefusal::differs(
+            "Simulation",
+            own.simulation,
+            peer.simulation,
+        ));
     }
     if peer.debug && !own.debug {
-        return Err("peer runs in debug mode, this coordinator does not".into());
+        return Err(PeerRefusal::Debug);
     }
     // The package default (contract §12.4), or the status this replica runs with itself: a
     // cluster waiting for a TCB update can still grow, but never onto a platform worse off
     // than the ones that hold the key already.
     if !TcbStatus::DEFAULT_ACCEPTED.contains(&peer.tcb_status) && peer.tcb_status != own.tcb_status
     {
-        return Err(format!(
-            "peer TCB status {} is neither accepted by default ({}) nor ours ({})",
-            peer.tcb_summary(),
-            TcbStatus::join(&TcbStatus::DEFAULT_ACCEPTED),
-            own.tcb_status.as_str()
-        ));
+        return Err(PeerRefusal::TcbStatus {
+            theirs: peer.tcb_summary(),
+            ours: own.tcb_status,
+        });
     }
-    let same_measurement = || -> Result<(), String> {
+    let same_measurement = || -> Result<(), PeerRefusal> {
         match (&own.identity.unique_id, &peer.identity.unique_id) {
             (Some(a), Some(b)) if a == b => Ok(()),
-            (Some(a), Some(b)) => Err(format!(
-                "peer UniqueID {} differs from ours ({})",
+            (Some(a), Some(b)) => Err(PeerRefusal::differs(
+                "UniqueID",
+                hex::encode(a),
                 hex::encode(b),
-                hex::encode(a)
             )),
             // TDX and SNP: the image's measurements. Host fields (SNP ChipID, TDX MRSEAM…)
             // are left out, or replicas on two machines could never share the key; a new
@@ -129,17 +187,18 @@ pub fn check_peer(
             _ => {
                 let (ours, theirs) = (own.identity.image_fields(), peer.identity.image_fields());
                 if ours.is_empty() {
-                    return Err("this coordinator's evidence carries no measurement".into());
+                    return Err(PeerRefusal::NoOwnMeasurement);
                 }
                 match ours
                     .iter()
                     .find(|(name, value)| theirs.get(*name) != Some(*value))
                 {
                     None if theirs.len() == ours.len() => Ok(()),
-                    None => Err("peer evidence carries measurements ours does not".into()),
-                    Some((name, value)) => Err(format!(
-                        "peer {name} {} differs from ours ({value})",
-                        theirs.get(*name).copied().unwrap_or("(absent)")
+                    None => Err(PeerRefusal::ExtraMeasurements),
+                    Some((name, value)) => Err(PeerRefusal::differs(
+                        name,
+                        value,
+                        theirs.get(*name).copied().unwrap_or("(absent)"),
                     )),
                 }
             }
@@ -150,24 +209,26 @@ pub fn check_peer(
         SealMode::ProductKey => match (&own.identity.signer_id, &peer.identity.signer_id) {
             (Some(a), Some(b)) => {
                 if a != b {
-                    return Err(format!(
-                        "peer SignerID {} differs from ours ({})",
+                    return Err(PeerRefusal::differs(
+                        "SignerID",
+                        hex::encode(a),
                         hex::encode(b),
-                        hex::encode(a)
                     ));
                 }
                 if own.identity.product_id != peer.identity.product_id {
-                    return Err(format!(
-                        "peer ProductID {:?} differs from ours ({:?})",
-                        peer.identity.product_id, own.identity.product_id
+                    let show = |p: Option<u64>| p.map_or("(absent)".to_string(), |p| p.to_string());
+                    return Err(PeerRefusal::differs(
+                        "ProductID",
+                        show(own.identity.product_id),
+                        show(peer.identity.product_id),
                     ));
                 }
-                let (o, p) = (
+                let (ours, theirs) = (
                     own.identity.security_version.unwrap_or(0),
                     peer.identity.security_version.unwrap_or(0),
                 );
-                if require_svn && p < o {
-                    return Err(format!("peer SecurityVersion {p} is below ours ({o})"));
+                if require_svn && theirs < ours {
+                    return Err(PeerRefusal::SecurityVersionBelow { ours, theirs });
                 }
                 Ok(())
             }
@@ -252,7 +313,7 @@ pub(super) async fn verify_peer(
                 .into(),
         );
     }
-    check_peer(own, &claims, mode, require_svn)
+    check_peer(own, &claims, mode, require_svn).map_err(|e| e.to_string())
 }
 
 /// Obtains the DEK from the replica at `addr` over mutually attested TLS.
@@ -389,6 +450,13 @@ mod tests {
                 let e = check_peer(&own, &with(worse), mode, true).unwrap_err();
                 assert_eq!(
                     e,
+                    PeerRefusal::TcbStatus {
+                        theirs: format!("{} (advisories: INTEL-SA-00837)", worse.as_str()),
+                        ours: TcbStatus::UpToDate,
+                    }
+                );
+                assert_eq!(
+                    e.to_string(),
                     format!(
                         "peer TCB status {} (advisories: INTEL-SA-00837) is neither accepted by default (UpToDate,SWHardeningNeeded) nor ours (UpToDate)",
                         worse.as_str()
@@ -417,35 +485,57 @@ mod tests {
         .is_err());
     }
 
+    /// A [`PeerRefusal::Differs`] of `field` with ours and the peer's value.
+    fn differs(field: &str, ours: &str, theirs: &str) -> PeerRefusal {
+        PeerRefusal::differs(field, ours, theirs)
+    }
+
     #[test]
     fn peers_must_match_the_seal_mode_rule() {
         let own = claims(1, 2, 3, 5);
+        let (one, nine) = (hex::encode([1u8; 32]), hex::encode([9u8; 32]));
         assert!(check_peer(&own, &claims(1, 2, 3, 5), SealMode::UniqueKey, true).is_ok());
         let e = check_peer(&own, &claims(9, 2, 3, 5), SealMode::UniqueKey, true).unwrap_err();
-        assert!(e.contains("UniqueID"), "{e}");
-        assert!(check_peer(&own, &claims(9, 2, 3, 5), SealMode::Disabled, true).is_err());
+        assert_eq!(e, differs("UniqueID", &one, &nine));
+        assert_eq!(
+            e.to_string(),
+            format!("peer UniqueID {nine} differs from ours ({one})")
+        );
+        assert_eq!(
+            check_peer(&own, &claims(9, 2, 3, 5), SealMode::Disabled, true),
+            Err(differs("UniqueID", &one, &nine))
+        );
         // ProductKey: another build of the same signer and product, same or newer SVN.
         assert!(check_peer(&own, &claims(9, 2, 3, 5), SealMode::ProductKey, true).is_ok());
         assert!(check_peer(&own, &claims(9, 2, 3, 6), SealMode::ProductKey, true).is_ok());
         let e = check_peer(&own, &claims(9, 2, 3, 4), SealMode::ProductKey, true).unwrap_err();
-        assert!(e.contains("SecurityVersion 4"), "{e}");
+        assert_eq!(e, PeerRefusal::SecurityVersionBelow { ours: 5, theirs: 4 });
+        assert_eq!(e.to_string(), "peer SecurityVersion 4 is below ours (5)");
         assert!(check_peer(&own, &claims(9, 2, 3, 4), SealMode::ProductKey, false).is_ok());
-        assert!(
-            check_peer(&own, &claims(1, 7, 3, 5), SealMode::ProductKey, true)
-                .unwrap_err()
-                .contains("SignerID")
+        assert_eq!(
+            check_peer(&own, &claims(1, 7, 3, 5), SealMode::ProductKey, true),
+            Err(differs(
+                "SignerID",
+                &hex::encode([2u8; 32]),
+                &hex::encode([7u8; 32])
+            ))
         );
-        assert!(
-            check_peer(&own, &claims(1, 2, 4, 5), SealMode::ProductKey, true)
-                .unwrap_err()
-                .contains("ProductID")
+        assert_eq!(
+            check_peer(&own, &claims(1, 2, 4, 5), SealMode::ProductKey, true),
+            Err(differs("ProductID", "3", "4"))
         );
         let mut debug = claims(1, 2, 3, 5);
         debug.debug = true;
-        assert!(check_peer(&own, &debug, SealMode::UniqueKey, true).is_err());
+        assert_eq!(
+            check_peer(&own, &debug, SealMode::UniqueKey, true),
+            Err(PeerRefusal::Debug)
+        );
         let mut hw = claims(1, 2, 3, 5);
         hw.simulation = false;
-        assert!(check_peer(&own, &hw, SealMode::UniqueKey, true).is_err());
+        assert_eq!(
+            check_peer(&own, &hw, SealMode::UniqueKey, true),
+            Err(differs("Simulation", "true", "false"))
+        );
     }
 
     /// Claims of a confidential VM (no UniqueID) with the given identity fields.
@@ -500,19 +590,28 @@ mod tests {
                 &[("Measurement", "bb"), snp[1], snp[2], snp[3], snp[4]],
             );
             let e = check_peer(&own, &other_image, mode, true).unwrap_err();
-            assert_eq!(e, "peer Measurement bb differs from ours (aa)");
+            assert_eq!(e, differs("Measurement", "aa", "bb"));
+            assert_eq!(e.to_string(), "peer Measurement bb differs from ours (aa)");
             let other_host_data = cvm(Snp, &[snp[0], ("HostData", "01"), snp[2], snp[3], snp[4]]);
-            let e = check_peer(&own, &other_host_data, mode, true).unwrap_err();
-            assert!(e.contains("HostData"), "{e}");
+            assert_eq!(
+                check_peer(&own, &other_host_data, mode, true),
+                Err(differs("HostData", "00", "01"))
+            );
             let no_policy = cvm(Snp, &[snp[0], snp[1], snp[3], snp[4]]);
             let e = check_peer(&own, &no_policy, mode, true).unwrap_err();
-            assert_eq!(e, "peer Policy (absent) differs from ours (0x30000)");
+            assert_eq!(e, differs("Policy", "0x30000", "(absent)"));
+            assert_eq!(
+                e.to_string(),
+                "peer Policy (absent) differs from ours (0x30000)"
+            );
             let extra = cvm(
                 Snp,
                 &[snp[0], snp[1], snp[2], snp[3], snp[4], ("VMPL", "1")],
             );
-            let e = check_peer(&own, &extra, mode, true).unwrap_err();
-            assert!(e.contains("measurements ours does not"), "{e}");
+            assert_eq!(
+                check_peer(&own, &extra, mode, true),
+                Err(PeerRefusal::ExtraMeasurements)
+            );
         }
         let tdx = [
             ("MRTD", "11"),
@@ -530,13 +629,21 @@ mod tests {
             Ok(())
         );
         let other_rtmr = cvm(Tdx, &[tdx[0], ("RTMR0", "23"), tdx[2], tdx[3]]);
-        let e = check_peer(&own, &other_rtmr, SealMode::UniqueKey, true).unwrap_err();
-        assert!(e.contains("RTMR0"), "{e}");
+        assert_eq!(
+            check_peer(&own, &other_rtmr, SealMode::UniqueKey, true),
+            Err(differs("RTMR0", "22", "23"))
+        );
         // A TDX peer is never an SNP one, whatever its fields.
-        assert!(check_peer(&own, &cvm(Snp, &tdx), SealMode::UniqueKey, true).is_err());
+        assert_eq!(
+            check_peer(&own, &cvm(Snp, &tdx), SealMode::UniqueKey, true),
+            Err(differs("TEE", &Tdx.to_string(), &Snp.to_string()))
+        );
         // Evidence with nothing but platform fields proves no image.
         let bare = cvm(Tdx, &[tdx[2], tdx[3]]);
-        assert!(check_peer(&bare, &bare.clone(), SealMode::UniqueKey, true).is_err());
+        assert_eq!(
+            check_peer(&bare, &bare.clone(), SealMode::UniqueKey, true),
+            Err(PeerRefusal::NoOwnMeasurement)
+        );
     }
 
     /// A coordinator on a simulated TEE serving its DEK on loopback.
