@@ -6,7 +6,6 @@
 //! else, and exists only where the root secret is unsealed. The version-2 statement names the
 //! key's SHA-256, so the quote over that statement binds the key; a relying party checks the
 //! token with the key the quote binds (`quarry_trust::ear`).
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use quarry_api::ear::{self, EarInput, P256_SPKI_PREFIX};
@@ -105,10 +104,7 @@ pub fn issue(
     statement: &Statement,
     manifest: Option<&Manifest>,
 ) -> Result<String, String> {
-    let iat = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let iat = crate::clock::now_unix();
     let set = ear::claims_set(&EarInput {
         claims,
         statement,

@@ -37,8 +37,6 @@ use crate::sealing::{self, DEK_LEN};
 
 /// Length of a Shamir share (32 bytes + the x coordinate).
 pub const SHAMIR_SHARE_LEN: usize = DEK_LEN + 1;
-/// Size of the ephemeral key for the air-gapped flow.
-pub(crate) const EPHEMERAL_BITS: usize = 3072;
 
 /// Why a recovery step failed.
 #[derive(Debug, thiserror::Error)]

@@ -8,10 +8,13 @@ use quarry_api::manifest::Manifest;
 use rsa::pkcs8::EncodePublicKey;
 use rsa::RsaPrivateKey;
 
-use super::{wrap, RecoveryData, Step, EPHEMERAL_BITS};
+use super::{wrap, RecoveryData, Step};
 use crate::http::error::ApiError;
 use crate::state::sealed_key::SealedKey;
 use crate::state::{Core, Phase};
+
+/// Size of the ephemeral key for the air-gapped flow.
+const EPHEMERAL_BITS: usize = 3072;
 
 /// A rewritten `sealed-key.json` and how to put the previous one back.
 pub struct SealingUpdate {

@@ -101,10 +101,7 @@ impl Core {
                 "this replica is in recovery and its state is in etcd: a replica never discards the shared state. Start a replica that holds the key, recover with the RecoveryKeys, or clear the etcd prefix deliberately to start a new deployment".into(),
             ));
         }
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let stamp = crate::clock::now_unix();
         let aside = self.data_dir.join(format!("recovery-{stamp}"));
         std::fs::create_dir_all(&aside).map_err(|e| ApiError::Internal(e.to_string()))?;
         for path in startup::state_files(&self.data_dir) {
